@@ -1,0 +1,298 @@
+//! Reading stations: never-ending fan-out consumers and bounded history reads.
+
+use std::time::Duration;
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{
+        self,
+        consumer::{DeliverPolicy, pull, push},
+    },
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use time::OffsetDateTime;
+
+use crate::{
+    Error, Result, Station,
+    connection::backoff,
+    error::{ErrorKind, kind_from_text},
+    station::consumer_kind,
+};
+
+/// Where a consumer starts in the station.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The oldest retained message.
+    All,
+    /// The first message with sequence ≥ this.
+    FromSequence(u64),
+    /// The first message stored at or after this time.
+    Since(OffsetDateTime),
+    /// Only messages stored after the consumer is created.
+    New,
+}
+
+impl StartPosition {
+    /// Messages with sequence > `sequence`: the resume position.
+    #[must_use]
+    pub fn after(sequence: u64) -> Self {
+        Self::FromSequence(sequence.saturating_add(1))
+    }
+
+    fn deliver_policy(self) -> DeliverPolicy {
+        match self {
+            Self::All => DeliverPolicy::All,
+            Self::FromSequence(0 | 1) => DeliverPolicy::All,
+            Self::FromSequence(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+            Self::Since(start_time) => DeliverPolicy::ByStartTime { start_time },
+            Self::New => DeliverPolicy::New,
+        }
+    }
+}
+
+/// A message read from a station.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// Stream sequence: position in the station, the resume cursor.
+    pub sequence: u64,
+    /// Subject it was published to.
+    pub subject: String,
+    /// Headers as published.
+    pub headers: HeaderMap,
+    /// Payload as published.
+    pub payload: Bytes,
+    /// When the broker stored it.
+    pub published: OffsetDateTime,
+    /// Messages matching the consumer still after this one (0 = caught up).
+    pub pending: u64,
+}
+
+impl Delivered {
+    fn from_jetstream(message: &jetstream::Message) -> Result<Self> {
+        let info = message
+            .info()
+            .map_err(|e| Error::broker("read message metadata", ErrorKind::Other, e.to_string()))?;
+        Ok(Self {
+            sequence: info.stream_sequence,
+            subject: message.subject.to_string(),
+            headers: message.headers.clone().unwrap_or_default(),
+            payload: message.payload.clone(),
+            published: info.published,
+            pending: info.pending,
+        })
+    }
+}
+
+type OrderedPush = push::Ordered;
+
+/// A never-ending, per-process ordered consumer (see [`Station::fan_out`]).
+pub struct FanOut {
+    station: Station,
+    filter: String,
+    /// Sequence of the last message yielded, to resume after an outage.
+    last: Option<u64>,
+    start: StartPosition,
+    messages: Option<OrderedPush>,
+    failures: usize,
+}
+
+impl FanOut {
+    pub(crate) async fn start(
+        station: Station,
+        filter: String,
+        start: StartPosition,
+    ) -> Result<Self> {
+        let mut fan_out = Self {
+            station,
+            filter,
+            last: None,
+            start,
+            messages: None,
+            failures: 0,
+        };
+        fan_out.messages = Some(fan_out.create().await?);
+        Ok(fan_out)
+    }
+
+    async fn create(&self) -> Result<OrderedPush> {
+        let op = || format!("fan-out consumer on `{}`", self.filter);
+        let broker = self.station.broker();
+        broker.ensure_connected(op())?;
+        let start = match self.last {
+            Some(last) => StartPosition::after(last),
+            None => self.start,
+        };
+        let stream = self.station.stream_handle().await?;
+        let consumer = stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: broker.client().new_inbox(),
+                filter_subject: self.filter.clone(),
+                deliver_policy: start.deliver_policy(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::broker(op(), consumer_kind(&e), e))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| Error::broker(op(), kind_from_text(&e.to_string()), e))
+    }
+
+    /// The next message. Waits as long as it takes; after a broker outage it
+    /// resumes after the last message it returned, so nothing is skipped or
+    /// repeated. Cancel by dropping the future.
+    pub async fn next(&mut self) -> Delivered {
+        loop {
+            if self.messages.is_none() {
+                if self.failures > 0 {
+                    tokio::time::sleep(backoff(self.failures, Duration::from_secs(2))).await;
+                }
+                match self.create().await {
+                    Ok(m) => {
+                        tracing::info!(filter = %self.filter, last = ?self.last, "fan-out consumer (re)created");
+                        self.messages = Some(m);
+                    }
+                    Err(e) => {
+                        self.failures += 1;
+                        tracing::warn!(error = %e, "fan-out consumer not available; retrying");
+                        continue;
+                    }
+                }
+            }
+            let Some(messages) = self.messages.as_mut() else {
+                continue;
+            };
+            match messages.next().await {
+                Some(Ok(message)) => match Delivered::from_jetstream(&message) {
+                    Ok(delivered) => {
+                        // The ordered consumer guarantees order; this guards
+                        // the resume position against anything else.
+                        if self.last.is_some_and(|last| delivered.sequence <= last) {
+                            continue;
+                        }
+                        self.failures = 0;
+                        self.last = Some(delivered.sequence);
+                        return delivered;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "skipping a non-JetStream message"),
+                },
+                Some(Err(e)) => {
+                    // async-nats recreates ordered consumers itself on most
+                    // errors; we only log and go on.
+                    tracing::warn!(error = %e, "fan-out consumer error");
+                    self.failures += 1;
+                    if self.failures > 3 {
+                        self.messages = None;
+                    }
+                }
+                None => {
+                    self.failures += 1;
+                    self.messages = None;
+                }
+            }
+        }
+    }
+
+    /// Sequence of the last message returned, if any.
+    #[must_use]
+    pub fn last_sequence(&self) -> Option<u64> {
+        self.last
+    }
+}
+
+/// A bounded read of history (see [`Station::read`]).
+pub struct Read {
+    messages: Option<pull::Ordered>,
+    done: bool,
+}
+
+impl Read {
+    pub(crate) async fn start(
+        station: Station,
+        filter: String,
+        start: StartPosition,
+    ) -> Result<Self> {
+        let op = || format!("read `{filter}` from station `{}`", station.name());
+        station.broker().ensure_connected(op())?;
+        let stream = station.stream_handle().await?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: filter.clone(),
+                deliver_policy: start.deliver_policy(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::broker(op(), consumer_kind(&e), e))?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(Self {
+                messages: None,
+                done: true,
+            });
+        }
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| Error::broker(op(), kind_from_text(&e.to_string()), e))?;
+        Ok(Self {
+            messages: Some(messages),
+            done: false,
+        })
+    }
+
+    /// The next message, or `None` once the read has caught up with the
+    /// station.
+    ///
+    /// # Errors
+    /// Transient errors if the broker goes away during the read; the caller
+    /// may start a new read after the last sequence it got.
+    pub async fn next(&mut self) -> Result<Option<Delivered>> {
+        if self.done {
+            return Ok(None);
+        }
+        let Some(messages) = self.messages.as_mut() else {
+            return Ok(None);
+        };
+        match messages.next().await {
+            Some(Ok(message)) => {
+                let delivered = Delivered::from_jetstream(&message)?;
+                if delivered.pending == 0 {
+                    self.done = true;
+                    self.messages = None;
+                }
+                Ok(Some(delivered))
+            }
+            Some(Err(e)) => {
+                self.done = true;
+                self.messages = None;
+                Err(Error::broker(
+                    "read history",
+                    kind_from_text(&e.to_string()),
+                    e,
+                ))
+            }
+            None => {
+                self.done = true;
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for FanOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanOut")
+            .field("station", &self.station.name())
+            .field("filter", &self.filter)
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Read {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Read")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}

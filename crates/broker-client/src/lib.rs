@@ -1,0 +1,34 @@
+//! FastChat's *stations* layer: the only code in the workspace that talks to NATS.
+//!
+//! Memphis called a durable, retained, replicated topic a *station*; here a
+//! station is a JetStream stream with its retention, replicas and duplicate
+//! window ([`StationConfig`]), created idempotently by every service that uses
+//! it ([`Broker::ensure_station`]). On a station you get:
+//!
+//! - a [`Producer`] that publishes with a message id (deduplicated inside the
+//!   duplicate window) and returns only once JetStream has stored the message;
+//! - *fan-out* consumers ([`Station::fan_out`]): ordered, ephemeral, one per
+//!   process, so every instance sees every message. They resume by themselves
+//!   after a broker outage;
+//! - bounded *reads* ([`Station::read`]) that replay a range of history and end
+//!   when they have caught up;
+//! - random access by sequence ([`Station::get`]) and counting helpers for
+//!   paging ([`Station::nth_last_sequence`]).
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod connection;
+mod consumer;
+mod error;
+mod producer;
+mod station;
+
+pub use async_nats::HeaderMap;
+pub use config::{BrokerConfig, StationConfig, Storage, TlsConfig};
+pub use connection::{Broker, ConnectionState};
+pub use consumer::{Delivered, FanOut, Read, StartPosition};
+pub use error::{Error, ErrorKind, Result};
+pub use producer::{Producer, PublishAck};
+pub use station::{Station, StationState};
+pub use time::OffsetDateTime;

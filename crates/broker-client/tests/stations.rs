@@ -1,0 +1,281 @@
+//! The stations layer against a real nats-server: creation, conflicts,
+//! publishing, start positions, reads and recovery from a broker restart.
+
+use std::time::Duration;
+
+use broker_client::{
+    Broker, BrokerConfig, ErrorKind, HeaderMap, StartPosition, Station, StationConfig,
+};
+use bytes::Bytes;
+use fastchat_test_support::NatsServer;
+use tokio::time::timeout;
+
+fn station_config() -> StationConfig {
+    StationConfig {
+        name: "test".into(),
+        subjects: vec!["test.>".into()],
+        ..StationConfig::default()
+    }
+}
+
+async fn connect(server: &NatsServer) -> Broker {
+    let broker = Broker::connect(&BrokerConfig {
+        url: server.url(),
+        request_timeout: Duration::from_secs(2),
+        max_reconnect_delay: Duration::from_millis(200),
+        ..BrokerConfig::default()
+    })
+    .await
+    .expect("connect");
+    timeout(Duration::from_secs(10), broker.wait_connected())
+        .await
+        .expect("connected within 10 s");
+    broker
+}
+
+async fn publish(station: &Station, subject: &str, body: &str, id: &str) -> u64 {
+    station
+        .producer()
+        .publish(subject, HeaderMap::new(), Bytes::from(body.to_owned()), id)
+        .await
+        .expect("publish")
+        .sequence
+}
+
+#[tokio::test]
+async fn station_creation_is_idempotent_and_conflicts_name_the_field() {
+    let server = NatsServer::start();
+    let broker = connect(&server).await;
+    let config = station_config();
+    broker.ensure_station(&config).await.expect("create");
+    broker
+        .ensure_station(&config)
+        .await
+        .expect("same definition again");
+
+    let mut other = config.clone();
+    other.max_age = Duration::from_secs(3600);
+    let err = broker.ensure_station(&other).await.expect_err("conflict");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.to_string().contains("max_age"), "{err}");
+
+    let mut other = config.clone();
+    other.duplicate_window = Duration::from_secs(30);
+    let err = broker.ensure_station(&other).await.expect_err("conflict");
+    assert!(err.to_string().contains("duplicate_window"), "{err}");
+}
+
+#[tokio::test]
+async fn publish_returns_sequence_and_detects_duplicates() {
+    let server = NatsServer::start();
+    let broker = connect(&server).await;
+    let station = broker
+        .ensure_station(&station_config())
+        .await
+        .expect("station");
+    let producer = station.producer();
+    let first = producer
+        .publish(
+            "test.a",
+            HeaderMap::new(),
+            Bytes::from_static(b"one"),
+            "id-1",
+        )
+        .await
+        .expect("publish");
+    assert_eq!((first.sequence, first.duplicate), (1, false));
+    let again = producer
+        .publish(
+            "test.a",
+            HeaderMap::new(),
+            Bytes::from_static(b"one"),
+            "id-1",
+        )
+        .await
+        .expect("publish duplicate");
+    assert!(again.duplicate);
+    assert_eq!(
+        again.sequence, first.sequence,
+        "a duplicate reports the original sequence"
+    );
+    let second = producer
+        .publish(
+            "test.a",
+            HeaderMap::new(),
+            Bytes::from_static(b"two"),
+            "id-2",
+        )
+        .await
+        .expect("publish");
+    assert_eq!((second.sequence, second.duplicate), (2, false));
+
+    let stored = station
+        .get(1)
+        .await
+        .expect("get")
+        .expect("message 1 exists");
+    assert_eq!(stored.payload.as_ref(), b"one");
+    assert!(station.get(99).await.expect("get").is_none());
+
+    let err = producer
+        .publish("elsewhere.a", HeaderMap::new(), Bytes::new(), "id-3")
+        .await
+        .expect_err("no station captures this subject");
+    assert_ne!(err.kind(), ErrorKind::Conflict);
+}
+
+#[tokio::test]
+async fn reads_honour_every_start_position_and_filter() {
+    let server = NatsServer::start();
+    let broker = connect(&server).await;
+    let station = broker
+        .ensure_station(&station_config())
+        .await
+        .expect("station");
+    for i in 1..=6 {
+        let room = if i % 2 == 0 { "even" } else { "odd" };
+        publish(
+            &station,
+            &format!("test.{room}"),
+            &i.to_string(),
+            &format!("m{i}"),
+        )
+        .await;
+    }
+    let since = broker_client::OffsetDateTime::now_utc();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    publish(&station, "test.odd", "7", "m7").await;
+
+    async fn collect(station: &Station, filter: &str, start: StartPosition) -> Vec<u64> {
+        let mut read = station.read(filter, start).await.expect("read");
+        let mut seqs = Vec::new();
+        while let Some(m) = read.next().await.expect("next") {
+            seqs.push(m.sequence);
+        }
+        seqs
+    }
+    assert_eq!(
+        collect(&station, "test.>", StartPosition::All).await,
+        vec![1, 2, 3, 4, 5, 6, 7]
+    );
+    assert_eq!(
+        collect(&station, "test.even", StartPosition::All).await,
+        vec![2, 4, 6]
+    );
+    assert_eq!(
+        collect(&station, "test.>", StartPosition::after(4)).await,
+        vec![5, 6, 7]
+    );
+    assert_eq!(
+        collect(&station, "test.odd", StartPosition::after(3)).await,
+        vec![5, 7]
+    );
+    assert_eq!(
+        collect(&station, "test.>", StartPosition::Since(since)).await,
+        vec![7]
+    );
+    assert_eq!(
+        collect(&station, "test.>", StartPosition::after(7)).await,
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        collect(&station, "test.>", StartPosition::New).await,
+        Vec::<u64>::new()
+    );
+
+    assert_eq!(
+        station
+            .nth_last_sequence("test.odd", 2, None)
+            .await
+            .expect("nth"),
+        Some(5)
+    );
+    assert_eq!(
+        station
+            .nth_last_sequence("test.odd", 2, Some(5))
+            .await
+            .expect("nth"),
+        Some(1)
+    );
+    assert_eq!(
+        station
+            .nth_last_sequence("test.even", 4, None)
+            .await
+            .expect("nth"),
+        None
+    );
+    assert_eq!(station.count_from("test.even", 3).await.expect("count"), 2);
+}
+
+#[tokio::test]
+async fn fan_out_sees_new_messages_and_survives_a_broker_restart() {
+    let mut server = NatsServer::start();
+    let broker = connect(&server).await;
+    let station = broker
+        .ensure_station(&station_config())
+        .await
+        .expect("station");
+    publish(&station, "test.a", "old", "old").await;
+    let mut fan_out = station
+        .fan_out("test.>", StartPosition::New)
+        .await
+        .expect("fan-out");
+    publish(&station, "test.a", "1", "n1").await;
+    let first = timeout(Duration::from_secs(5), fan_out.next())
+        .await
+        .expect("first");
+    assert_eq!((first.sequence, first.payload.as_ref()), (2, b"1".as_ref()));
+
+    server.restart();
+    timeout(Duration::from_secs(20), async {
+        loop {
+            broker.wait_connected().await;
+            if station
+                .producer()
+                .publish("test.a", HeaderMap::new(), Bytes::from_static(b"2"), "n2")
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("publishing works again after the restart");
+    let second = timeout(Duration::from_secs(20), fan_out.next())
+        .await
+        .expect("resumed");
+    assert_eq!(
+        (second.sequence, second.payload.as_ref()),
+        (3, b"2".as_ref())
+    );
+}
+
+#[tokio::test]
+async fn publish_fails_fast_while_the_broker_is_down() {
+    let mut server = NatsServer::start();
+    let broker = connect(&server).await;
+    let station = broker
+        .ensure_station(&station_config())
+        .await
+        .expect("station");
+    server.stop();
+    timeout(Duration::from_secs(10), async {
+        while broker.state() == broker_client::ConnectionState::Connected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the client notices the outage");
+    let err = timeout(
+        Duration::from_secs(5),
+        station
+            .producer()
+            .publish("test.a", HeaderMap::new(), Bytes::from_static(b"x"), "x"),
+    )
+    .await
+    .expect("answers within the request timeout")
+    .expect_err("broker is down");
+    assert!(err.is_transient(), "{err:?}");
+}
