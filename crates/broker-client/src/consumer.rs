@@ -111,23 +111,30 @@ impl FanOut {
             messages: None,
             failures: 0,
         };
-        fan_out.messages = Some(fan_out.create().await?);
+        fan_out.messages =
+            Some(Self::create(&fan_out.station, &fan_out.filter, fan_out.resume_position()).await?);
         Ok(fan_out)
     }
 
-    async fn create(&self) -> Result<OrderedPush> {
-        let op = || format!("fan-out consumer on `{}`", self.filter);
-        let broker = self.station.broker();
-        broker.ensure_connected(op())?;
-        let start = match self.last {
+    fn resume_position(&self) -> StartPosition {
+        match self.last {
             Some(last) => StartPosition::after(last),
             None => self.start,
-        };
-        let stream = self.station.stream_handle().await?;
+        }
+    }
+
+    // Takes its inputs by reference rather than `&self`: a `&FanOut` held
+    // across an await would make the future require `FanOut: Sync`, which the
+    // async-nats stream inside is not.
+    async fn create(station: &Station, filter: &str, start: StartPosition) -> Result<OrderedPush> {
+        let op = || format!("fan-out consumer on `{filter}`");
+        let broker = station.broker();
+        broker.ensure_connected(op())?;
+        let stream = station.stream_handle().await?;
         let consumer = stream
             .create_consumer(push::OrderedConfig {
                 deliver_subject: broker.client().new_inbox(),
-                filter_subject: self.filter.clone(),
+                filter_subject: filter.to_owned(),
                 deliver_policy: start.deliver_policy(),
                 ..Default::default()
             })
@@ -148,7 +155,8 @@ impl FanOut {
                 if self.failures > 0 {
                     tokio::time::sleep(backoff(self.failures, Duration::from_secs(2))).await;
                 }
-                match self.create().await {
+                let start = self.resume_position();
+                match Self::create(&self.station, &self.filter, start).await {
                     Ok(m) => {
                         tracing::info!(filter = %self.filter, last = ?self.last, "fan-out consumer (re)created");
                         self.messages = Some(m);

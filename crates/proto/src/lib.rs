@@ -36,3 +36,71 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// Re-exported so users of the generated types need no direct dependency.
 pub use prost_types;
+
+/// The `chat` station contract shared by the services: subjects per room,
+/// header names, and room-name rules.
+pub mod station {
+    /// Room used when a request leaves the room empty (and by the seed API).
+    pub const DEFAULT_ROOM: &str = "general";
+    /// Every room's subject starts with this.
+    pub const SUBJECT_PREFIX: &str = "chat.messages.";
+    /// Filter matching every room.
+    pub const ALL_ROOMS: &str = "chat.messages.>";
+    /// Longest room name.
+    pub const MAX_ROOM_LEN: usize = 64;
+    /// Header carrying the server-assigned message id.
+    pub const HEADER_MESSAGE_ID: &str = "FastChat-Message-Id";
+    /// Header naming the payload encoding.
+    pub const HEADER_CONTENT_TYPE: &str = "Content-Type";
+    /// Value of [`HEADER_CONTENT_TYPE`]: a protobuf `fastchat.v1.ChatMessage`.
+    pub const CONTENT_TYPE: &str = "application/protobuf; proto=fastchat.v1.ChatMessage";
+    /// W3C trace context, passed through from the gRPC request when present.
+    pub const HEADER_TRACEPARENT: &str = "traceparent";
+
+    /// Subject of a room.
+    #[must_use]
+    pub fn subject(room: &str) -> String {
+        format!("{SUBJECT_PREFIX}{room}")
+    }
+
+    /// Room of a subject, if it is a room subject.
+    #[must_use]
+    pub fn room_of(subject: &str) -> Option<&str> {
+        subject.strip_prefix(SUBJECT_PREFIX)
+    }
+
+    /// Whether `room` is 1–64 of `[A-Za-z0-9_-]`.
+    #[must_use]
+    pub fn is_valid_room(room: &str) -> bool {
+        !room.is_empty()
+            && room.len() <= MAX_ROOM_LEN
+            && room
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn room_names() {
+            for ok in ["general", "a", "Room_1-b", &"x".repeat(64)] {
+                assert!(is_valid_room(ok), "{ok}");
+            }
+            for bad in [
+                "",
+                "has space",
+                "dot.ted",
+                "star*",
+                "gt>",
+                "é",
+                &"x".repeat(65),
+            ] {
+                assert!(!is_valid_room(bad), "{bad}");
+            }
+            assert_eq!(room_of(&subject("general")), Some("general"));
+            assert_eq!(room_of("other.subject"), None);
+        }
+    }
+}

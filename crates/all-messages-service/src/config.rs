@@ -1,0 +1,95 @@
+//! all-messages-service configuration (see the README for every key).
+
+use broker_client::{BrokerConfig, StationConfig};
+use fastchat_runtime::{
+    cli::ServiceConfig,
+    config::{GrpcConfig, LogConfig, ShutdownConfig, Validate},
+};
+use serde::{Deserialize, Serialize};
+
+/// Default gRPC port of all-messages-service.
+pub const DEFAULT_PORT: u16 = 50052;
+
+/// Everything all-messages-service reads from its configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listener.
+    pub grpc: GrpcConfig,
+    /// Broker connection.
+    pub nats: BrokerConfig,
+    /// The `chat` station.
+    pub station: StationConfig,
+    /// Subscription limits and buffers.
+    pub subscriptions: SubscriptionsConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grpc: GrpcConfig::with_port(DEFAULT_PORT),
+            nats: BrokerConfig {
+                name: Some("all-messages-service".into()),
+                ..BrokerConfig::default()
+            },
+            station: StationConfig::default(),
+            subscriptions: SubscriptionsConfig::default(),
+            log: LogConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+/// How many subscribers, and how much each may fall behind before it is
+/// switched from the live feed to reading the station.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriptionsConfig {
+    /// Open subscriptions allowed per instance; more get RESOURCE_EXHAUSTED.
+    pub max: usize,
+    /// Messages of the in-process live feed kept for subscribers that are
+    /// momentarily behind. One further behind catches up from the station.
+    pub live_buffer: usize,
+    /// Messages queued per subscriber towards its gRPC stream.
+    pub client_buffer: usize,
+}
+
+impl Default for SubscriptionsConfig {
+    fn default() -> Self {
+        Self {
+            max: 10_000,
+            live_buffer: 4096,
+            client_buffer: 128,
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), String> {
+        self.grpc.validate()?;
+        self.nats.validate()?;
+        self.station.validate()?;
+        let s = &self.subscriptions;
+        if s.max == 0 || s.live_buffer == 0 || s.client_buffer == 0 {
+            return Err(
+                "subscriptions.max, subscriptions.live_buffer and subscriptions.client_buffer \
+                 must be at least 1"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl ServiceConfig for Config {
+    fn grpc(&self) -> &GrpcConfig {
+        &self.grpc
+    }
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}

@@ -1,0 +1,50 @@
+//! all-messages-service errors and the one place they become gRPC statuses.
+
+use broker_client::ErrorKind;
+use tonic::{Code, Status};
+
+/// Why a request could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field breaks a rule.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Field name as in the proto.
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+    /// Too many open subscriptions on this instance.
+    #[error("this instance already serves {0} subscriptions; retry later or on another replica")]
+    TooManySubscriptions(usize),
+    /// The broker cannot be used right now.
+    #[error("the message store is unavailable ({0}); retry, resuming from the last sequence seen")]
+    Unavailable(String),
+    /// Anything else; details are logged, not sent.
+    #[error("internal error")]
+    Internal(#[source] broker_client::Error),
+}
+
+impl From<broker_client::Error> for ApiError {
+    fn from(e: broker_client::Error) -> Self {
+        match e.kind() {
+            ErrorKind::Unavailable | ErrorKind::Timeout => Self::Unavailable(e.to_string()),
+            _ => Self::Internal(e),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        let code = match &e {
+            ApiError::Invalid { .. } => Code::InvalidArgument,
+            ApiError::TooManySubscriptions(_) => Code::ResourceExhausted,
+            ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::Internal(source) => {
+                tracing::error!(error = %source, "request failed");
+                return Status::new(Code::Internal, "internal error");
+            }
+        };
+        Status::new(code, e.to_string())
+    }
+}

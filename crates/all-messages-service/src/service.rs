@@ -1,0 +1,254 @@
+//! The gRPC faces: the seed `all` stream and fastchat.v1 Subscribe /
+//! ListMessages.
+
+use std::{pin::Pin, sync::Arc};
+
+use broker_client::{OffsetDateTime, StartPosition, Station};
+use fastchat_proto::{seed, station, v1};
+use futures::Stream;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    config::SubscriptionsConfig,
+    error::ApiError,
+    hub::{self, Hub},
+    subscription::{self, Event, Start},
+};
+
+/// Default and largest `ListMessages` page.
+pub const DEFAULT_PAGE: u32 = 50;
+/// Larger `limit`s are clamped to this.
+pub const MAX_PAGE: u32 = 1000;
+
+/// Implements both AllMessagesService traits.
+#[derive(Debug, Clone)]
+pub struct Api {
+    hub: Arc<Hub>,
+    station: watch::Receiver<Option<Station>>,
+    permits: Arc<Semaphore>,
+    limits: SubscriptionsConfig,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl Api {
+    pub fn new(
+        hub: Arc<Hub>,
+        station: watch::Receiver<Option<Station>>,
+        limits: SubscriptionsConfig,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        Self {
+            hub,
+            station,
+            permits: Arc::new(Semaphore::new(limits.max)),
+            limits,
+            cancel,
+            tracker,
+        }
+    }
+
+    fn station(&self) -> Result<Station, ApiError> {
+        self.station
+            .borrow()
+            .clone()
+            .ok_or_else(|| ApiError::Unavailable("not connected to the broker yet".into()))
+    }
+
+    /// Starts a subscription task feeding a bounded channel, which becomes
+    /// the response stream.
+    fn open<T: Send + 'static>(
+        &self,
+        request: subscription::Request,
+        map: fn(Event) -> Option<T>,
+    ) -> Result<EventStream<T>, ApiError> {
+        let station = self.station()?;
+        if !self.hub.is_started() {
+            return Err(ApiError::Unavailable("live feed not started yet".into()));
+        }
+        let permit = Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .map_err(|_| ApiError::TooManySubscriptions(self.limits.max))?;
+        let (tx, rx) = mpsc::channel(self.limits.client_buffer);
+        let hub = Arc::clone(&self.hub);
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            subscription::run(hub, station, request, tx, map, cancel).await;
+            drop(permit);
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ApiError {
+    ApiError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn room_filter(room: &str) -> Result<Option<String>, ApiError> {
+    if room.is_empty() {
+        return Ok(None);
+    }
+    if !station::is_valid_room(room) {
+        return Err(invalid(
+            "room",
+            format!(
+                "must be empty (every room) or 1-{} characters of A-Z, a-z, 0-9, '_' or '-'",
+                station::MAX_ROOM_LEN
+            ),
+        ));
+    }
+    Ok(Some(room.to_owned()))
+}
+
+fn start_of(start: Option<v1::subscribe_request::Start>) -> Result<Start, ApiError> {
+    use v1::subscribe_request::Start as S;
+    Ok(match start {
+        None => Start::All,
+        Some(S::AfterSequence(after)) => Start::After(after),
+        Some(S::Since(ts)) => {
+            let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
+            let since = OffsetDateTime::from_unix_timestamp_nanos(nanos)
+                .map_err(|_| invalid("since", "is not a valid timestamp"))?;
+            Start::Since(since)
+        }
+        Some(S::Last(0)) => Start::New,
+        Some(S::Last(n)) => Start::Last(n),
+        Some(S::NewOnly(true)) => Start::New,
+        Some(S::NewOnly(false)) => Start::All,
+    })
+}
+
+fn to_v1(event: Event) -> Option<v1::SubscribeResponse> {
+    use v1::subscribe_response::Event as E;
+    Some(v1::SubscribeResponse {
+        event: Some(match event {
+            Event::Message(m) => E::Message(m),
+            Event::Gap { from, to } => E::Gap(v1::Gap {
+                from_sequence: from,
+                to_sequence: to,
+            }),
+        }),
+    })
+}
+
+/// The seed API has no gaps; its `time` is the client's, or the server's
+/// when the client gave none.
+fn to_seed(event: Event) -> Option<seed::ChatMessage> {
+    match event {
+        Event::Message(m) => {
+            let time = if m.client_time_ms != 0 {
+                m.client_time_ms
+            } else {
+                m.sent_at
+                    .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+                    .unwrap_or_default()
+            };
+            Some(seed::ChatMessage {
+                author: m.author,
+                text: m.text,
+                time,
+            })
+        }
+        Event::Gap { .. } => None,
+    }
+}
+
+#[tonic::async_trait]
+impl v1::all_messages_service_server::AllMessagesService for Api {
+    type SubscribeStream = EventStream<v1::SubscribeResponse>;
+
+    #[tracing::instrument(skip_all, fields(room = %request.get_ref().room))]
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let r = request.into_inner();
+        let request = subscription::Request {
+            room: room_filter(&r.room)?,
+            start: start_of(r.start)?,
+        };
+        Ok(Response::new(self.open(request, to_v1)?))
+    }
+
+    #[tracing::instrument(skip_all, fields(room = %request.get_ref().room))]
+    async fn list_messages(
+        &self,
+        request: Request<v1::ListMessagesRequest>,
+    ) -> Result<Response<v1::ListMessagesResponse>, Status> {
+        let r = request.into_inner();
+        if r.room.is_empty() {
+            return Err(invalid("room", "is required").into());
+        }
+        let room = room_filter(&r.room)?.unwrap_or_default();
+        let limit = match r.limit {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let before = (r.before_sequence != 0).then_some(r.before_sequence);
+        let page = list(&self.station()?, &room, limit, before).await?;
+        Ok(Response::new(page))
+    }
+}
+
+/// One page of a room's history, oldest first, ending before `before`.
+async fn list(
+    station: &Station,
+    room: &str,
+    limit: u32,
+    before: Option<u64>,
+) -> Result<v1::ListMessagesResponse, ApiError> {
+    let filter = station::subject(room);
+    let first = station
+        .nth_last_sequence(&filter, u64::from(limit), before)
+        .await?;
+    let start = first.map_or(StartPosition::All, StartPosition::FromSequence);
+    let mut read = station.read(&filter, start).await?;
+    let mut messages = Vec::with_capacity(limit as usize);
+    while let Some(delivered) = read.next().await? {
+        if before.is_some_and(|b| delivered.sequence >= b) || messages.len() >= limit as usize {
+            break;
+        }
+        if let Some(live) = hub::decode(&delivered) {
+            messages.push(live.message);
+        }
+    }
+    let next_before_sequence = match (first, messages.first()) {
+        (Some(_), Some(oldest)) => {
+            // Older messages exist only if one precedes the oldest returned.
+            let older = station
+                .nth_last_sequence(&filter, 1, Some(oldest.sequence))
+                .await?;
+            if older.is_some() { oldest.sequence } else { 0 }
+        }
+        _ => 0,
+    };
+    Ok(v1::ListMessagesResponse {
+        messages,
+        next_before_sequence,
+    })
+}
+
+#[tonic::async_trait]
+impl seed::all_messages_service_server::AllMessagesService for Api {
+    type allStream = EventStream<seed::ChatMessage>;
+
+    async fn all(
+        &self,
+        _request: Request<seed::Empty>,
+    ) -> Result<Response<Self::allStream>, Status> {
+        let request = subscription::Request {
+            room: None,
+            start: Start::All,
+        };
+        Ok(Response::new(self.open(request, to_seed)?))
+    }
+}

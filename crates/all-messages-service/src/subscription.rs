@@ -1,0 +1,256 @@
+//! One subscription: replay from its start position out of the station, then
+//! live from the hub; if it falls too far behind the live feed, catch up from
+//! the station again and rejoin. Messages go out in sequence order, each
+//! exactly once, never skipped.
+
+use std::sync::Arc;
+
+use broker_client::{OffsetDateTime, StartPosition, Station};
+use fastchat_proto::{station, v1};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::{
+    error::ApiError,
+    hub::{self, Hub},
+};
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Every retained message.
+    All,
+    /// Messages with sequence > this.
+    After(u64),
+    /// Messages stored at or after this time.
+    Since(OffsetDateTime),
+    /// The last N messages.
+    Last(u32),
+    /// Only messages stored after subscribing.
+    New,
+}
+
+/// What a subscription emits.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A message.
+    Message(v1::ChatMessage),
+    /// Sequences asked for but no longer retained.
+    Gap { from: u64, to: u64 },
+}
+
+/// A subscription request, validated.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `None` = every room.
+    pub room: Option<String>,
+    /// Start position.
+    pub start: Start,
+}
+
+/// Sends events to the client, stopping on shutdown or when it hangs up.
+struct Sink<T> {
+    tx: mpsc::Sender<Result<T, Status>>,
+    map: fn(Event) -> Option<T>,
+    cancel: CancellationToken,
+    /// Sequence up to which everything matching was sent: the resume cursor.
+    cursor: u64,
+}
+
+/// Why a subscription ended.
+enum End {
+    /// The client went away, or the server is shutting down.
+    Stopped,
+    /// A failure to report to the client.
+    Failed(ApiError),
+}
+
+impl<T> Sink<T> {
+    async fn send(&mut self, event: Event) -> Result<(), End> {
+        let Some(item) = (self.map)(event) else {
+            return Ok(());
+        };
+        tokio::select! {
+            () = self.cancel.cancelled() => Err(End::Stopped),
+            sent = self.tx.send(Ok(item)) => sent.map_err(|_| End::Stopped),
+        }
+    }
+
+    async fn message(&mut self, message: v1::ChatMessage) -> Result<(), End> {
+        let sequence = message.sequence;
+        self.send(Event::Message(message)).await?;
+        self.cursor = sequence;
+        Ok(())
+    }
+}
+
+/// Runs a subscription until the client goes away, the server shuts down, or
+/// the broker fails (reported as UNAVAILABLE with the resume cursor).
+pub async fn run<T: Send + 'static>(
+    hub: Arc<Hub>,
+    station: Station,
+    request: Request,
+    tx: mpsc::Sender<Result<T, Status>>,
+    map: fn(Event) -> Option<T>,
+    cancel: CancellationToken,
+) {
+    let mut sink = Sink {
+        tx,
+        map,
+        cancel,
+        cursor: 0,
+    };
+    let outcome = serve(&hub, &station, &request, &mut sink).await;
+    let status = match outcome {
+        Ok(()) | Err(End::Stopped) if !sink.cancel.is_cancelled() => return,
+        Ok(()) | Err(End::Stopped) => Status::unavailable(format!(
+            "server shutting down; resubscribe with after_sequence = {}",
+            sink.cursor
+        )),
+        Err(End::Failed(e)) => {
+            let mut status = Status::from(e);
+            if status.code() == tonic::Code::Unavailable {
+                status = Status::unavailable(format!(
+                    "{}; resubscribe with after_sequence = {}",
+                    status.message(),
+                    sink.cursor
+                ));
+            }
+            status
+        }
+    };
+    let _ = sink.tx.try_send(Err(status));
+}
+
+async fn serve<T>(
+    hub: &Hub,
+    station: &Station,
+    request: &Request,
+    sink: &mut Sink<T>,
+) -> Result<(), End> {
+    let room = request.room.as_deref();
+    let filter = room.map_or_else(|| station::ALL_ROOMS.to_owned(), station::subject);
+    let failed = |e: broker_client::Error| End::Failed(e.into());
+
+    let (mut live, joined_at) = hub.subscribe();
+    let first = match request.start {
+        Start::New => None,
+        Start::All => Some(StartPosition::All),
+        Start::Since(t) => Some(StartPosition::Since(t)),
+        Start::After(after) => {
+            sink.cursor = after;
+            let newest = report_gap(station, sink).await?;
+            if after > newest {
+                return Err(End::Failed(ApiError::Invalid {
+                    field: "after_sequence",
+                    reason: format!(
+                        "{after} is beyond the newest stored message ({newest}); resume from a \
+                         sequence this station delivered"
+                    ),
+                }));
+            }
+            Some(StartPosition::after(after))
+        }
+        Start::Last(n) => Some(
+            match station
+                .nth_last_sequence(&filter, u64::from(n), Some(joined_at.saturating_add(1)))
+                .await
+                .map_err(failed)?
+            {
+                Some(sequence) => StartPosition::FromSequence(sequence),
+                None => StartPosition::All,
+            },
+        ),
+    };
+    if let Some(start) = first {
+        replay(station, &filter, start, joined_at, sink).await?;
+    }
+    sink.cursor = sink.cursor.max(joined_at);
+
+    loop {
+        let received = tokio::select! {
+            () = sink.cancel.cancelled() => return Err(End::Stopped),
+            received = live.recv() => received,
+        };
+        match received {
+            Ok(message) => {
+                if message.sequence <= sink.cursor {
+                    continue;
+                }
+                if room.is_none_or(|r| r == message.message.room) {
+                    sink.message(message.message.clone()).await?;
+                }
+                sink.cursor = message.sequence;
+            }
+            Err(RecvError::Lagged(missed)) => {
+                // Too slow for the live feed: read what we missed from the
+                // station, then rejoin. Nobody else waits for us.
+                tracing::debug!(
+                    missed,
+                    cursor = sink.cursor,
+                    "subscriber lagged; catching up from the station"
+                );
+                let (rejoined, joined_at) = hub.subscribe();
+                live = rejoined;
+                report_gap(station, sink).await?;
+                replay(
+                    station,
+                    &filter,
+                    StartPosition::after(sink.cursor),
+                    joined_at,
+                    sink,
+                )
+                .await?;
+                sink.cursor = sink.cursor.max(joined_at);
+            }
+            Err(RecvError::Closed) => {
+                return Err(End::Failed(ApiError::Unavailable(
+                    "live feed stopped".into(),
+                )));
+            }
+        }
+    }
+}
+
+/// Sends the stored messages from `start` up to at least `until`.
+async fn replay<T>(
+    station: &Station,
+    filter: &str,
+    start: StartPosition,
+    until: u64,
+    sink: &mut Sink<T>,
+) -> Result<(), End> {
+    let failed = |e: broker_client::Error| End::Failed(e.into());
+    let mut read = station.read(filter, start).await.map_err(failed)?;
+    loop {
+        let next = tokio::select! {
+            () = sink.cancel.cancelled() => return Err(End::Stopped),
+            next = read.next() => next.map_err(failed)?,
+        };
+        let Some(delivered) = next else {
+            return Ok(());
+        };
+        if delivered.sequence > sink.cursor
+            && let Some(live) = hub::decode(&delivered)
+        {
+            sink.message(live.message).await?;
+        }
+        if delivered.sequence >= until {
+            return Ok(());
+        }
+    }
+}
+
+/// Reports, as a [`Event::Gap`], messages after the cursor that the station
+/// no longer retains. Returns the newest stored sequence.
+async fn report_gap<T>(station: &Station, sink: &mut Sink<T>) -> Result<u64, End> {
+    let state = station.state().await.map_err(|e| End::Failed(e.into()))?;
+    let wanted = sink.cursor.saturating_add(1);
+    if state.first_sequence > wanted && state.last_sequence >= wanted {
+        let to = state.first_sequence - 1;
+        sink.send(Event::Gap { from: wanted, to }).await?;
+        sink.cursor = to;
+    }
+    Ok(state.last_sequence)
+}

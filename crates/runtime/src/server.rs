@@ -1,0 +1,157 @@
+//! The gRPC server scaffold every service uses: limits, health that follows
+//! the broker, reflection, and serving on an already-bound listener until a
+//! shutdown token fires, with a bounded drain.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use broker_client::{Broker, ConnectionState};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::Router};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::config::GrpcConfig;
+
+/// A tonic server builder with the configured limits.
+#[must_use]
+pub fn builder(config: &GrpcConfig) -> Server {
+    Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+}
+
+/// The reflection service over every FastChat proto.
+///
+/// # Errors
+/// Only if the embedded descriptor set were corrupt (a build defect).
+pub fn reflection() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::Error,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fastchat_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+}
+
+/// Keeps the health of `services` (and of the whole server, `""`) SERVING
+/// exactly while the broker is connected and `ready` is true, until `cancel`
+/// fires; then NOT_SERVING, so load balancers stop sending work while we drain.
+pub async fn follow_broker_health(
+    reporter: HealthReporter,
+    services: &[&str],
+    broker: Broker,
+    mut ready: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
+    let mut state = broker.watch_state();
+    let mut last = None;
+    // Once the sender is gone the value is final; stop waiting on it.
+    let mut ready_open = true;
+    let mut state_open = true;
+    loop {
+        let serving = !cancel.is_cancelled()
+            && *ready.borrow_and_update()
+            && broker.state() == ConnectionState::Connected;
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            tracing::info!(?status, "health");
+            for name in services.iter().copied().chain(std::iter::once("")) {
+                reporter.set_service_status(name, status).await;
+            }
+            last = Some(status);
+        }
+        if cancel.is_cancelled() {
+            return;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            r = state.changed(), if state_open => state_open = r.is_ok(),
+            r = ready.changed(), if ready_open => ready_open = r.is_ok(),
+            // The state channel reports transitions; this also catches a
+            // reconnect that happened while we were busy.
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `cancel` fires, then lets in-flight
+/// calls finish for at most `drain`.
+///
+/// # Errors
+/// If the transport fails.
+pub async fn serve(
+    router: Router,
+    listener: TcpListener,
+    cancel: CancellationToken,
+    drain: Duration,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = TcpListenerStream::new(listener);
+    let shutdown = cancel.clone();
+    let server = router.serve_with_incoming_shutdown(incoming, async move {
+        shutdown.cancelled().await;
+    });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result,
+        () = cancel.cancelled() => {}
+    }
+    match tokio::time::timeout(drain, server).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(?drain, "drain time over; closing remaining calls");
+            Ok(())
+        }
+    }
+}
+
+/// Asks the gRPC health service at `addr` whether it is SERVING.
+///
+/// # Errors
+/// If the server cannot be reached in `timeout` or answers with an error.
+pub async fn check_health(addr: SocketAddr, timeout: Duration) -> anyhow::Result<ServingStatus> {
+    use anyhow::Context as _;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let host = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{host}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {host}"))?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .with_context(|| format!("health check of {host} failed"))?;
+    Ok(match response.into_inner().status() {
+        tonic_health::pb::health_check_response::ServingStatus::Serving => ServingStatus::Serving,
+        _ => ServingStatus::NotServing,
+    })
+}
+
+/// Waits for `future` unless `cancel` fires first.
+pub async fn until_cancelled<F: Future>(
+    cancel: &CancellationToken,
+    future: F,
+) -> Option<F::Output> {
+    tokio::select! {
+        () = cancel.cancelled() => None,
+        out = future => Some(out),
+    }
+}

@@ -1,0 +1,113 @@
+//! send-service configuration (see the README for every key).
+
+use std::time::Duration;
+
+use broker_client::{BrokerConfig, StationConfig};
+use fastchat_runtime::{
+    cli::ServiceConfig,
+    config::{GrpcConfig, LogConfig, ShutdownConfig, Validate},
+};
+use serde::{Deserialize, Serialize};
+
+/// Default gRPC port of send-service.
+pub const DEFAULT_PORT: u16 = 50051;
+
+/// Everything send-service reads from its configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listener.
+    pub grpc: GrpcConfig,
+    /// Broker connection.
+    pub nats: BrokerConfig,
+    /// The `chat` station.
+    pub station: StationConfig,
+    /// Message limits and the send deadline.
+    pub send: SendConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grpc: GrpcConfig::with_port(DEFAULT_PORT),
+            nats: BrokerConfig {
+                name: Some("send-service".into()),
+                ..BrokerConfig::default()
+            },
+            station: StationConfig::default(),
+            send: SendConfig::default(),
+            log: LogConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+/// Limits on what a message may contain, and how long a send may take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SendConfig {
+    /// A send that the broker has not acknowledged within this time answers
+    /// UNAVAILABLE (retry it with the same `client_message_id`).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Longest author name, in characters.
+    pub max_author_chars: usize,
+    /// Longest text, in bytes of UTF-8.
+    pub max_text_bytes: usize,
+    /// Longest `client_message_id`, in characters.
+    pub max_client_message_id_chars: usize,
+}
+
+impl Default for SendConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            max_author_chars: 64,
+            max_text_bytes: 4096,
+            max_client_message_id_chars: 128,
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), String> {
+        self.grpc.validate()?;
+        self.nats.validate()?;
+        self.station.validate()?;
+        if self.send.timeout.is_zero() {
+            return Err("send.timeout must be greater than zero".into());
+        }
+        if self.send.max_author_chars == 0 || self.send.max_text_bytes == 0 {
+            return Err("send.max_author_chars and send.max_text_bytes must be at least 1".into());
+        }
+        // A message must fit in the station and in a gRPC request with room
+        // to spare for the other fields.
+        let envelope = self.send.max_text_bytes + self.send.max_author_chars * 4 + 1024;
+        if self.station.max_message_size != 0 && envelope > self.station.max_message_size as usize {
+            return Err(format!(
+                "send.max_text_bytes ({}) does not fit in station.max_message_size ({})",
+                self.send.max_text_bytes, self.station.max_message_size
+            ));
+        }
+        if envelope > self.grpc.max_request_bytes {
+            return Err(format!(
+                "send.max_text_bytes ({}) does not fit in grpc.max_request_bytes ({})",
+                self.send.max_text_bytes, self.grpc.max_request_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ServiceConfig for Config {
+    fn grpc(&self) -> &GrpcConfig {
+        &self.grpc
+    }
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}

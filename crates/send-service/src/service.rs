@@ -1,0 +1,64 @@
+//! The gRPC faces of the sender: the seed API and fastchat.v1.
+
+use fastchat_proto::{seed, v1};
+use tonic::{Request, Response, Status};
+
+use crate::{sender::Sender, validate::validate};
+
+/// Implements both SendMessageService traits over one [`Sender`].
+#[derive(Debug, Clone)]
+pub struct Api {
+    sender: Sender,
+}
+
+impl Api {
+    pub fn new(sender: Sender) -> Self {
+        Self { sender }
+    }
+}
+
+fn traceparent<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get(fastchat_proto::station::HEADER_TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+#[tonic::async_trait]
+impl v1::send_message_service_server::SendMessageService for Api {
+    async fn send_message(
+        &self,
+        request: Request<v1::SendMessageRequest>,
+    ) -> Result<Response<v1::SendMessageResponse>, Status> {
+        let trace = traceparent(&request);
+        let r = request.into_inner();
+        let new = validate(
+            &r.room,
+            r.author,
+            r.text,
+            &r.client_message_id,
+            r.client_time_ms,
+            &self.sender.limits,
+        )?;
+        let stored = self.sender.send(new, trace).await?;
+        Ok(Response::new(v1::SendMessageResponse {
+            message: Some(stored.message),
+            duplicate: stored.duplicate,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl seed::send_message_service_server::SendMessageService for Api {
+    async fn send(
+        &self,
+        request: Request<seed::ChatMessage>,
+    ) -> Result<Response<seed::Empty>, Status> {
+        let trace = traceparent(&request);
+        let m = request.into_inner();
+        let new = validate("", m.author, m.text, "", m.time, &self.sender.limits)?;
+        self.sender.send(new, trace).await?;
+        Ok(Response::new(seed::Empty {}))
+    }
+}

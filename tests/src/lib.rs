@@ -1,0 +1,256 @@
+//! Helpers for FastChat's end-to-end tests: start the services in-process on
+//! free loopback ports against a test nats-server, and connect gRPC clients.
+
+#![forbid(unsafe_code)]
+#![allow(clippy::missing_panics_doc)] // test support: a panic is the failure report
+
+use std::{net::SocketAddr, time::Duration};
+
+use fastchat_proto::{seed, v1};
+use fastchat_runtime::service::ServeError;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic_health::ServingStatus;
+
+pub use fastchat_test_support::{NatsOptions, NatsServer, workspace_bin};
+
+/// A service running in this process, stopped on drop.
+#[derive(Debug)]
+pub struct Service {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    cancel: CancellationToken,
+    handle: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl Service {
+    /// Stops it gracefully and returns how `run` ended.
+    ///
+    /// # Errors
+    /// What `run` returned.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        self.cancel.cancel();
+        let handle = self.handle.take().expect("not stopped yet");
+        tokio::time::timeout(Duration::from_secs(15), handle)
+            .await
+            .expect("service stops within 15 s")
+            .expect("service task did not panic")
+    }
+
+    /// `http://addr` for clients.
+    #[must_use]
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits until its gRPC health is `want`.
+    pub async fn wait_health(&self, want: ServingStatus, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let status = fastchat_runtime::server::check_health(self.addr, Duration::from_secs(1))
+                .await
+                .ok();
+            if status == Some(want) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} health is {status:?}, not {want:?}, after {within:?}",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback")
+}
+
+fn broker_config(nats_url: &str) -> broker_client::BrokerConfig {
+    broker_client::BrokerConfig {
+        url: nats_url.to_owned(),
+        request_timeout: Duration::from_secs(2),
+        max_reconnect_delay: Duration::from_millis(250),
+        ..broker_client::BrokerConfig::default()
+    }
+}
+
+/// Test defaults for send-service against `nats_url`.
+#[must_use]
+pub fn send_config(nats_url: &str) -> send_service::Config {
+    let mut config = send_service::Config {
+        nats: broker_config(nats_url),
+        ..send_service::Config::default()
+    };
+    config.send.timeout = Duration::from_secs(3);
+    config.shutdown.drain_timeout = Duration::from_secs(3);
+    config
+}
+
+/// Test defaults for all-messages-service against `nats_url`.
+#[must_use]
+pub fn all_config(nats_url: &str) -> all_messages_service::Config {
+    let mut config = all_messages_service::Config {
+        nats: broker_config(nats_url),
+        ..all_messages_service::Config::default()
+    };
+    config.shutdown.drain_timeout = Duration::from_secs(3);
+    config
+}
+
+/// Starts send-service in-process and waits until it is SERVING.
+pub async fn start_send(config: send_service::Config) -> Service {
+    let listener = bind().await;
+    let addr = listener.local_addr().expect("local addr");
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn(send_service::run(config, listener, cancel.clone()));
+    let service = Service {
+        addr,
+        cancel,
+        handle: Some(handle),
+    };
+    service
+        .wait_health(ServingStatus::Serving, Duration::from_secs(15))
+        .await;
+    service
+}
+
+/// Starts all-messages-service in-process and waits until it is SERVING and
+/// its live feed runs.
+pub async fn start_all(config: all_messages_service::Config) -> Service {
+    let listener = bind().await;
+    let addr = listener.local_addr().expect("local addr");
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn(all_messages_service::run(config, listener, cancel.clone()));
+    let service = Service {
+        addr,
+        cancel,
+        handle: Some(handle),
+    };
+    service
+        .wait_health(ServingStatus::Serving, Duration::from_secs(15))
+        .await;
+    // Health turns SERVING when the station is ready; the live feed starts a
+    // moment later. A subscription refused meanwhile is UNAVAILABLE.
+    let mut client = v1_all(&service).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match client
+            .list_messages(v1::ListMessagesRequest {
+                room: "general".into(),
+                before_sequence: 0,
+                limit: 1,
+            })
+            .await
+        {
+            Ok(_) => break,
+            Err(status) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "all-messages-service not usable: {status}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    service
+}
+
+async fn channel(endpoint: String) -> Channel {
+    tonic::transport::Endpoint::from_shared(endpoint)
+        .expect("valid endpoint")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect to the service")
+}
+
+/// A fastchat.v1 send client.
+pub async fn v1_send(
+    service: &Service,
+) -> v1::send_message_service_client::SendMessageServiceClient<Channel> {
+    v1::send_message_service_client::SendMessageServiceClient::new(
+        channel(service.endpoint()).await,
+    )
+}
+
+/// A fastchat.v1 all-messages client.
+pub async fn v1_all(
+    service: &Service,
+) -> v1::all_messages_service_client::AllMessagesServiceClient<Channel> {
+    v1::all_messages_service_client::AllMessagesServiceClient::new(
+        channel(service.endpoint()).await,
+    )
+}
+
+/// A seed send client.
+pub async fn seed_send(
+    service: &Service,
+) -> seed::send_message_service_client::SendMessageServiceClient<Channel> {
+    seed::send_message_service_client::SendMessageServiceClient::new(
+        channel(service.endpoint()).await,
+    )
+}
+
+/// A seed all-messages client.
+pub async fn seed_all(
+    service: &Service,
+) -> seed::all_messages_service_client::AllMessagesServiceClient<Channel> {
+    seed::all_messages_service_client::AllMessagesServiceClient::new(
+        channel(service.endpoint()).await,
+    )
+}
+
+/// A send request.
+#[must_use]
+pub fn message(room: &str, author: &str, text: &str) -> v1::SendMessageRequest {
+    v1::SendMessageRequest {
+        room: room.into(),
+        author: author.into(),
+        text: text.into(),
+        client_message_id: String::new(),
+        client_time_ms: 0,
+    }
+}
+
+/// Reads `n` messages from a v1 subscription (Gap events are returned too),
+/// failing after `within`.
+pub async fn take(
+    stream: &mut tonic::Streaming<v1::SubscribeResponse>,
+    n: usize,
+    within: Duration,
+) -> Vec<v1::subscribe_response::Event> {
+    let mut events = Vec::with_capacity(n);
+    tokio::time::timeout(within, async {
+        while events.len() < n {
+            match stream.message().await {
+                Ok(Some(response)) => events.extend(response.event),
+                Ok(None) => panic!("stream ended after {} events", events.len()),
+                Err(status) => panic!("stream failed after {} events: {status}", events.len()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {n} events within {within:?}", events.len()));
+    events
+}
+
+/// The sequences of the messages among `events`.
+#[must_use]
+pub fn sequences(events: &[v1::subscribe_response::Event]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            v1::subscribe_response::Event::Message(m) => Some(m.sequence),
+            v1::subscribe_response::Event::Gap(_) => None,
+        })
+        .collect()
+}
