@@ -41,3 +41,24 @@ lint: ## formatting check and clippy with warnings as errors
 
 fmt: ## format the code
 	$(CARGO) fmt --all
+
+COMPOSE := docker compose -f deploy/compose/docker-compose.yml --env-file deploy/compose/.env
+
+deploy-check: ## validate Dockerfile, compose file and Kubernetes overlays (no Docker engine needed)
+	deploy/check.sh
+
+k8s-validate: deploy-check ## alias: the Kubernetes overlays are validated by deploy-check
+
+docker: ## build both images (needs a Docker engine)
+	docker build -f deploy/docker/Dockerfile --build-arg SERVICE=send-service -t fastchat/send-service:dev .
+	docker build -f deploy/docker/Dockerfile --build-arg SERVICE=all-messages-service -t fastchat/all-messages-service:dev .
+
+deploy/compose/.env:
+	@echo "deploy/compose/.env is missing: cp deploy/compose/.env.example deploy/compose/.env and set real passwords" >&2
+	@exit 1
+
+compose-up: deploy/compose/.env ## start NATS + send-service + 2 all-messages replicas with docker compose
+	$(COMPOSE) up -d --build
+
+compose-down: deploy/compose/.env ## stop the compose deployment (keeps the NATS volume)
+	$(COMPOSE) down

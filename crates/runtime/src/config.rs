@@ -206,7 +206,10 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("FASTCHAT_GRPC__LISTEN", "not an address");
             let err = load::<Sample>(None).expect_err("invalid address");
-            assert!(err.to_string().to_lowercase().contains("grpc.listen"), "{err}");
+            assert!(
+                err.to_string().to_lowercase().contains("grpc.listen"),
+                "{err}"
+            );
             Ok(())
         });
         figment::Jail::expect_with(|jail| {

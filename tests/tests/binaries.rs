@@ -1,0 +1,197 @@
+//! End to end over the real binaries as processes: configuration from the
+//! environment, health checks through the `healthcheck` subcommand, the seed
+//! API, graceful shutdown on SIGTERM, and a bad configuration's exit status.
+
+use std::{
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use fastchat_e2e::{NatsServer, workspace_bin};
+use fastchat_proto::seed;
+use fastchat_test_support::free_port;
+
+/// A service binary, killed on drop if still running.
+struct Process {
+    name: &'static str,
+    port: u16,
+    child: Child,
+}
+
+impl Process {
+    fn start(name: &'static str, nats_url: &str) -> Self {
+        let port = free_port();
+        let child = Command::new(workspace_bin(name))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("FASTCHAT_GRPC__LISTEN", format!("127.0.0.1:{port}"))
+            // The conventional variable is enough to find the broker.
+            .env("NATS_URL", nats_url)
+            .env("FASTCHAT_SHUTDOWN__DRAIN_TIMEOUT", "3s")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the service binary");
+        let process = Self { name, port, child };
+        process.wait_healthy(Duration::from_secs(20));
+        process
+    }
+
+    fn healthcheck(&self) -> bool {
+        Command::new(workspace_bin(self.name))
+            .arg("healthcheck")
+            .env("FASTCHAT_GRPC__LISTEN", format!("127.0.0.1:{}", self.port))
+            .stderr(Stdio::null())
+            .status()
+            .expect("run healthcheck")
+            .success()
+    }
+
+    fn wait_healthy(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.healthcheck() {
+            assert!(
+                Instant::now() < deadline,
+                "{} not healthy within {within:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {within:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn binaries_chat_through_the_seed_api_and_stop_gracefully() {
+    let nats = NatsServer::start();
+    let mut send = Process::start("send-service", &nats.url());
+    let mut all = Process::start("all-messages-service", &nats.url());
+
+    let mut sender =
+        seed::send_message_service_client::SendMessageServiceClient::connect(send.endpoint())
+            .await
+            .expect("connect send-service");
+    sender
+        .send(seed::ChatMessage {
+            author: "ann".into(),
+            text: "first".into(),
+            time: 1,
+        })
+        .await
+        .expect("send");
+    let mut stream =
+        seed::all_messages_service_client::AllMessagesServiceClient::connect(all.endpoint())
+            .await
+            .expect("connect all-messages-service")
+            .all(seed::Empty {})
+            .await
+            .expect("all")
+            .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("message");
+    assert_eq!(
+        (first.author.as_str(), first.text.as_str(), first.time),
+        ("ann", "first", 1)
+    );
+    sender
+        .send(seed::ChatMessage {
+            author: "bob".into(),
+            text: "second".into(),
+            time: 2,
+        })
+        .await
+        .expect("send");
+    let second = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("message");
+    assert_eq!(second.text, "second");
+
+    // SIGTERM with a stream open: the stream ends with UNAVAILABLE (resume
+    // hint), and the process exits 0 within the drain time.
+    let status = tokio::task::spawn_blocking(move || {
+        let status = all.terminate(Duration::from_secs(10));
+        (status, all)
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stream ends");
+    match ended {
+        Err(status) => {
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+            assert!(status.message().contains("after_sequence"), "{status}");
+        }
+        Ok(None) => {}
+        Ok(Some(m)) => panic!("unexpected message {m:?}"),
+    }
+    let (all_status, _all) = status.await.expect("join");
+    assert!(
+        all_status.success(),
+        "all-messages-service exited with {all_status}"
+    );
+    let send_status = send.terminate(Duration::from_secs(10));
+    assert!(
+        send_status.success(),
+        "send-service exited with {send_status}"
+    );
+}
+
+#[test]
+fn a_bad_configuration_exits_64_with_a_one_line_reason() {
+    let output = Command::new(workspace_bin("send-service"))
+        .env("FASTCHAT_STATION__REPLICAS", "2")
+        .output()
+        .expect("run send-service");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("station.replicas"), "{stderr}");
+
+    let output = Command::new(workspace_bin("all-messages-service"))
+        .env("FASTCHAT_GRPC__LISTEN", "nowhere")
+        .output()
+        .expect("run all-messages-service");
+    assert_eq!(output.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .to_lowercase()
+            .contains("grpc.listen")
+    );
+}
