@@ -35,6 +35,10 @@ test: $(NATS_BIN) ## install what the tests need, then run them all
 		$(CARGO) test --locked --workspace --no-fail-fast; \
 	fi
 
+bench: $(NATS_BIN) ## measure FastChat against raw tonic/JetStream baselines (release; report in target/bench)
+	$(CARGO) build --locked --release -p send-service -p all-messages-service -p fastchat-bench
+	target/release/fastchat-bench --out target/bench
+
 lint: ## formatting check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings

@@ -37,16 +37,16 @@ done
 echo "nats-server (JetStream) on nats://127.0.0.1:$nats_port, store $state/nats"
 
 export FASTCHAT_NATS__URL="nats://127.0.0.1:$nats_port"
-start() { # name listen
-  local name=$1 listen=$2
-  FASTCHAT_GRPC__LISTEN="$listen" "$bin_dir/${name%-[0-9]}" \
+start() { # name grpc-listen metrics-listen
+  local name=$1 listen=$2 metrics=$3
+  FASTCHAT_GRPC__LISTEN="$listen" FASTCHAT_METRICS__LISTEN="$metrics" "$bin_dir/${name%-[0-9]}" \
     > >(sed -u "s/^/[$name] /") 2>&1 &
   pids+=($!)
-  echo "$name on $listen"
+  echo "$name on $listen (metrics: http://$metrics/metrics)"
 }
-start send-service 127.0.0.1:50051
-start all-messages-service-1 127.0.0.1:50052
-start all-messages-service-2 127.0.0.1:50053
+start send-service 127.0.0.1:50051 127.0.0.1:9091
+start all-messages-service-1 127.0.0.1:50052 127.0.0.1:9092
+start all-messages-service-2 127.0.0.1:50053 127.0.0.1:9093
 
 echo "FastChat is running; Ctrl-C stops it. Try:"
 echo "  cargo run -q -p fastchat-e2e --example chat -- tail"

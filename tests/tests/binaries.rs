@@ -15,12 +15,14 @@ use fastchat_test_support::free_port;
 struct Process {
     name: &'static str,
     port: u16,
+    metrics_port: u16,
     child: Child,
 }
 
 impl Process {
     fn start(name: &'static str, nats_url: &str) -> Self {
         let port = free_port();
+        let metrics_port = free_port();
         let child = Command::new(workspace_bin(name))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -28,13 +30,22 @@ impl Process {
             // The conventional variable is enough to find the broker.
             .env("NATS_URL", nats_url)
             .env("FASTCHAT_SHUTDOWN__DRAIN_TIMEOUT", "3s")
+            .env(
+                "FASTCHAT_METRICS__LISTEN",
+                format!("127.0.0.1:{metrics_port}"),
+            )
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn the service binary");
-        let process = Self { name, port, child };
+        let process = Self {
+            name,
+            port,
+            metrics_port,
+            child,
+        };
         process.wait_healthy(Duration::from_secs(20));
         process
     }
@@ -59,6 +70,22 @@ impl Process {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The Prometheus text exposition, fetched with a plain HTTP/1.0 GET.
+    fn metrics(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .expect("connect to metrics");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .expect("request");
+        let mut body = String::new();
+        stream.read_to_string(&mut body).expect("response");
+        body
     }
 
     fn endpoint(&self) -> String {
@@ -143,6 +170,17 @@ async fn binaries_chat_through_the_seed_api_and_stop_gracefully() {
         .expect("ok")
         .expect("message");
     assert_eq!(second.text, "second");
+
+    let send_metrics = send.metrics();
+    assert!(
+        send_metrics.contains("fastchat_send_requests_total{service=\"send-service\",api=\"seed\",outcome=\"stored\"} 2"),
+        "{send_metrics}"
+    );
+    let all_metrics = all.metrics();
+    assert!(
+        all_metrics.contains("fastchat_subscriptions_active{service=\"all-messages-service\"} 1"),
+        "{all_metrics}"
+    );
 
     // SIGTERM with a stream open: the stream ends with UNAVAILABLE (resume
     // hint), and the process exits 0 within the drain time.

@@ -3,9 +3,12 @@
 use broker_client::{BrokerConfig, StationConfig};
 use fastchat_runtime::{
     cli::ServiceConfig,
-    config::{GrpcConfig, LogConfig, ShutdownConfig, Validate},
+    config::{GrpcConfig, LogConfig, MetricsConfig, ShutdownConfig, Validate},
 };
 use serde::{Deserialize, Serialize};
+
+/// Default Prometheus metrics port of all-messages-service.
+pub const DEFAULT_METRICS_PORT: u16 = 9092;
 
 /// Default gRPC port of all-messages-service.
 pub const DEFAULT_PORT: u16 = 50052;
@@ -24,6 +27,8 @@ pub struct Config {
     pub subscriptions: SubscriptionsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
 }
@@ -39,6 +44,7 @@ impl Default for Config {
             station: StationConfig::default(),
             subscriptions: SubscriptionsConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::with_port(DEFAULT_METRICS_PORT),
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -91,5 +97,8 @@ impl ServiceConfig for Config {
     }
     fn log(&self) -> &LogConfig {
         &self.log
+    }
+    fn metrics(&self) -> &MetricsConfig {
+        &self.metrics
     }
 }

@@ -128,12 +128,15 @@ impl Hub {
         self.broadcast(start, None);
         self.started.send_replace(true);
         tracing::info!(after_sequence = start, "live feed started");
+        let sequence_gauge = metrics::gauge!("fastchat_live_feed_sequence");
         loop {
             tokio::select! {
                 () = context.cancel.cancelled() => return,
                 delivered = fan_out.next() => {
                     let live = decode(&delivered);
                     self.broadcast(delivered.sequence, live);
+                    #[allow(clippy::cast_precision_loss)] // a gauge; exact below 2^53
+                    sequence_gauge.set(delivered.sequence as f64);
                 }
             }
         }

@@ -77,9 +77,10 @@ impl Api {
             .map_err(|_| ApiError::TooManySubscriptions(self.limits.max))?;
         let (tx, rx) = mpsc::channel(self.limits.client_buffer);
         let hub = Arc::clone(&self.hub);
+        let joined = hub.subscribe();
         let cancel = self.cancel.clone();
         self.tracker.spawn(async move {
-            subscription::run(hub, station, request, tx, map, cancel).await;
+            subscription::run(hub, joined, station, request, tx, map, cancel).await;
             drop(permit);
         });
         Ok(Box::pin(ReceiverStream::new(rx)))

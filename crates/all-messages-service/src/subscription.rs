@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use broker_client::{OffsetDateTime, StartPosition, Station};
 use fastchat_proto::{station, v1};
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::sync::{
+    broadcast::{self, error::RecvError},
+    mpsc,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -56,6 +59,7 @@ struct Sink<T> {
     cancel: CancellationToken,
     /// Sequence up to which everything matching was sent: the resume cursor.
     cursor: u64,
+    delivered: metrics::Counter,
 }
 
 /// Why a subscription ended.
@@ -81,14 +85,23 @@ impl<T> Sink<T> {
         let sequence = message.sequence;
         self.send(Event::Message(message)).await?;
         self.cursor = sequence;
+        self.delivered.increment(1);
         Ok(())
     }
 }
 
+/// The live feed as joined when the subscription was accepted: a receiver
+/// and the sequence up to which history must come from the station.
+pub type Joined = (broadcast::Receiver<Arc<hub::Live>>, u64);
+
 /// Runs a subscription until the client goes away, the server shuts down, or
 /// the broker fails (reported as UNAVAILABLE with the resume cursor).
+///
+/// `joined` is taken from [`Hub::subscribe`] before the RPC answers, so a
+/// `new_only` subscriber gets everything stored after its call returned.
 pub async fn run<T: Send + 'static>(
     hub: Arc<Hub>,
+    joined: Joined,
     station: Station,
     request: Request,
     tx: mpsc::Sender<Result<T, Status>>,
@@ -100,8 +113,13 @@ pub async fn run<T: Send + 'static>(
         map,
         cancel,
         cursor: 0,
+        delivered: metrics::counter!("fastchat_messages_delivered_total"),
     };
-    let outcome = serve(&hub, &station, &request, &mut sink).await;
+    let active = metrics::gauge!("fastchat_subscriptions_active");
+    active.increment(1.0);
+    metrics::counter!("fastchat_subscriptions_total").increment(1);
+    let outcome = serve(&hub, joined, &station, &request, &mut sink).await;
+    active.decrement(1.0);
     let status = match outcome {
         Ok(()) | Err(End::Stopped) if !sink.cancel.is_cancelled() => return,
         Ok(()) | Err(End::Stopped) => Status::unavailable(format!(
@@ -125,6 +143,7 @@ pub async fn run<T: Send + 'static>(
 
 async fn serve<T>(
     hub: &Hub,
+    joined: Joined,
     station: &Station,
     request: &Request,
     sink: &mut Sink<T>,
@@ -133,7 +152,7 @@ async fn serve<T>(
     let filter = room.map_or_else(|| station::ALL_ROOMS.to_owned(), station::subject);
     let failed = |e: broker_client::Error| End::Failed(e.into());
 
-    let (mut live, joined_at) = hub.subscribe();
+    let (mut live, joined_at) = joined;
     let first = match request.start {
         Start::New => None,
         Start::All => Some(StartPosition::All),
@@ -171,6 +190,9 @@ async fn serve<T>(
     loop {
         let received = tokio::select! {
             () = sink.cancel.cancelled() => return Err(End::Stopped),
+            // An idle subscription would otherwise notice a vanished client
+            // only at its next message, holding its place meanwhile.
+            () = sink.tx.closed() => return Err(End::Stopped),
             received = live.recv() => received,
         };
         match received {

@@ -100,6 +100,13 @@ impl Broker {
                         Event::SlowConsumer(sid) => {
                             tracing::warn!(sid, "slow consumer: the client dropped messages");
                         }
+                        Event::ServerError(error)
+                            if error.to_string().contains("Permissions Violation") =>
+                        {
+                            // The broker drops a denied request and says so only
+                            // here; the request itself just times out.
+                            tracing::error!(%error, "the broker refused an operation: check this service's NATS user permissions");
+                        }
                         other => tracing::warn!(event = %other, "broker event"),
                     }
                 }

@@ -40,7 +40,7 @@ impl StartPosition {
         Self::FromSequence(sequence.saturating_add(1))
     }
 
-    fn deliver_policy(self) -> DeliverPolicy {
+    pub(crate) fn deliver_policy(self) -> DeliverPolicy {
         match self {
             Self::All => DeliverPolicy::All,
             Self::FromSequence(0 | 1) => DeliverPolicy::All,
@@ -69,7 +69,7 @@ pub struct Delivered {
 }
 
 impl Delivered {
-    fn from_jetstream(message: &jetstream::Message) -> Result<Self> {
+    pub(crate) fn from_jetstream(message: &jetstream::Message) -> Result<Self> {
         let info = message
             .info()
             .map_err(|e| Error::broker("read message metadata", ErrorKind::Other, e.to_string()))?;
@@ -85,6 +85,12 @@ impl Delivered {
 }
 
 type OrderedPush = push::Ordered;
+
+/// Silence after which a fan-out consumer checks whether it is stalled.
+const FAN_OUT_IDLE_CHECK: Duration = Duration::from_secs(10);
+/// Silence after which a history read (which knows messages are pending)
+/// gives up with a time-out.
+const READ_IDLE_LIMIT: Duration = Duration::from_secs(10);
 
 /// A never-ending, per-process ordered consumer (see [`Station::fan_out`]).
 pub struct FanOut {
@@ -171,7 +177,17 @@ impl FanOut {
             let Some(messages) = self.messages.as_mut() else {
                 continue;
             };
-            match messages.next().await {
+            let next = match tokio::time::timeout(FAN_OUT_IDLE_CHECK, messages.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    if stalled(&self.station, self.last, self.start).await {
+                        tracing::warn!(filter = %self.filter, last = ?self.last, "fan-out consumer stalled behind the station; recreating it");
+                        self.messages = None;
+                    }
+                    continue;
+                }
+            };
+            match next {
                 Some(Ok(message)) => match Delivered::from_jetstream(&message) {
                     Ok(delivered) => {
                         // The ordered consumer guarantees order; this guards
@@ -206,6 +222,27 @@ impl FanOut {
     #[must_use]
     pub fn last_sequence(&self) -> Option<u64> {
         self.last
+    }
+}
+
+/// Whether the station holds messages this consumer should have
+/// delivered by now. async-nats re-creates an ordered consumer under a
+/// fixed name; in a cluster that has just lost a node, the re-creation
+/// can wait for ever on the dead node without reporting an error. A fresh
+/// consumer (a new name) from our position gets going again.
+///
+/// A free function: a `&FanOut` held across the await would make the
+/// future require `FanOut: Sync`.
+async fn stalled(station: &Station, last: Option<u64>, start: StartPosition) -> bool {
+    let next = match (last, start) {
+        (Some(last), _) => last + 1,
+        (None, StartPosition::FromSequence(s)) => s.max(1),
+        (None, StartPosition::All) => 1,
+        (None, StartPosition::Since(_) | StartPosition::New) => return false,
+    };
+    match tokio::time::timeout(Duration::from_secs(5), station.state()).await {
+        Ok(Ok(state)) => state.last_sequence >= next.max(state.first_sequence),
+        _ => false,
     }
 }
 
@@ -261,7 +298,16 @@ impl Read {
         let Some(messages) = self.messages.as_mut() else {
             return Ok(None);
         };
-        match messages.next().await {
+        let Ok(next) = tokio::time::timeout(READ_IDLE_LIMIT, messages.next()).await else {
+            self.done = true;
+            self.messages = None;
+            return Err(Error::broker(
+                "read history",
+                ErrorKind::Timeout,
+                format!("no message for {READ_IDLE_LIMIT:?} although some are pending"),
+            ));
+        };
+        match next {
             Some(Ok(message)) => {
                 let delivered = Delivered::from_jetstream(&message)?;
                 if delivered.pending == 0 {

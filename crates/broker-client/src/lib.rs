@@ -13,7 +13,9 @@
 //! - bounded *reads* ([`Station::read`]) that replay a range of history and end
 //!   when they have caught up;
 //! - random access by sequence ([`Station::get`]) and counting helpers for
-//!   paging ([`Station::nth_last_sequence`]).
+//!   paging ([`Station::nth_last_sequence`]);
+//! - *group* consumers ([`Station::group`]): durable, shared, explicitly
+//!   acknowledged, with a dead-letter station for messages that keep failing.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +23,7 @@ mod config;
 mod connection;
 mod consumer;
 mod error;
+mod group;
 mod producer;
 mod station;
 
@@ -29,6 +32,10 @@ pub use config::{BrokerConfig, StationConfig, Storage, TlsConfig};
 pub use connection::{Broker, ConnectionState};
 pub use consumer::{Delivered, FanOut, Read, StartPosition};
 pub use error::{Error, ErrorKind, Result};
+pub use group::{
+    DeadLetter, Group, GroupConfig, GroupMessage, HEADER_DLS_DELIVERIES, HEADER_DLS_GROUP,
+    HEADER_DLS_REASON, HEADER_DLS_SEQUENCE, HEADER_DLS_SUBJECT,
+};
 pub use producer::{Producer, PublishAck};
 pub use station::{Station, StationState};
 pub use time::OffsetDateTime;

@@ -40,9 +40,9 @@ impl Producer {
     /// `message_id` is always safe.
     ///
     /// # Errors
-    /// [`ErrorKind::Unavailable`] / [`ErrorKind::Timeout`] (transient: retry
-    /// with the same id), [`ErrorKind::InvalidInput`] (too large, bad
-    /// subject), [`ErrorKind::NotFound`] (no station captures the subject).
+    /// [`ErrorKind::Unavailable`] (not connected, or no stream leader) /
+    /// [`ErrorKind::Timeout`] (transient: retry with the same id),
+    /// [`ErrorKind::InvalidInput`] (too large, bad subject).
     pub async fn publish(
         &self,
         subject: &str,
@@ -77,7 +77,10 @@ fn publish_kind(kind: PublishErrorKind) -> ErrorKind {
     match kind {
         PublishErrorKind::TimedOut => ErrorKind::Timeout,
         PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => ErrorKind::Unavailable,
-        PublishErrorKind::StreamNotFound => ErrorKind::NotFound,
+        // "No responders": the station was ensured at start-up, so this
+        // means no stream leader right now (a JetStream cluster electing
+        // one), not a missing station.
+        PublishErrorKind::StreamNotFound => ErrorKind::Unavailable,
         PublishErrorKind::MaxPayloadExceeded => ErrorKind::InvalidInput,
         _ => ErrorKind::Other,
     }

@@ -1,6 +1,6 @@
 //! Stations: creation or verification at start-up, state, and random access.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{
     self,
@@ -21,6 +21,7 @@ use crate::{
 pub struct Station {
     broker: Broker,
     name: String,
+    config: Arc<StationConfig>,
 }
 
 /// A snapshot of what a station retains.
@@ -79,10 +80,7 @@ pub(crate) async fn ensure(broker: Broker, config: &StationConfig) -> Result<Sta
         None => match js.create_stream(wanted.clone()).await {
             Ok(_) => {
                 tracing::info!(station = %config.name, "station created");
-                return Ok(Station {
-                    broker,
-                    name: config.name.clone(),
-                });
+                return Ok(Station::new(broker, config));
             }
             // Another instance created it first: verify theirs below.
             Err(e) if matches!(e.kind(), CreateStreamErrorKind::JetStream(ref api) if api.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST) => {
@@ -116,10 +114,7 @@ pub(crate) async fn ensure(broker: Broker, config: &StationConfig) -> Result<Sta
     };
     compare(&config.name, &existing, &wanted)?;
     tracing::info!(station = %config.name, "station exists with the configured definition");
-    Ok(Station {
-        broker,
-        name: config.name.clone(),
-    })
+    Ok(Station::new(broker, config))
 }
 
 fn stream_config(config: &StationConfig) -> stream::Config {
@@ -243,6 +238,20 @@ fn compare(station: &str, existing: &stream::Config, wanted: &stream::Config) ->
 }
 
 impl Station {
+    fn new(broker: Broker, config: &StationConfig) -> Self {
+        Self {
+            broker,
+            name: config.name.clone(),
+            config: Arc::new(config.clone()),
+        }
+    }
+
+    /// The definition the station was ensured with.
+    #[must_use]
+    pub fn config(&self) -> &StationConfig {
+        &self.config
+    }
+
     /// The station (stream) name.
     #[must_use]
     pub fn name(&self) -> &str {

@@ -10,7 +10,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, EX_USAGE, GrpcConfig, LogConfig, Validate};
+use crate::config::{self, EX_USAGE, GrpcConfig, LogConfig, MetricsConfig, Validate};
 
 /// Command-line arguments of a service binary.
 #[derive(Debug, Parser)]
@@ -42,6 +42,8 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default + Validate {
     fn grpc(&self) -> &GrpcConfig;
     /// Log settings.
     fn log(&self) -> &LogConfig;
+    /// Metrics endpoint.
+    fn metrics(&self) -> &MetricsConfig;
 }
 
 /// Runs a service binary: parses the command line, loads and validates the
@@ -97,6 +99,20 @@ where
             .await
             .with_context(|| format!("cannot listen on {addr} (grpc.listen)"))?;
         tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "{name} listening");
+        let metrics = config.metrics();
+        if metrics.enabled {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(metrics.listen)
+                .add_global_label("service", name)
+                .install()
+                .with_context(|| {
+                    format!(
+                        "cannot serve metrics on {} (metrics.listen)",
+                        metrics.listen
+                    )
+                })?;
+            tracing::info!(addr = %metrics.listen, "metrics at /metrics");
+        }
         let cancel = CancellationToken::new();
         let on_signal = cancel.clone();
         tokio::spawn(async move {

@@ -55,6 +55,15 @@ where
     if let Some(file) = file {
         figment = figment.merge(Toml::file_exact(file));
     }
+    // Only sections this service has: one environment (a shared ConfigMap,
+    // a shell) may carry the other service's keys too. Unknown keys inside
+    // a known section are still errors (typos).
+    let sections = sections_of(&T::default());
+    let env = env.filter(move |key| {
+        // Keys arrive already mapped (`grpc.listen`).
+        let section = key.as_str().split('.').next().unwrap_or_default();
+        sections.iter().any(|s| s.eq_ignore_ascii_case(section))
+    });
     let config: T = figment
         .merge(Env::raw().only(&["NATS_URL"]).map(|_| "nats.url".into()))
         .merge(env)
@@ -62,6 +71,14 @@ where
         .map_err(|e| ConfigError::Load(Box::new(e)))?;
     config.validate().map_err(ConfigError::Invalid)?;
     Ok(config)
+}
+
+/// Top-level keys of a configuration.
+fn sections_of<T: Serialize>(config: &T) -> Vec<String> {
+    match figment::value::Value::serialize(config) {
+        Ok(figment::value::Value::Dict(_, dict)) => dict.into_keys().collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// The gRPC listener and server limits. No `Default`: each service has its
@@ -129,6 +146,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// Prometheus metrics endpoint (`GET /metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve metrics at all.
+    pub enabled: bool,
+    /// Address of the metrics HTTP listener.
+    pub listen: SocketAddr,
+}
+
+impl MetricsConfig {
+    /// Enabled on `0.0.0.0:<port>`.
+    #[must_use]
+    pub fn with_port(port: u16) -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], port)),
+        }
+    }
+}
+
 /// Graceful shutdown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -190,6 +228,8 @@ mod tests {
             assert_eq!(config.log.format, LogFormat::Json);
             assert_eq!(config.nats.url, "nats://conventional:4222");
 
+            // Another service's section is ignored, not an error.
+            jail.set_env("FASTCHAT_SUBSCRIPTIONS__MAX", "5");
             jail.set_env("FASTCHAT_GRPC__LISTEN", "127.0.0.1:7000");
             jail.set_env("FASTCHAT_NATS__URL", "nats://specific:4222");
             jail.set_env("FASTCHAT_NATS__REQUEST_TIMEOUT", "250ms");
@@ -216,6 +256,12 @@ mod tests {
             jail.set_env("FASTCHAT_GRPC__MAX_REQUEST_BYTES", "10");
             let err = load::<Sample>(None).expect_err("too small");
             assert!(err.to_string().contains("grpc.max_request_bytes"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FASTCHAT_GRPC__LISTN", "127.0.0.1:1");
+            let err = load::<Sample>(None).expect_err("typo in a known section");
+            assert!(err.to_string().to_lowercase().contains("listn"), "{err}");
             Ok(())
         });
         let err = load::<Sample>(Some(Path::new("/nonexistent/fastchat.toml")))

@@ -8,19 +8,67 @@ use broker_client::{Broker, ConnectionState};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::Router};
+use tonic::{
+    codegen::http,
+    transport::{Server, server::Router},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::config::GrpcConfig;
 
 /// A tonic server builder with the configured limits.
 #[must_use]
-pub fn builder(config: &GrpcConfig) -> Server {
+pub fn builder(
+    config: &GrpcConfig,
+) -> Server<tower::layer::util::Stack<OversizeLayer, tower::layer::util::Identity>> {
     Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(tower::util::MapResponseLayer::new(
+            oversize_is_resource_exhausted as fn(_) -> _,
+        ))
+}
+
+/// The layer [`builder`] adds.
+pub type OversizeLayer = tower::util::MapResponseLayer<
+    fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
+>;
+
+/// tonic refuses a request frame over `max_decoding_message_size` with
+/// OUT_OF_RANGE; gRPC's convention (and what clients retry on) is
+/// RESOURCE_EXHAUSTED, so the answer is rewritten here, in one place.
+fn oversize_is_resource_exhausted(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let oversize = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            // tonic percent-encodes the message's spaces.
+            .is_some_and(|m| {
+                m.replace("%20", " ")
+                    .contains("decoded message length too large")
+            });
+    if oversize {
+        let message = headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .replace("%20", " ")
+            .replace(
+                "Error, decoded message length too large",
+                "request too large",
+            )
+            + " (grpc.max_request_bytes)";
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        if let Ok(value) = http::HeaderValue::from_str(&message) {
+            headers.insert("grpc-message", value);
+        }
+    }
+    response
 }
 
 /// The reflection service over every FastChat proto.
@@ -65,6 +113,7 @@ pub async fn follow_broker_health(
         };
         if last != Some(status) {
             tracing::info!(?status, "health");
+            metrics::gauge!("fastchat_serving").set(if serving { 1.0 } else { 0.0 });
             for name in services.iter().copied().chain(std::iter::once("")) {
                 reporter.set_service_status(name, status).await;
             }
@@ -90,7 +139,7 @@ pub async fn follow_broker_health(
 /// # Errors
 /// If the transport fails.
 pub async fn serve(
-    router: Router,
+    router: Router<tower::layer::util::Stack<OversizeLayer, tower::layer::util::Identity>>,
     listener: TcpListener,
     cancel: CancellationToken,
     drain: Duration,

@@ -10,7 +10,11 @@ use std::{
 use broker_client::{Broker, BrokerConfig, Station, StationConfig};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::server::Router;
+use tonic::transport::server::Router as TonicRouter;
+
+/// The router a service adds its gRPC services to.
+pub type Router =
+    TonicRouter<tower::layer::util::Stack<server::OversizeLayer, tower::layer::util::Identity>>;
 
 use crate::{config::GrpcConfig, server};
 

@@ -5,9 +5,12 @@ use std::time::Duration;
 use broker_client::{BrokerConfig, StationConfig};
 use fastchat_runtime::{
     cli::ServiceConfig,
-    config::{GrpcConfig, LogConfig, ShutdownConfig, Validate},
+    config::{GrpcConfig, LogConfig, MetricsConfig, ShutdownConfig, Validate},
 };
 use serde::{Deserialize, Serialize};
+
+/// Default Prometheus metrics port of send-service.
+pub const DEFAULT_METRICS_PORT: u16 = 9091;
 
 /// Default gRPC port of send-service.
 pub const DEFAULT_PORT: u16 = 50051;
@@ -26,6 +29,8 @@ pub struct Config {
     pub send: SendConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
 }
@@ -41,6 +46,7 @@ impl Default for Config {
             station: StationConfig::default(),
             send: SendConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::with_port(DEFAULT_METRICS_PORT),
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -109,5 +115,8 @@ impl ServiceConfig for Config {
     }
     fn log(&self) -> &LogConfig {
         &self.log
+    }
+    fn metrics(&self) -> &MetricsConfig {
+        &self.metrics
     }
 }

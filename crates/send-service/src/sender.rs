@@ -2,9 +2,9 @@
 //! with a dedup id, waits for the JetStream ack, and for a duplicate returns
 //! the message first stored under that id.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use broker_client::{ErrorKind, HeaderMap, Station};
+use broker_client::{HeaderMap, Station};
 use bytes::Bytes;
 use fastchat_proto::{prost_types::Timestamp, station, v1};
 use prost::Message as _;
@@ -76,17 +76,15 @@ impl Sender {
         let payload = Bytes::from(message.encode_to_vec());
         let subject = station::subject(&message.room);
 
-        let ack = tokio::time::timeout(
-            self.limits.timeout,
-            publish_retrying(&station, &subject, headers, payload, &dedup_id),
+        let ack = publish_retrying(
+            &station,
+            &subject,
+            headers,
+            payload,
+            &dedup_id,
+            Instant::now() + self.limits.timeout,
         )
-        .await
-        .map_err(|_| {
-            SendError::Unavailable(format!(
-                "the broker did not confirm within {}",
-                humantime_serde::re::humantime::format_duration(self.limits.timeout)
-            ))
-        })??;
+        .await?;
 
         if !ack.duplicate {
             message.sequence = ack.sequence;
@@ -116,30 +114,38 @@ impl Sender {
     }
 }
 
-/// Publishes, retrying time-outs with the same dedup id (safe: the station
-/// stores it once) until the caller's deadline cancels us. A broker that is
-/// not connected is reported at once: the client decides whether to retry.
+/// Publishes, retrying transient failures (time-outs, a broker briefly
+/// away, a JetStream cluster electing a leader) with the same dedup id until
+/// the caller's deadline cancels us. Safe: the station stores one message
+/// per id inside its duplicate window, and the producer never buffers a
+/// message while disconnected.
 async fn publish_retrying(
     station: &Station,
     subject: &str,
     headers: HeaderMap,
     payload: Bytes,
     dedup_id: &str,
+    deadline: Instant,
 ) -> Result<broker_client::PublishAck, SendError> {
     let producer = station.producer();
     let mut delay = Duration::from_millis(50);
     loop {
-        match producer
-            .publish(subject, headers.clone(), payload.clone(), dedup_id)
-            .await
-        {
-            Ok(ack) => return Ok(ack),
-            Err(e) if e.kind() == ErrorKind::Timeout => {
-                tracing::warn!(error = %e, "publish timed out; retrying with the same id");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
+        let attempt = producer.publish(subject, headers.clone(), payload.clone(), dedup_id);
+        let error = match tokio::time::timeout_at(deadline.into(), attempt).await {
+            Ok(Ok(ack)) => return Ok(ack),
+            Ok(Err(e)) if e.is_transient() => e,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                return Err(SendError::Unavailable(
+                    "the broker did not confirm in time".into(),
+                ));
             }
-            Err(e) => return Err(e.into()),
+        };
+        if Instant::now() + delay >= deadline {
+            return Err(SendError::Unavailable(error.to_string()));
         }
+        tracing::debug!(error = %error, ?delay, "publish not confirmed; retrying with the same id");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
     }
 }

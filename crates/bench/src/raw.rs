@@ -1,0 +1,141 @@
+//! The raw gRPC baselines: the same fastchat.v1 services with nothing behind
+//! them. `SendMessage` echoes; `Subscribe` joins a round of `streams`
+//! subscribers (named by the request's room, `round:<streams>:<messages>`)
+//! and, once all have joined, streams the same `messages` to each through an
+//! in-process broadcast. What FastChat adds on top of these is its cost.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
+
+use fastchat_proto::v1::{
+    self, all_messages_service_server::AllMessagesServiceServer,
+    send_message_service_server::SendMessageServiceServer,
+};
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// A message like the ones FastChat stores.
+pub fn sample_message(room: &str, sequence: u64, text: String) -> v1::ChatMessage {
+    v1::ChatMessage {
+        id: "0192f5c4-0000-7000-8000-000000000000".into(),
+        room: room.into(),
+        author: "bench".into(),
+        text,
+        sent_at: Some(fastchat_proto::prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        }),
+        client_time_ms: 0,
+        sequence,
+    }
+}
+
+struct Round {
+    expected: usize,
+    joined: usize,
+    tx: broadcast::Sender<Arc<v1::SubscribeResponse>>,
+}
+
+#[derive(Clone, Default)]
+struct Raw {
+    // Held only to register a stream; nothing is awaited under it.
+    rounds: Arc<Mutex<HashMap<String, Round>>>,
+}
+
+#[tonic::async_trait]
+impl v1::send_message_service_server::SendMessageService for Raw {
+    async fn send_message(
+        &self,
+        request: Request<v1::SendMessageRequest>,
+    ) -> Result<Response<v1::SendMessageResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(v1::SendMessageResponse {
+            message: Some(sample_message(&r.room, 1, r.text)),
+            duplicate: false,
+        }))
+    }
+}
+
+type Events = Pin<Box<dyn Stream<Item = Result<v1::SubscribeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::all_messages_service_server::AllMessagesService for Raw {
+    type SubscribeStream = Events;
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Events>, Status> {
+        let room = request.into_inner().room;
+        let mut parts = room.split(':').skip(1).map(str::parse::<usize>);
+        let (Some(Ok(streams)), Some(Ok(messages))) = (parts.next(), parts.next()) else {
+            return Err(Status::invalid_argument(
+                "room must be round:<streams>:<messages>",
+            ));
+        };
+        let (mut rx, start) = {
+            let mut rounds = self
+                .rounds
+                .lock()
+                .map_err(|_| Status::internal("poisoned"))?;
+            let round = rounds.entry(room.clone()).or_insert_with(|| Round {
+                expected: streams,
+                joined: 0,
+                tx: broadcast::channel(messages.max(1)).0,
+            });
+            round.joined += 1;
+            let rx = round.tx.subscribe();
+            let start = (round.joined == round.expected).then(|| round.tx.clone());
+            if start.is_some() {
+                rounds.remove(&room);
+            }
+            (rx, start)
+        };
+        if let Some(tx) = start {
+            tokio::spawn(async move {
+                for sequence in 1..=messages as u64 {
+                    let event = v1::subscribe_response::Event::Message(sample_message(
+                        "round",
+                        sequence,
+                        "x".repeat(64),
+                    ));
+                    let _ = tx.send(Arc::new(v1::SubscribeResponse { event: Some(event) }));
+                }
+            });
+        }
+        let (out, out_rx) = mpsc::channel(128);
+        tokio::spawn(async move {
+            while let Ok(event) = rx.recv().await {
+                if out.send(Ok(event.as_ref().clone())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+
+    async fn list_messages(
+        &self,
+        _request: Request<v1::ListMessagesRequest>,
+    ) -> Result<Response<v1::ListMessagesResponse>, Status> {
+        Err(Status::unimplemented("not a baseline"))
+    }
+}
+
+/// Serves the raw baselines until killed.
+pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+    let raw = Raw::default();
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(SendMessageServiceServer::new(raw.clone()))
+        .add_service(AllMessagesServiceServer::new(raw))
+        .serve(addr)
+        .await?;
+    Ok(())
+}

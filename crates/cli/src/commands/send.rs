@@ -1,0 +1,65 @@
+//! `fastchat send`: store one message and print where it was stored.
+
+use std::io::Write;
+
+use fastchat_proto::v1::{self, send_message_service_client::SendMessageServiceClient};
+
+use super::Context;
+use crate::{
+    args::SendArgs,
+    connect::{self, Target, Use},
+    error::{CliError, ErrorKind},
+    output::Printer,
+};
+
+/// The request `args` describe.
+#[must_use]
+pub fn request(args: &SendArgs) -> v1::SendMessageRequest {
+    v1::SendMessageRequest {
+        room: args.room.clone().unwrap_or_default(),
+        author: args.author.clone(),
+        text: args.text.join(" "),
+        client_message_id: args.id.clone().unwrap_or_default(),
+        client_time_ms: args.time_ms.unwrap_or(0),
+    }
+}
+
+/// Sends one message and prints its sequence and id (and whether it was a
+/// duplicate of an earlier send with the same `--id`).
+///
+/// # Errors
+/// send-service unreachable, the message refused (`invalid input: …`), or
+/// writing the output failed.
+pub async fn run<W: Write>(
+    ctx: &Context,
+    args: &SendArgs,
+    out: &mut Printer<W>,
+) -> Result<(), CliError> {
+    let addr = &ctx.send_addr;
+    let channel = connect::connect(Target::Send, addr, ctx.timeout, Use::Unary).await?;
+    let response = SendMessageServiceClient::new(channel)
+        .send_message(request(args))
+        .await
+        .map_err(|status| {
+            let error = CliError::status(Target::Send, addr, &status);
+            if error.kind() == ErrorKind::Unavailable && args.id.is_none() {
+                // Without a key, a retry after a lost answer could store twice.
+                error.with_hint(
+                    "the message may or may not be stored; retry with --id KEY to be safe",
+                )
+            } else if error.kind() == ErrorKind::Unavailable {
+                error.with_hint("retry with the same --id; it is stored once")
+            } else {
+                error
+            }
+        })?
+        .into_inner();
+    let message = response.message.ok_or_else(|| {
+        CliError::new(
+            ErrorKind::Failed,
+            "send-service answered without the stored message",
+        )
+    })?;
+    out.sent(&message, response.duplicate)?;
+    Ok(())
+}
