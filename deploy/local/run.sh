@@ -48,9 +48,9 @@ start send-service 127.0.0.1:50051 127.0.0.1:9091
 start all-messages-service-1 127.0.0.1:50052 127.0.0.1:9092
 start all-messages-service-2 127.0.0.1:50053 127.0.0.1:9093
 
-echo "FastChat is running; Ctrl-C stops it. Try:"
-echo "  cargo run -q -p fastchat-e2e --example chat -- tail"
-echo "  cargo run -q -p fastchat-e2e --example chat -- send --author ann 'hello'"
+echo "FastChat is running; Ctrl-C stops it. Try (second replica: --all-addr 127.0.0.1:50053):"
+echo "  cargo run -q -p fastchat-cli -- tail"
+echo "  cargo run -q -p fastchat-cli -- send --author ann 'hello'"
 wait -n "${pids[@]}"
 echo "a process exited; stopping the rest" >&2
 exit 1

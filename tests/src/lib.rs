@@ -108,12 +108,18 @@ pub fn all_config(nats_url: &str) -> all_messages_service::Config {
     config
 }
 
-/// Starts send-service in-process and waits until it is SERVING.
-pub async fn start_send(config: send_service::Config) -> Service {
+/// Runs a service's `run` in-process on a free loopback port and waits
+/// until it is SERVING (broker connected, station ready, and for
+/// all-messages-service its live feed running).
+async fn start<F, Fut>(run: F) -> Service
+where
+    F: FnOnce(TcpListener, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ServeError>> + Send + 'static,
+{
     let listener = bind().await;
     let addr = listener.local_addr().expect("local addr");
     let cancel = CancellationToken::new();
-    let handle = tokio::spawn(send_service::run(config, listener, cancel.clone()));
+    let handle = tokio::spawn(run(listener, cancel.clone()));
     let service = Service {
         addr,
         cancel,
@@ -125,43 +131,14 @@ pub async fn start_send(config: send_service::Config) -> Service {
     service
 }
 
-/// Starts all-messages-service in-process and waits until it is SERVING and
-/// its live feed runs.
+/// Starts send-service in-process and waits until it is SERVING.
+pub async fn start_send(config: send_service::Config) -> Service {
+    start(|listener, cancel| send_service::run(config, listener, cancel)).await
+}
+
+/// Starts all-messages-service in-process and waits until it is SERVING.
 pub async fn start_all(config: all_messages_service::Config) -> Service {
-    let listener = bind().await;
-    let addr = listener.local_addr().expect("local addr");
-    let cancel = CancellationToken::new();
-    let handle = tokio::spawn(all_messages_service::run(config, listener, cancel.clone()));
-    let service = Service {
-        addr,
-        cancel,
-        handle: Some(handle),
-    };
-    service
-        .wait_health(ServingStatus::Serving, Duration::from_secs(15))
-        .await;
-    // Health turns SERVING when the station is ready; the live feed starts a
-    // moment later. A subscription refused meanwhile is UNAVAILABLE.
-    let mut client = v1_all(&service).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match client
-            .list_messages(v1::ListMessagesRequest {
-                room: "general".into(),
-                before_sequence: 0,
-                limit: 1,
-            })
-            .await
-        {
-            Ok(_) => break,
-            Err(status) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "all-messages-service not usable: {status}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    service
+    start(|listener, cancel| all_messages_service::run(config, listener, cancel)).await
 }
 
 async fn channel(endpoint: String) -> Channel {

@@ -76,6 +76,11 @@ impl Hub {
         *self.started.borrow()
     }
 
+    /// Turns true once the live feed runs.
+    pub fn started(&self) -> watch::Receiver<bool> {
+        self.started.subscribe()
+    }
+
     /// Joins the live feed: a receiver of every message after the returned
     /// sequence.
     pub fn subscribe(&self) -> (broadcast::Receiver<Arc<Live>>, u64) {

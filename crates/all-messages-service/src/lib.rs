@@ -35,17 +35,19 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     type SeedServer = seed::all_messages_service_server::AllMessagesServiceServer<service::Api>;
     type V1Server = v1::all_messages_service_server::AllMessagesServiceServer<service::Api>;
+    let hub = hub::Hub::new(config.subscriptions.live_buffer);
     let settings = Settings {
         grpc: &config.grpc,
         nats: &config.nats,
         station: &config.station,
         drain_timeout: config.shutdown.drain_timeout,
         health_services: &[SeedServer::NAME, V1Server::NAME],
+        // Subscriptions need the live feed: not SERVING before it runs.
+        also_ready: Some(hub.started()),
     };
     let max_request = config.grpc.max_request_bytes;
     let limits = config.subscriptions.clone();
     lifecycle::run(settings, listener, cancel, move |router, context| {
-        let hub = hub::Hub::new(limits.live_buffer);
         context
             .tracker
             .spawn(std::sync::Arc::clone(&hub).run(context.clone()));

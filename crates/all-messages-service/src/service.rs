@@ -7,7 +7,7 @@ use broker_client::{OffsetDateTime, StartPosition, Station};
 use fastchat_proto::{seed, station, v1};
 use futures::Stream;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
@@ -80,10 +80,15 @@ impl Api {
         let joined = hub.subscribe();
         let cancel = self.cancel.clone();
         self.tracker.spawn(async move {
-            subscription::run(hub, joined, station, request, tx, map, cancel).await;
+            subscription::run(hub, joined, station, request, tx, cancel).await;
             drop(permit);
         });
-        Ok(Box::pin(ReceiverStream::new(rx)))
+        // Responses are built here, as tonic pulls them off the stream.
+        let responses = ReceiverStream::new(rx).filter_map(move |item| match item {
+            Ok(event) => map(event).map(Ok),
+            Err(status) => Some(Err(*status)),
+        });
+        Ok(Box::pin(responses))
     }
 }
 
@@ -132,7 +137,7 @@ fn to_v1(event: Event) -> Option<v1::SubscribeResponse> {
     use v1::subscribe_response::Event as E;
     Some(v1::SubscribeResponse {
         event: Some(match event {
-            Event::Message(m) => E::Message(m),
+            Event::Message(live) => E::Message(live.message.clone()),
             Event::Gap { from, to } => E::Gap(v1::Gap {
                 from_sequence: from,
                 to_sequence: to,
@@ -145,7 +150,8 @@ fn to_v1(event: Event) -> Option<v1::SubscribeResponse> {
 /// when the client gave none.
 fn to_seed(event: Event) -> Option<seed::ChatMessage> {
     match event {
-        Event::Message(m) => {
+        Event::Message(live) => {
+            let m = &live.message;
             let time = if m.client_time_ms != 0 {
                 m.client_time_ms
             } else {
@@ -154,8 +160,8 @@ fn to_seed(event: Event) -> Option<seed::ChatMessage> {
                     .unwrap_or_default()
             };
             Some(seed::ChatMessage {
-                author: m.author,
-                text: m.text,
+                author: m.author.clone(),
+                text: m.text.clone(),
                 time,
             })
         }
@@ -201,6 +207,9 @@ impl v1::all_messages_service_server::AllMessagesService for Api {
 }
 
 /// One page of a room's history, oldest first, ending before `before`.
+///
+/// Looks for `limit + 1` messages: the extra, oldest one only tells whether
+/// older messages exist (and is not returned).
 async fn list(
     station: &Station,
     room: &str,
@@ -208,29 +217,26 @@ async fn list(
     before: Option<u64>,
 ) -> Result<v1::ListMessagesResponse, ApiError> {
     let filter = station::subject(room);
+    let wanted = limit as usize + 1;
     let first = station
-        .nth_last_sequence(&filter, u64::from(limit), before)
+        .nth_last_sequence(&filter, wanted as u64, before)
         .await?;
     let start = first.map_or(StartPosition::All, StartPosition::FromSequence);
     let mut read = station.read(&filter, start).await?;
-    let mut messages = Vec::with_capacity(limit as usize);
+    let mut messages = Vec::with_capacity(wanted);
     while let Some(delivered) = read.next().await? {
-        if before.is_some_and(|b| delivered.sequence >= b) || messages.len() >= limit as usize {
+        if before.is_some_and(|b| delivered.sequence >= b) || messages.len() >= wanted {
             break;
         }
         if let Some(live) = hub::decode(&delivered) {
             messages.push(live.message);
         }
     }
-    let next_before_sequence = match (first, messages.first()) {
-        (Some(_), Some(oldest)) => {
-            // Older messages exist only if one precedes the oldest returned.
-            let older = station
-                .nth_last_sequence(&filter, 1, Some(oldest.sequence))
-                .await?;
-            if older.is_some() { oldest.sequence } else { 0 }
-        }
-        _ => 0,
+    let next_before_sequence = if messages.len() > limit as usize {
+        messages.remove(0);
+        messages.first().map_or(0, |m| m.sequence)
+    } else {
+        0
     };
     Ok(v1::ListMessagesResponse {
         messages,

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use broker_client::{OffsetDateTime, StartPosition, Station};
-use fastchat_proto::{station, v1};
+use fastchat_proto::station;
 use tokio::sync::{
     broadcast::{self, error::RecvError},
     mpsc,
@@ -37,8 +37,9 @@ pub enum Start {
 /// What a subscription emits.
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// A message.
-    Message(v1::ChatMessage),
+    /// A message, shared with every other subscriber that gets it: it is
+    /// copied into a response only when the client's stream is written.
+    Message(Arc<hub::Live>),
     /// Sequences asked for but no longer retained.
     Gap { from: u64, to: u64 },
 }
@@ -52,10 +53,14 @@ pub struct Request {
     pub start: Start,
 }
 
+/// What flows from a subscription task to its gRPC stream. Kept small (a
+/// pointer or two): every subscriber's queue allocates room for a block of
+/// them up front.
+pub type Item = Result<Event, Box<Status>>;
+
 /// Sends events to the client, stopping on shutdown or when it hangs up.
-struct Sink<T> {
-    tx: mpsc::Sender<Result<T, Status>>,
-    map: fn(Event) -> Option<T>,
+struct Sink {
+    tx: mpsc::Sender<Item>,
     cancel: CancellationToken,
     /// Sequence up to which everything matching was sent: the resume cursor.
     cursor: u64,
@@ -70,18 +75,15 @@ enum End {
     Failed(ApiError),
 }
 
-impl<T> Sink<T> {
+impl Sink {
     async fn send(&mut self, event: Event) -> Result<(), End> {
-        let Some(item) = (self.map)(event) else {
-            return Ok(());
-        };
         tokio::select! {
             () = self.cancel.cancelled() => Err(End::Stopped),
-            sent = self.tx.send(Ok(item)) => sent.map_err(|_| End::Stopped),
+            sent = self.tx.send(Ok(event)) => sent.map_err(|_| End::Stopped),
         }
     }
 
-    async fn message(&mut self, message: v1::ChatMessage) -> Result<(), End> {
+    async fn message(&mut self, message: Arc<hub::Live>) -> Result<(), End> {
         let sequence = message.sequence;
         self.send(Event::Message(message)).await?;
         self.cursor = sequence;
@@ -99,18 +101,16 @@ pub type Joined = (broadcast::Receiver<Arc<hub::Live>>, u64);
 ///
 /// `joined` is taken from [`Hub::subscribe`] before the RPC answers, so a
 /// `new_only` subscriber gets everything stored after its call returned.
-pub async fn run<T: Send + 'static>(
+pub async fn run(
     hub: Arc<Hub>,
     joined: Joined,
     station: Station,
     request: Request,
-    tx: mpsc::Sender<Result<T, Status>>,
-    map: fn(Event) -> Option<T>,
+    tx: mpsc::Sender<Item>,
     cancel: CancellationToken,
 ) {
     let mut sink = Sink {
         tx,
-        map,
         cancel,
         cursor: 0,
         delivered: metrics::counter!("fastchat_messages_delivered_total"),
@@ -138,15 +138,15 @@ pub async fn run<T: Send + 'static>(
             status
         }
     };
-    let _ = sink.tx.try_send(Err(status));
+    let _ = sink.tx.try_send(Err(Box::new(status)));
 }
 
-async fn serve<T>(
+async fn serve(
     hub: &Hub,
     joined: Joined,
     station: &Station,
     request: &Request,
-    sink: &mut Sink<T>,
+    sink: &mut Sink,
 ) -> Result<(), End> {
     let room = request.room.as_deref();
     let filter = room.map_or_else(|| station::ALL_ROOMS.to_owned(), station::subject);
@@ -200,10 +200,11 @@ async fn serve<T>(
                 if message.sequence <= sink.cursor {
                     continue;
                 }
+                let sequence = message.sequence;
                 if room.is_none_or(|r| r == message.message.room) {
-                    sink.message(message.message.clone()).await?;
+                    sink.message(message).await?;
                 }
-                sink.cursor = message.sequence;
+                sink.cursor = sequence;
             }
             Err(RecvError::Lagged(missed)) => {
                 // Too slow for the live feed: read what we missed from the
@@ -236,12 +237,12 @@ async fn serve<T>(
 }
 
 /// Sends the stored messages from `start` up to at least `until`.
-async fn replay<T>(
+async fn replay(
     station: &Station,
     filter: &str,
     start: StartPosition,
     until: u64,
-    sink: &mut Sink<T>,
+    sink: &mut Sink,
 ) -> Result<(), End> {
     let failed = |e: broker_client::Error| End::Failed(e.into());
     let mut read = station.read(filter, start).await.map_err(failed)?;
@@ -256,7 +257,7 @@ async fn replay<T>(
         if delivered.sequence > sink.cursor
             && let Some(live) = hub::decode(&delivered)
         {
-            sink.message(live.message).await?;
+            sink.message(Arc::new(live)).await?;
         }
         if delivered.sequence >= until {
             return Ok(());
@@ -266,7 +267,7 @@ async fn replay<T>(
 
 /// Reports, as a [`Event::Gap`], messages after the cursor that the station
 /// no longer retains. Returns the newest stored sequence.
-async fn report_gap<T>(station: &Station, sink: &mut Sink<T>) -> Result<u64, End> {
+async fn report_gap(station: &Station, sink: &mut Sink) -> Result<u64, End> {
     let state = station.state().await.map_err(|e| End::Failed(e.into()))?;
     let wanted = sink.cursor.saturating_add(1);
     if state.first_sequence > wanted && state.last_sequence >= wanted {

@@ -83,6 +83,40 @@ async fn publish_raw(
     Ok(started.elapsed())
 }
 
+/// Publishes `count` messages like SendMessage stores, with `in_flight`
+/// acknowledgements outstanding at most.
+async fn publish_in_flight(
+    js: &jetstream::Context,
+    count: usize,
+    in_flight: usize,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut pending = FuturesUnordered::new();
+    for i in 0..count {
+        let payload = Bytes::from(
+            sample_message("bench", 0, format!("call {i} {}", "x".repeat(64))).encode_to_vec(),
+        );
+        let ack = js
+            .send_publish(
+                "chat.messages.rawbench",
+                jetstream::message::PublishMessage::build()
+                    .payload(payload)
+                    .message_id(format!("raw-{i}-{}", now_nanos())),
+            )
+            .await?;
+        pending.push(async move { ack.await });
+        if pending.len() >= in_flight
+            && let Some(result) = pending.next().await
+        {
+            result?;
+        }
+    }
+    while let Some(result) = pending.next().await {
+        result?;
+    }
+    Ok(started.elapsed())
+}
+
 async fn unary_load(endpoint: &str, callers: usize, calls: usize) -> anyhow::Result<(f64, f64)> {
     let channel = channel(endpoint).await?;
     let per = calls / callers;
@@ -140,6 +174,20 @@ pub async fn send(report: &mut Report) -> anyhow::Result<()> {
         fc_rates.push(r);
         fc_p99.push(p);
     }
+    // The broker's own limit on this machine for the same concurrency: what
+    // a send costs before any gRPC is involved.
+    let js = jetstream(&system.nats.url()).await?;
+    let mut js_rates = Vec::new();
+    for _ in 0..report.runs {
+        let took = publish_in_flight(&js, CALLS, CALLERS).await?;
+        js_rates.push(rate(CALLS, took));
+    }
+    report.figure(
+        "send",
+        "raw JetStream publish, 64 acks in flight",
+        "msg/s",
+        &js_rates,
+    );
     let raw = report.figure(
         "send",
         "raw tonic unary echo, 64 callers",
@@ -497,6 +545,48 @@ pub async fn memory(report: &mut Report) -> anyhow::Result<()> {
         drop(clients);
         drop(keep);
     }
+    // The same with the raw tonic server: what a connection and a stream
+    // cost before FastChat adds anything.
+    let mut raw_per = Vec::new();
+    for run in 1..=report.runs {
+        eprintln!("[memory] raw run {run}/{}", report.runs);
+        let raw = Process::raw_server()?;
+        let request = || v1::SubscribeRequest {
+            room: "round:1000000000:1".into(),
+            start: None,
+        };
+        let mut keep = AllMessagesServiceClient::new(channel(&raw.endpoint()).await?);
+        let _first = keep.subscribe(request()).await?.into_inner();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = raw.rss_kib()?;
+        let endpoint = raw.endpoint();
+        let mut opened = futures::stream::iter(0..SUBSCRIBERS)
+            .map(|_| {
+                let endpoint = endpoint.clone();
+                async move {
+                    let mut client = AllMessagesServiceClient::new(channel(&endpoint).await?);
+                    let stream = client.subscribe(request()).await?.into_inner();
+                    anyhow::Ok((client, stream))
+                }
+            })
+            .buffer_unordered(128);
+        let mut clients = Vec::with_capacity(SUBSCRIBERS);
+        while let Some(opened) = tokio::time::timeout(LIMIT, opened.next()).await? {
+            clients.push(opened?);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = raw.rss_kib()?;
+        #[allow(clippy::cast_precision_loss)]
+        raw_per.push(after.saturating_sub(before) as f64 / SUBSCRIBERS as f64);
+        drop(clients);
+    }
+    let raw = report.figure(
+        "memory",
+        "raw tonic server RSS per idle stream (own connection)",
+        "KiB",
+        &raw_per,
+    );
+    report.summary("raw_mem_per_stream_kib", raw.median);
     let stats = report.figure(
         "memory",
         "all-messages-service RSS per idle subscriber (own connection)",

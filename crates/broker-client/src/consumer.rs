@@ -6,7 +6,7 @@ use async_nats::{
     HeaderMap,
     jetstream::{
         self,
-        consumer::{DeliverPolicy, pull, push},
+        consumer::{DeliverPolicy, push},
     },
 };
 use bytes::Bytes;
@@ -248,7 +248,7 @@ async fn stalled(station: &Station, last: Option<u64>, start: StartPosition) -> 
 
 /// A bounded read of history (see [`Station::read`]).
 pub struct Read {
-    messages: Option<pull::Ordered>,
+    messages: Option<push::Ordered>,
     done: bool,
 }
 
@@ -261,8 +261,11 @@ impl Read {
         let op = || format!("read `{filter}` from station `{}`", station.name());
         station.broker().ensure_connected(op())?;
         let stream = station.stream_handle().await?;
+        // A push consumer: about twice the throughput of a pull one for a
+        // replay (flow control still holds it back to the reader's pace).
         let consumer = stream
-            .create_consumer(pull::OrderedConfig {
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: station.broker().client().new_inbox(),
                 filter_subject: filter.clone(),
                 deliver_policy: start.deliver_policy(),
                 ..Default::default()

@@ -2,6 +2,8 @@
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
+use futures::StreamExt;
+
 use async_nats::jetstream::{
     self,
     consumer::{self, DeliverPolicy},
@@ -377,19 +379,42 @@ impl Station {
             .map_err(|e| Error::broker(op(), consumer_kind(&e), e))?;
         let pending = consumer.cached_info().num_pending;
         let name = consumer.cached_info().name.clone();
-        // Best effort: the inactive threshold removes it anyway.
+        // Best effort and off the caller's path: the inactive threshold
+        // removes it anyway.
         if let Ok(stream) = self.stream_handle().await {
-            let _ = stream.delete_consumer(&name).await;
+            tokio::spawn(async move {
+                let _ = stream.delete_consumer(&name).await;
+            });
         }
         Ok(pending)
+    }
+
+    /// Number of messages matching `filter` in the whole station, from the
+    /// broker's per-subject counts (no scan).
+    async fn count_all(&self, filter: &str) -> Result<u64> {
+        let op = || format!("count messages of `{filter}` in station `{}`", self.name);
+        let stream = self.stream_handle().await?;
+        let mut subjects = stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(|e| Error::broker(op(), kind_from_text(&e.to_string()), e))?;
+        let mut total = 0u64;
+        while let Some(entry) = subjects.next().await {
+            let (_, count) =
+                entry.map_err(|e| Error::broker(op(), kind_from_text(&e.to_string()), e))?;
+            total += u64::try_from(count).unwrap_or(0);
+        }
+        Ok(total)
     }
 
     /// The sequence of the `n`-th newest message matching `filter` among
     /// those with sequence < `before` (`None` = all), or `None` if fewer than
     /// `n` match (then "from the first" is the answer).
     ///
-    /// Cost: a few consumer creations (the window grows fourfold each time),
-    /// not a scan of the station, plus reading at most ~3n matching messages.
+    /// Cost: the broker's per-subject counts give the filter's density, from
+    /// which one window is usually enough; each window costs one consumer
+    /// creation (the broker counts, we do not scan), plus reading at most a
+    /// few times `n` matching messages.
     ///
     /// # Errors
     /// Transient errors when the broker is unreachable.
@@ -406,15 +431,26 @@ impl Station {
         let end = before
             .unwrap_or(state.last_sequence + 1)
             .min(state.last_sequence + 1);
-        if end <= state.first_sequence {
+        if end <= state.first_sequence || state.messages == 0 {
             return Ok(None);
         }
+        let total = self.count_all(filter).await?;
         let after_end = if end > state.last_sequence {
             0
         } else {
             self.count_from(filter, end).await?
         };
-        let mut window = n.saturating_mul(4).max(64);
+        if total.saturating_sub(after_end) < n {
+            return Ok(None);
+        }
+        // Expected stream span holding n matches, with a margin.
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let mut window =
+            ((n as f64) * (state.messages as f64) / (total.max(1) as f64) * 1.25) as u64 + 16;
         loop {
             let from = end.saturating_sub(window).max(state.first_sequence);
             let in_range = self
@@ -437,7 +473,8 @@ impl Station {
                 }
                 return Ok(None);
             }
-            window = window.saturating_mul(4);
+            // Grow by what the shortfall suggests (at least double).
+            window = window.saturating_mul((n / in_range.max(1)).clamp(2, 16));
         }
     }
 }

@@ -30,6 +30,51 @@ pub mod v1 {
     tonic::include_proto!("fastchat.v1");
 }
 
+/// The protobuf codec every generated service and client uses.
+pub mod codec {
+    use std::marker::PhantomData;
+
+    use tonic::codec::{BufferSettings, Codec};
+    use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+    /// Initial encode/decode buffer of a call or stream. tonic's default is
+    /// 8 KiB per stream, allocated up front: with 10,000 idle subscribers
+    /// that alone is 80 MB. Chat messages are small, and the buffer grows
+    /// when a larger one (or a batch) needs it.
+    pub const BUFFER_SIZE: usize = 1024;
+    /// tonic's default: yield to the runtime after this many encoded bytes.
+    pub const YIELD_THRESHOLD: usize = 32 * 1024;
+
+    /// [`ProstCodec`] with a small initial buffer (see [`BUFFER_SIZE`]).
+    #[derive(Debug, Clone, Copy)]
+    pub struct LeanCodec<T, U>(PhantomData<(T, U)>);
+
+    impl<T, U> Default for LeanCodec<T, U> {
+        fn default() -> Self {
+            Self(PhantomData)
+        }
+    }
+
+    impl<T, U> Codec for LeanCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = ProstEncoder<T>;
+        type Decoder = ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstCodec::<T, U>::raw_encoder(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstCodec::<T, U>::raw_decoder(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
+        }
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every FastChat proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/fastchat_descriptor.bin"));

@@ -45,6 +45,9 @@ pub struct Settings<'a> {
     pub drain_timeout: Duration,
     /// gRPC service names whose health follows the broker.
     pub health_services: &'a [&'a str],
+    /// A further condition for SERVING, once the station is ready (e.g. a
+    /// live feed that must be running before subscriptions are accepted).
+    pub also_ready: Option<watch::Receiver<bool>>,
 }
 
 /// What a service's gRPC handlers and background tasks get.
@@ -100,12 +103,19 @@ where
         let station_config = settings.station.clone();
         let cancel = cancel.clone();
         let fatal = Arc::clone(&fatal);
+        let also_ready = settings.also_ready.clone();
         tracker.spawn(async move {
             match server::until_cancelled(&cancel, broker.ensure_station_retrying(&station_config))
                 .await
             {
                 Some(Ok(station)) => {
                     station_tx.send_replace(Some(station));
+                    if let Some(mut also) = also_ready {
+                        let wait = also.wait_for(|ready| *ready);
+                        if server::until_cancelled(&cancel, wait).await.is_none() {
+                            return;
+                        }
+                    }
                     ready_tx.send_replace(true);
                 }
                 Some(Err(e)) => {

@@ -39,6 +39,7 @@ pub async fn run(
         station: &config.station,
         drain_timeout: config.shutdown.drain_timeout,
         health_services: &[SeedServer::NAME, V1Server::NAME],
+        also_ready: None,
     };
     let max_request = config.grpc.max_request_bytes;
     let send = config.send.clone();

@@ -35,7 +35,7 @@ impl Sender {
 
     /// Stores `new`, or finds it stored already (same client message id,
     /// author and room inside the duplicate window).
-    #[tracing::instrument(skip_all, fields(room = %new.room, client_message_id = ?new.client_message_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(room = %new.room))]
     pub async fn send(
         &self,
         new: NewMessage,
