@@ -496,6 +496,17 @@ async fn broker_restart_is_survived_without_restarting_services() {
     nats.stop();
     send.wait_health(ServingStatus::NotServing, WAIT).await;
     all.wait_health(ServingStatus::NotServing, WAIT).await;
+    // Not ready, but alive: nothing should restart the services.
+    for service in [&send, &all] {
+        let alive = fastchat_runtime::server::check_health_of(
+            service.addr,
+            fastchat_runtime::server::LIVENESS,
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("health answers");
+        assert_eq!(alive, ServingStatus::Serving);
+    }
     let started = tokio::time::Instant::now();
     let status = client
         .send_message(message("r", "ann", "lost?"))

@@ -156,11 +156,13 @@ async fn unary_load(endpoint: &str, callers: usize, calls: usize) -> anyhow::Res
 pub async fn send(report: &mut Report) -> anyhow::Result<()> {
     const CALLERS: usize = 64;
     const CALLS: usize = 12_800;
-    let system = System::start()?;
+    // No all-messages-service here: it would consume the station and take
+    // CPU from the send path that is being measured.
+    let (nats, send) = System::start_send_only()?;
     let raw = Process::raw_server()?;
     let (mut raw_rates, mut fc_rates, mut raw_p99, mut fc_p99) = (vec![], vec![], vec![], vec![]);
     // Warm-up: connections, the station, allocator.
-    unary_load(&system.send.endpoint(), CALLERS, 640).await?;
+    unary_load(&send.endpoint(), CALLERS, 640).await?;
     unary_load(&raw.endpoint(), CALLERS, 640).await?;
     for run in 1..=report.runs {
         eprintln!("[send] run {run}/{}", report.runs);
@@ -169,14 +171,13 @@ pub async fn send(report: &mut Report) -> anyhow::Result<()> {
         raw_rates.push(r);
         raw_p99.push(p);
         let (r, p) =
-            tokio::time::timeout(LIMIT, unary_load(&system.send.endpoint(), CALLERS, CALLS))
-                .await??;
+            tokio::time::timeout(LIMIT, unary_load(&send.endpoint(), CALLERS, CALLS)).await??;
         fc_rates.push(r);
         fc_p99.push(p);
     }
     // The broker's own limit on this machine for the same concurrency: what
     // a send costs before any gRPC is involved.
-    let js = jetstream(&system.nats.url()).await?;
+    let js = jetstream(&nats.url()).await?;
     let mut js_rates = Vec::new();
     for _ in 0..report.runs {
         let took = publish_in_flight(&js, CALLS, CALLERS).await?;

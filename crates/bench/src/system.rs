@@ -156,6 +156,13 @@ pub struct System {
 }
 
 impl System {
+    /// A broker and send-service only: nothing else consumes the station.
+    pub fn start_send_only() -> anyhow::Result<(NatsServer, Process)> {
+        let nats = NatsServer::start();
+        let send = Process::service("send-service", &nats.url(), &[])?;
+        Ok((nats, send))
+    }
+
     pub fn start() -> anyhow::Result<Self> {
         let nats = NatsServer::start();
         let send = Process::service("send-service", &nats.url(), &[])?;

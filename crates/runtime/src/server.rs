@@ -16,6 +16,11 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::config::GrpcConfig;
 
+/// Health service name that is SERVING as long as the process runs, for
+/// liveness and startup probes (the overall `""` status follows the broker
+/// and is for readiness).
+pub const LIVENESS: &str = "liveness";
+
 /// A tonic server builder with the configured limits.
 #[must_use]
 pub fn builder(
@@ -168,6 +173,19 @@ pub async fn serve(
 /// # Errors
 /// If the server cannot be reached in `timeout` or answers with an error.
 pub async fn check_health(addr: SocketAddr, timeout: Duration) -> anyhow::Result<ServingStatus> {
+    check_health_of(addr, "", timeout).await
+}
+
+/// Asks the gRPC health service at `addr` about `service` (`""` = the
+/// server as a whole, [`LIVENESS`] = the process).
+///
+/// # Errors
+/// If the server cannot be reached in `timeout` or answers with an error.
+pub async fn check_health_of(
+    addr: SocketAddr,
+    service: &str,
+    timeout: Duration,
+) -> anyhow::Result<ServingStatus> {
     use anyhow::Context as _;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let host = if addr.ip().is_unspecified() {
@@ -184,7 +202,7 @@ pub async fn check_health(addr: SocketAddr, timeout: Duration) -> anyhow::Result
         .with_context(|| format!("cannot connect to {host}"))?;
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest {
-            service: String::new(),
+            service: service.to_owned(),
         })
         .await
         .with_context(|| format!("health check of {host} failed"))?;

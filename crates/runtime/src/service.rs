@@ -131,6 +131,11 @@ where
     }
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    // Liveness (process health) never depends on the broker: an orchestrator
+    // restarting pods during a broker outage would only make it worse.
+    reporter
+        .set_service_status(server::LIVENESS, tonic_health::ServingStatus::Serving)
+        .await;
     {
         let names: Vec<String> = settings
             .health_services
