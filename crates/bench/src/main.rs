@@ -57,6 +57,7 @@ pub enum Measure {
     Latency,
     Memory,
     Catchup,
+    Slow,
     History,
 }
 
@@ -92,6 +93,9 @@ fn main() -> anyhow::Result<()> {
         }
         if wanted(Measure::Catchup) {
             measure::catchup(&mut report).await?;
+        }
+        if wanted(Measure::Slow) {
+            measure::slow(&mut report).await?;
         }
         if wanted(Measure::History) {
             measure::history(&mut report).await?;

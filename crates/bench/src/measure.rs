@@ -331,7 +331,57 @@ async fn latency_fastchat(
     per_second: u64,
     seconds: u64,
 ) -> anyhow::Result<Vec<f64>> {
+    Ok(
+        with_slow_readers(system, room, subscribers, 0, per_second, seconds)
+            .await?
+            .0,
+    )
+}
+
+/// A reader that needs this long per message: far slower than the feed.
+const SLOW_READER_PER_MESSAGE: Duration = Duration::from_millis(1);
+
+/// Latency samples (ms) of `subscribers` fast subscriptions while messages
+/// are sent at `per_second`, with `slow` deliberately slow subscriptions on
+/// their own connections. Each slow one must receive every message in
+/// order; returns how long after the last send the slowest finished.
+async fn with_slow_readers(
+    system: &System,
+    room: &str,
+    subscribers: usize,
+    slow: usize,
+    per_second: u64,
+    seconds: u64,
+) -> anyhow::Result<(Vec<f64>, Duration)> {
     let total = usize::try_from(per_second * seconds)?;
+    let mut slow_readers = JoinSet::new();
+    for _ in 0..slow {
+        let mut client = AllMessagesServiceClient::new(channel(&system.all.endpoint()).await?);
+        let mut stream = client
+            .subscribe(v1::SubscribeRequest {
+                room: room.to_owned(),
+                start: Some(Start::NewOnly(true)),
+            })
+            .await?
+            .into_inner();
+        slow_readers.spawn(async move {
+            let mut last = 0;
+            for _ in 0..total {
+                let sequence = match stream.message().await? {
+                    Some(v1::SubscribeResponse {
+                        event: Some(Event::Message(m)),
+                    }) => m.sequence,
+                    other => bail!("slow reader: unexpected {other:?}"),
+                };
+                if sequence <= last {
+                    bail!("slow reader: {sequence} after {last}");
+                }
+                last = sequence;
+                tokio::time::sleep(SLOW_READER_PER_MESSAGE).await;
+            }
+            anyhow::Ok(Instant::now())
+        });
+    }
     let mut channels = Vec::new();
     for _ in 0..10 {
         channels.push(channel(&system.all.endpoint()).await?);
@@ -385,11 +435,57 @@ async fn latency_fastchat(
     while let Some(r) = sends.join_next().await {
         r??;
     }
+    let sent = Instant::now();
     let mut samples = Vec::new();
     while let Some(r) = tokio::time::timeout(LIMIT, readers.join_next()).await? {
         samples.extend(r??);
     }
-    Ok(samples)
+    let mut slowest = sent;
+    while let Some(r) = tokio::time::timeout(LIMIT, slow_readers.join_next()).await? {
+        slowest = slowest.max(r??);
+    }
+    Ok((samples, slowest - sent))
+}
+
+/// Slow subscribers: a fast reader's latency during a 10,000-message burst
+/// alone and with a deliberately slow reader, which must still receive every
+/// message in order (it falls behind the live feed and catches up from the
+/// station).
+pub async fn slow(report: &mut Report) -> anyhow::Result<()> {
+    const RATE: u64 = 2000;
+    const SECONDS: u64 = 5;
+    let system = System::start()?;
+    let (mut alone, mut with_slow, mut catch_up) = (vec![], vec![], vec![]);
+    for run in 1..=report.runs {
+        eprintln!("[slow] run {run}/{}", report.runs);
+        let (mut fast, _) =
+            with_slow_readers(&system, &format!("alone{run}"), 1, 0, RATE, SECONDS).await?;
+        alone.push(percentile(&mut fast, 99.0));
+        let (mut fast, behind) =
+            with_slow_readers(&system, &format!("slow{run}"), 1, 1, RATE, SECONDS).await?;
+        with_slow.push(percentile(&mut fast, 99.0));
+        catch_up.push(behind.as_secs_f64());
+    }
+    let a = report.figure(
+        "slow",
+        "fast reader p99, 10,000 messages at 2,000/s, alone",
+        "ms",
+        &alone,
+    );
+    let b = report.figure(
+        "slow",
+        "fast reader p99, same burst, with a slow reader (1 ms per message)",
+        "ms",
+        &with_slow,
+    );
+    report.figure(
+        "slow",
+        "slow reader: all 10,000 in order, finished after the burst by",
+        "s",
+        &catch_up,
+    );
+    report.summary("slow_reader_fast_p99_ratio", b.median / a.median);
+    Ok(())
 }
 
 async fn latency_raw(
