@@ -26,6 +26,8 @@ pub enum ConnectionState {
 pub struct Broker {
     client: async_nats::Client,
     js: jetstream::Context,
+    reader: async_nats::Client,
+    reader_js: jetstream::Context,
     state: watch::Receiver<ConnectionState>,
     request_timeout: Duration,
 }
@@ -45,73 +47,6 @@ impl Broker {
         config.validate().map_err(Error::Config)?;
         let (state_tx, state_rx) = watch::channel(ConnectionState::Disconnected);
         let state_tx = Arc::new(state_tx);
-
-        let mut options = match &config.creds_file {
-            Some(path) => ConnectOptions::with_credentials_file(path)
-                .await
-                .map_err(|e| {
-                    Error::Config(format!("nats.creds_file {}: {e}", path.as_path().display()))
-                })?,
-            None => ConnectOptions::new(),
-        };
-        if let (Some(user), Some(password)) = (&config.user, &config.password) {
-            options = options.user_and_password(user.clone(), password.clone());
-        }
-        if let Some(token) = &config.token {
-            options = options.token(token.clone());
-        }
-        if config.tls.enabled {
-            options = options.require_tls(true);
-        }
-        if let Some(ca) = &config.tls.ca_file {
-            options = options.add_root_certificates(ca.clone()).require_tls(true);
-        }
-        if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
-            options = options
-                .add_client_certificate(cert.clone(), key.clone())
-                .require_tls(true);
-        }
-        if let Some(name) = &config.name {
-            options = options.name(name.clone());
-        }
-        let max_delay = config.max_reconnect_delay;
-        let events = Arc::clone(&state_tx);
-        options = options
-            .connection_timeout(config.connect_timeout)
-            .request_timeout(Some(config.request_timeout))
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .reconnect_delay_callback(move |attempts| backoff(attempts, max_delay))
-            .event_callback(move |event| {
-                let events = Arc::clone(&events);
-                async move {
-                    match &event {
-                        Event::Connected => {
-                            tracing::info!("broker connected");
-                            events.send_replace(ConnectionState::Connected);
-                        }
-                        Event::Disconnected => {
-                            tracing::warn!("broker disconnected; reconnecting");
-                            events.send_replace(ConnectionState::Disconnected);
-                        }
-                        Event::Closed => {
-                            events.send_replace(ConnectionState::Disconnected);
-                        }
-                        Event::SlowConsumer(sid) => {
-                            tracing::warn!(sid, "slow consumer: the client dropped messages");
-                        }
-                        Event::ServerError(error)
-                            if error.to_string().contains("Permissions Violation") =>
-                        {
-                            // The broker drops a denied request and says so only
-                            // here; the request itself just times out.
-                            tracing::error!(%error, "the broker refused an operation: check this service's NATS user permissions");
-                        }
-                        other => tracing::warn!(event = %other, "broker event"),
-                    }
-                }
-            });
-
         let urls = config.urls();
         let addrs: Vec<async_nats::ServerAddr> = urls
             .iter()
@@ -120,20 +55,33 @@ impl Broker {
                     .map_err(|e| Error::Config(format!("nats.url `{u}`: {e}")))
             })
             .collect::<Result<_>>()?;
-        let client = options
-            .connect(addrs)
+        let client = options(config, None, Some(Arc::clone(&state_tx)))
+            .await?
+            .connect(addrs.clone())
             .await
             .map_err(|e| Error::broker("connect to the broker", ErrorKind::Unavailable, e))?;
         // The event may have fired before we could observe it.
         if client.connection_state() == async_nats::connection::State::Connected {
             state_tx.send_replace(ConnectionState::Connected);
         }
-        let js = jetstream::ContextBuilder::new()
-            .timeout(config.request_timeout)
-            .build(client.clone());
+        // History reads get a connection of their own: a replay pushes
+        // messages as fast as the broker can, and on the shared connection
+        // they would queue ahead of the live feed and of publish acks.
+        let reader = options(config, Some("reader"), None)
+            .await?
+            .connect(addrs)
+            .await
+            .map_err(|e| Error::broker("connect to the broker", ErrorKind::Unavailable, e))?;
+        let context = |client: &async_nats::Client| {
+            jetstream::ContextBuilder::new()
+                .timeout(config.request_timeout)
+                .build(client.clone())
+        };
         Ok(Self {
+            js: context(&client),
+            reader_js: context(&reader),
             client,
-            js,
+            reader,
             state: state_rx,
             request_timeout: config.request_timeout,
         })
@@ -220,6 +168,8 @@ impl Broker {
             .flush()
             .await
             .map_err(|e| Error::broker("flush", ErrorKind::Unavailable, e))?;
+        // Reads are abandoned on shutdown: nothing to flush there.
+        let _ = self.reader.drain().await;
         self.client
             .drain()
             .await
@@ -234,6 +184,11 @@ impl Broker {
         &self.client
     }
 
+    /// The connection for history reads (see [`Broker::connect`]).
+    pub(crate) fn reader(&self) -> (&async_nats::Client, &jetstream::Context) {
+        (&self.reader, &self.reader_js)
+    }
+
     pub(crate) fn ensure_connected(&self, operation: impl Into<String>) -> Result<()> {
         if self.state() == ConnectionState::Connected {
             Ok(())
@@ -241,6 +196,85 @@ impl Broker {
             Err(Error::unavailable(operation))
         }
     }
+}
+
+/// Connection options from the configuration: authentication, TLS,
+/// time-outs, reconnecting for ever with back-off, and events (reported to
+/// `state` for the main connection, logged for the others).
+async fn options(
+    config: &BrokerConfig,
+    role: Option<&str>,
+    state: Option<Arc<watch::Sender<ConnectionState>>>,
+) -> Result<ConnectOptions> {
+    let mut options = match &config.creds_file {
+        Some(path) => ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|e| {
+                Error::Config(format!("nats.creds_file {}: {e}", path.as_path().display()))
+            })?,
+        None => ConnectOptions::new(),
+    };
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.clone());
+    }
+    if config.tls.enabled {
+        options = options.require_tls(true);
+    }
+    if let Some(ca) = &config.tls.ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    match (&config.name, role) {
+        (Some(name), Some(role)) => options = options.name(format!("{name}-{role}")),
+        (Some(name), None) => options = options.name(name.clone()),
+        (None, _) => {}
+    }
+    let max_delay = config.max_reconnect_delay;
+    let role = role.unwrap_or("main").to_owned();
+    Ok(options
+        .connection_timeout(config.connect_timeout)
+        .request_timeout(Some(config.request_timeout))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(move |attempts| backoff(attempts, max_delay))
+        .event_callback(move |event| {
+            let state = state.clone();
+            let role = role.clone();
+            async move {
+                match &event {
+                    Event::Connected => {
+                        tracing::info!(connection = %role, "broker connected");
+                        if let Some(state) = &state {
+                            state.send_replace(ConnectionState::Connected);
+                        }
+                    }
+                    Event::Disconnected | Event::Closed => {
+                        tracing::warn!(connection = %role, "broker disconnected; reconnecting");
+                        if let Some(state) = &state {
+                            state.send_replace(ConnectionState::Disconnected);
+                        }
+                    }
+                    Event::SlowConsumer(sid) => {
+                        tracing::warn!(connection = %role, sid, "slow consumer: the client dropped messages");
+                    }
+                    Event::ServerError(error)
+                        if error.to_string().contains("Permissions Violation") =>
+                    {
+                        // The broker drops a denied request and says so only
+                        // here; the request itself just times out.
+                        tracing::error!(%error, "the broker refused an operation: check this service's NATS user permissions");
+                    }
+                    other => tracing::warn!(connection = %role, event = %other, "broker event"),
+                }
+            }
+        }))
 }
 
 /// Exponential back-off from 50 ms, doubling per attempt, capped at `max`,

@@ -260,12 +260,13 @@ impl Read {
     ) -> Result<Self> {
         let op = || format!("read `{filter}` from station `{}`", station.name());
         station.broker().ensure_connected(op())?;
-        let stream = station.stream_handle().await?;
-        // A push consumer: about twice the throughput of a pull one for a
-        // replay (flow control still holds it back to the reader's pace).
+        // On the reader connection, so a replay never queues ahead of the
+        // live feed. A push consumer: about twice the throughput of a pull
+        // one (flow control still holds it back to the reader's pace).
+        let stream = station.reader_stream_handle().await?;
         let consumer = stream
             .create_consumer(push::OrderedConfig {
-                deliver_subject: station.broker().client().new_inbox(),
+                deliver_subject: station.broker().reader().0.new_inbox(),
                 filter_subject: filter.clone(),
                 deliver_policy: start.deliver_policy(),
                 ..Default::default()

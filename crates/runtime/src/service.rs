@@ -131,6 +131,19 @@ where
     }
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    // tonic-health starts the server as a whole ("") SERVING: say NOT_SERVING
+    // before the first request can be answered, or a probe (or a test) could
+    // see a service as ready before it has a station.
+    for name in settings
+        .health_services
+        .iter()
+        .copied()
+        .chain(std::iter::once(""))
+    {
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
     // Liveness (process health) never depends on the broker: an orchestrator
     // restarting pods during a broker outage would only make it worse.
     reporter
