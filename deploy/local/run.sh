@@ -39,14 +39,21 @@ echo "nats-server (JetStream) on nats://127.0.0.1:$nats_port, store $state/nats"
 export FASTCHAT_NATS__URL="nats://127.0.0.1:$nats_port"
 start() { # name grpc-listen metrics-listen
   local name=$1 listen=$2 metrics=$3
+  # Straight to a file, so $! is the service itself (a pipe or process
+  # substitution here would make it the filter's PID, and Ctrl-C would leave
+  # the service running).
   FASTCHAT_GRPC__LISTEN="$listen" FASTCHAT_METRICS__LISTEN="$metrics" "$bin_dir/${name%-[0-9]}" \
-    > >(sed -u "s/^/[$name] /") 2>&1 &
+    >"$state/logs/$name.log" 2>&1 &
   pids+=($!)
-  echo "$name on $listen (metrics: http://$metrics/metrics)"
+  echo "$name on $listen (metrics: http://$metrics/metrics, log: target/local/logs/$name.log)"
 }
 start send-service 127.0.0.1:50051 127.0.0.1:9091
 start all-messages-service-1 127.0.0.1:50052 127.0.0.1:9092
 start all-messages-service-2 127.0.0.1:50053 127.0.0.1:9093
+
+# Follow every log, each section headed by its file name.
+tail -n +1 -F "$state"/logs/send-service.log "$state"/logs/all-messages-service-*.log &
+pids+=($!)
 
 echo "FastChat is running; Ctrl-C stops it. Try (second replica: --all-addr 127.0.0.1:50053):"
 echo "  cargo run -q -p fastchat-cli -- tail"

@@ -183,8 +183,14 @@ where
     {
         tracing::warn!("background tasks did not stop within the drain time");
     }
-    if let Err(e) = broker.close().await {
-        tracing::debug!(error = %e, "closing the broker connection");
+    // Bounded: flushing waits for the broker, which may be gone too (e.g.
+    // the whole system being stopped at once).
+    match tokio::time::timeout(Duration::from_secs(2), broker.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "closing the broker connection"),
+        Err(_) => tracing::warn!(
+            "broker unreachable at shutdown; unflushed publishes were not confirmed anyway"
+        ),
     }
     served?;
     let fatal = fatal.lock().ok().and_then(|mut slot| slot.take());
