@@ -272,36 +272,25 @@ impl Station {
         Producer::new(self.clone())
     }
 
-    /// The same, on the connection reserved for history reads.
-    pub(crate) async fn reader_stream_handle(&self) -> Result<stream::Stream<()>> {
-        self.broker
-            .reader()
-            .1
-            .get_stream_no_info(&self.name)
-            .await
-            .map_err(|e| {
-                Error::broker(
-                    format!("station `{}`", self.name),
-                    ErrorKind::InvalidInput,
-                    e,
-                )
-            })
-    }
-
     /// A handle on the stream that makes no request (the name was checked
     /// when the station was ensured).
     pub(crate) async fn stream_handle(&self) -> Result<stream::Stream<()>> {
-        self.broker
-            .js()
-            .get_stream_no_info(&self.name)
-            .await
-            .map_err(|e| {
-                Error::broker(
-                    format!("station `{}`", self.name),
-                    ErrorKind::InvalidInput,
-                    e,
-                )
-            })
+        self.handle_on(self.broker.js()).await
+    }
+
+    /// The same, on the connection reserved for history reads.
+    pub(crate) async fn reader_stream_handle(&self) -> Result<stream::Stream<()>> {
+        self.handle_on(self.broker.reader().1).await
+    }
+
+    async fn handle_on(&self, js: &jetstream::Context) -> Result<stream::Stream<()>> {
+        js.get_stream_no_info(&self.name).await.map_err(|e| {
+            Error::broker(
+                format!("station `{}`", self.name),
+                ErrorKind::InvalidInput,
+                e,
+            )
+        })
     }
 
     /// What the station retains now.
