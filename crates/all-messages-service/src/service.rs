@@ -63,7 +63,7 @@ impl Api {
 
     /// Starts a subscription task feeding a bounded channel, which becomes
     /// the response stream.
-    fn open<T: Send + 'static>(
+    async fn open<T: Send + 'static>(
         &self,
         request: subscription::Request,
         map: fn(Event) -> Option<T>,
@@ -77,7 +77,12 @@ impl Api {
             .map_err(|_| ApiError::TooManySubscriptions(self.limits.max))?;
         let (tx, rx) = mpsc::channel(self.limits.client_buffer);
         let hub = Arc::clone(&self.hub);
-        let joined = hub.subscribe();
+        let mut joined = hub.subscribe();
+        if matches!(request.start, Start::New) {
+            // "New" means after the newest *stored* message; the live feed
+            // may not have passed it on yet.
+            joined.1 = joined.1.max(station.state().await?.last_sequence);
+        }
         let cancel = self.cancel.clone();
         self.tracker.spawn(async move {
             subscription::run(hub, joined, station, request, tx, cancel).await;
@@ -183,7 +188,7 @@ impl v1::all_messages_service_server::AllMessagesService for Api {
             room: room_filter(&r.room)?,
             start: start_of(r.start)?,
         };
-        Ok(Response::new(self.open(request, to_v1)?))
+        Ok(Response::new(self.open(request, to_v1).await?))
     }
 
     #[tracing::instrument(skip_all, fields(room = %request.get_ref().room))]
@@ -256,6 +261,6 @@ impl seed::all_messages_service_server::AllMessagesService for Api {
             room: None,
             start: Start::All,
         };
-        Ok(Response::new(self.open(request, to_seed)?))
+        Ok(Response::new(self.open(request, to_seed).await?))
     }
 }
