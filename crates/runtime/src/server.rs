@@ -6,11 +6,13 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use broker_client::{Broker, ConnectionState};
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     codegen::http,
-    transport::{Server, server::Router},
+    transport::{
+        Server,
+        server::{Router, TcpIncoming},
+    },
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -26,8 +28,9 @@ pub const LIVENESS: &str = "liveness";
 pub fn builder(
     config: &GrpcConfig,
 ) -> Server<tower::layer::util::Stack<OversizeLayer, tower::layer::util::Identity>> {
+    // TCP options are set on the listener in `serve`: tonic ignores the
+    // builder's `tcp_nodelay` for a listener it did not bind itself.
     Server::builder()
-        .tcp_nodelay(true)
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -149,7 +152,9 @@ pub async fn serve(
     cancel: CancellationToken,
     drain: Duration,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpListenerStream::new(listener);
+    // Small gRPC frames must not wait for Nagle's algorithm (tens of ms of
+    // added latency); tonic applies this only to listeners it binds itself.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let shutdown = cancel.clone();
     let server = router.serve_with_incoming_shutdown(incoming, async move {
         shutdown.cancelled().await;
