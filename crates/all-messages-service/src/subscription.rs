@@ -141,6 +141,9 @@ pub async fn run(
     let _ = sink.tx.try_send(Err(Box::new(status)));
 }
 
+// The rare, large steps (replays, station requests) are boxed: a waiting
+// subscription's future then holds only the live loop's state (1.6 KiB
+// instead of 11 KiB per subscriber; make bench measures memory).
 async fn serve(
     hub: &Hub,
     joined: Joined,
@@ -159,7 +162,7 @@ async fn serve(
         Start::Since(t) => Some(StartPosition::Since(t)),
         Start::After(after) => {
             sink.cursor = after;
-            let newest = report_gap(station, sink).await?;
+            let newest = Box::pin(report_gap(station, sink)).await?;
             if after > newest {
                 return Err(End::Failed(ApiError::Invalid {
                     field: "after_sequence",
@@ -172,10 +175,13 @@ async fn serve(
             Some(StartPosition::after(after))
         }
         Start::Last(n) => Some(
-            match station
-                .nth_last_sequence(&filter, u64::from(n), Some(joined_at.saturating_add(1)))
-                .await
-                .map_err(failed)?
+            match Box::pin(station.nth_last_sequence(
+                &filter,
+                u64::from(n),
+                Some(joined_at.saturating_add(1)),
+            ))
+            .await
+            .map_err(failed)?
             {
                 Some(sequence) => StartPosition::FromSequence(sequence),
                 None => StartPosition::All,
@@ -183,7 +189,7 @@ async fn serve(
         ),
     };
     if let Some(start) = first {
-        replay(station, &filter, start, joined_at, sink).await?;
+        Box::pin(replay(station, &filter, start, joined_at, sink)).await?;
     }
     sink.cursor = sink.cursor.max(joined_at);
 
@@ -209,6 +215,7 @@ async fn serve(
             Err(RecvError::Lagged(missed)) => {
                 // Too slow for the live feed: read what we missed from the
                 // station, then rejoin. Nobody else waits for us.
+                metrics::counter!("fastchat_subscription_catchups_total").increment(1);
                 tracing::debug!(
                     missed,
                     cursor = sink.cursor,
@@ -216,14 +223,14 @@ async fn serve(
                 );
                 let (rejoined, joined_at) = hub.subscribe();
                 live = rejoined;
-                report_gap(station, sink).await?;
-                replay(
+                Box::pin(report_gap(station, sink)).await?;
+                Box::pin(replay(
                     station,
                     &filter,
                     StartPosition::after(sink.cursor),
                     joined_at,
                     sink,
-                )
+                ))
                 .await?;
                 sink.cursor = sink.cursor.max(joined_at);
             }

@@ -21,9 +21,15 @@ pub enum ConnectionState {
 }
 
 /// A connection to the NATS broker with JetStream, shared by all stations of
-/// a process. Cheap to clone.
+/// a process. Cheap to clone (one pointer: every station and subscription
+/// holds one).
 #[derive(Debug, Clone)]
 pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
     reader: async_nats::Client,
@@ -78,19 +84,21 @@ impl Broker {
                 .build(client.clone())
         };
         Ok(Self {
-            js: context(&client),
-            reader_js: context(&reader),
-            client,
-            reader,
-            state: state_rx,
-            request_timeout: config.request_timeout,
+            inner: Arc::new(Inner {
+                js: context(&client),
+                reader_js: context(&reader),
+                client,
+                reader,
+                state: state_rx,
+                request_timeout: config.request_timeout,
+            }),
         })
     }
 
     /// The connection state now.
     #[must_use]
     pub fn state(&self) -> ConnectionState {
-        match self.client.connection_state() {
+        match self.inner.client.connection_state() {
             async_nats::connection::State::Connected => ConnectionState::Connected,
             _ => ConnectionState::Disconnected,
         }
@@ -100,12 +108,12 @@ impl Broker {
     /// health reporting.
     #[must_use]
     pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
-        self.state.clone()
+        self.inner.state.clone()
     }
 
     /// Waits until the broker is connected.
     pub async fn wait_connected(&self) {
-        let mut state = self.state.clone();
+        let mut state = self.inner.state.clone();
         // The sender lives as long as the client's event callback; if it were
         // gone we could not learn of a connection anyway.
         let _ = state.wait_for(|s| *s == ConnectionState::Connected).await;
@@ -114,7 +122,7 @@ impl Broker {
     /// Time allowed for one broker request.
     #[must_use]
     pub fn request_timeout(&self) -> Duration {
-        self.request_timeout
+        self.inner.request_timeout
     }
 
     /// Creates the station if it does not exist, or checks that the existing
@@ -164,29 +172,31 @@ impl Broker {
     /// # Errors
     /// If the flush fails (the broker is gone); nothing more can be done then.
     pub async fn close(&self) -> Result<()> {
-        self.client
+        self.inner
+            .client
             .flush()
             .await
             .map_err(|e| Error::broker("flush", ErrorKind::Unavailable, e))?;
         // Reads are abandoned on shutdown: nothing to flush there.
-        let _ = self.reader.drain().await;
-        self.client
+        let _ = self.inner.reader.drain().await;
+        self.inner
+            .client
             .drain()
             .await
             .map_err(|e| Error::broker("drain", kind_from_text(&e.to_string()), e))
     }
 
     pub(crate) fn js(&self) -> &jetstream::Context {
-        &self.js
+        &self.inner.js
     }
 
     pub(crate) fn client(&self) -> &async_nats::Client {
-        &self.client
+        &self.inner.client
     }
 
     /// The connection for history reads (see [`Broker::connect`]).
     pub(crate) fn reader(&self) -> (&async_nats::Client, &jetstream::Context) {
-        (&self.reader, &self.reader_js)
+        (&self.inner.reader, &self.inner.reader_js)
     }
 
     pub(crate) fn ensure_connected(&self, operation: impl Into<String>) -> Result<()> {
