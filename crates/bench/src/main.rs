@@ -47,6 +47,17 @@ enum Command {
         #[arg(long)]
         addr: SocketAddr,
     },
+    /// Serve one bare relay of the latency baseline (used by the benchmark
+    /// itself).
+    #[command(hide = true)]
+    RawRelay {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        nats: String,
+        #[arg(long, value_enum)]
+        role: raw::Role,
+    },
 }
 
 /// The measurements.
@@ -67,8 +78,12 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    if let Some(Command::RawServer { addr }) = args.command {
-        return runtime.block_on(raw::serve(addr));
+    match args.command {
+        Some(Command::RawServer { addr }) => return runtime.block_on(raw::serve(addr)),
+        Some(Command::RawRelay { addr, nats, role }) => {
+            return runtime.block_on(raw::relay(addr, &nats, role));
+        }
+        None => {}
     }
     let started = Instant::now();
     let wanted = |m: Measure| args.only.is_empty() || args.only.contains(&m);

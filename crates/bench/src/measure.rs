@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 use crate::{
     raw::sample_message,
     report::{Report, percentile},
-    system::{Process, System},
+    system::{Process, Relay, System},
 };
 
 /// Upper bound of any single wait in the benchmark.
@@ -160,10 +160,13 @@ pub async fn send(report: &mut Report) -> anyhow::Result<()> {
     // CPU from the send path that is being measured.
     let (nats, send) = System::start_send_only()?;
     let raw = Process::raw_server()?;
+    let (_relay_nats, relay) = Relay::send_only()?;
     let (mut raw_rates, mut fc_rates, mut raw_p99, mut fc_p99) = (vec![], vec![], vec![], vec![]);
+    let mut relay_rates = vec![];
     // Warm-up: connections, the station, allocator.
     unary_load(&send.endpoint(), CALLERS, 640).await?;
     unary_load(&raw.endpoint(), CALLERS, 640).await?;
+    unary_load(&relay.endpoint(), CALLERS, 640).await?;
     for run in 1..=report.runs {
         eprintln!("[send] run {run}/{}", report.runs);
         let (r, p) =
@@ -174,6 +177,9 @@ pub async fn send(report: &mut Report) -> anyhow::Result<()> {
             tokio::time::timeout(LIMIT, unary_load(&send.endpoint(), CALLERS, CALLS)).await??;
         fc_rates.push(r);
         fc_p99.push(p);
+        let (r, _) =
+            tokio::time::timeout(LIMIT, unary_load(&relay.endpoint(), CALLERS, CALLS)).await??;
+        relay_rates.push(r);
     }
     // The broker's own limit on this machine for the same concurrency: what
     // a send costs before any gRPC is involved.
@@ -201,10 +207,19 @@ pub async fn send(report: &mut Report) -> anyhow::Result<()> {
         "calls/s",
         &fc_rates,
     );
+    // The same hop with nothing of FastChat in it: tonic → JetStream
+    // publish → answer after the ack.
+    let bare = report.figure(
+        "send",
+        "bare relay (tonic → JetStream publish, acked), 64 callers",
+        "calls/s",
+        &relay_rates,
+    );
     report.figure("send", "raw tonic unary echo p99", "ms", &raw_p99);
     report.figure("send", "SendMessage p99", "ms", &fc_p99);
     report.summary("send_calls_per_s", fc.median);
     report.summary("send_ratio", fc.median / raw.median);
+    report.summary("send_vs_bare_relay", fc.median / bare.median);
     Ok(())
 }
 
@@ -324,39 +339,35 @@ pub async fn fanout(report: &mut Report) -> anyhow::Result<()> {
 }
 
 /// Latency samples (ms) of `subscribers` subscriptions while `send` runs.
-async fn latency_fastchat(
-    system: &System,
-    room: &str,
-    subscribers: usize,
-    per_second: u64,
-    seconds: u64,
-) -> anyhow::Result<Vec<f64>> {
-    Ok(
-        with_slow_readers(system, room, subscribers, 0, per_second, seconds)
-            .await?
-            .0,
-    )
-}
-
 /// A reader that needs this long per message: far slower than the feed.
 const SLOW_READER_PER_MESSAGE: Duration = Duration::from_millis(1);
 
-/// Latency samples (ms) of `subscribers` fast subscriptions while messages
-/// are sent at `per_second`, with `slow` deliberately slow subscriptions on
-/// their own connections. Each slow one must receive every message in
-/// order; returns how long after the last send the slowest finished.
-async fn with_slow_readers(
-    system: &System,
+/// What one paced run observed.
+struct Paced {
+    /// Send → receive latency (ms) of every fast subscriber's every message.
+    latency: Vec<f64>,
+    /// SendMessage round trips (ms).
+    round_trips: Vec<f64>,
+    /// How long after the last send the slowest slow reader finished.
+    slow_done: Duration,
+}
+
+/// Sends at `per_second` for `seconds` while `subscribers` fast
+/// subscriptions (over 10 connections) measure latency and `slow`
+/// deliberately slow subscriptions, each on its own connection, must receive
+/// every message in order.
+async fn paced(
+    (send, all): (&str, &str),
     room: &str,
     subscribers: usize,
     slow: usize,
     per_second: u64,
     seconds: u64,
-) -> anyhow::Result<(Vec<f64>, Duration)> {
+) -> anyhow::Result<Paced> {
     let total = usize::try_from(per_second * seconds)?;
     let mut slow_readers = JoinSet::new();
     for _ in 0..slow {
-        let mut client = AllMessagesServiceClient::new(channel(&system.all.endpoint()).await?);
+        let mut client = AllMessagesServiceClient::new(channel(all).await?);
         let mut stream = client
             .subscribe(v1::SubscribeRequest {
                 room: room.to_owned(),
@@ -384,7 +395,7 @@ async fn with_slow_readers(
     }
     let mut channels = Vec::new();
     for _ in 0..10 {
-        channels.push(channel(&system.all.endpoint()).await?);
+        channels.push(channel(all).await?);
     }
     let mut readers = JoinSet::new();
     for s in 0..subscribers {
@@ -414,7 +425,7 @@ async fn with_slow_readers(
             anyhow::Ok(samples)
         });
     }
-    let send_channel = channel(&system.send.endpoint()).await?;
+    let send_channel = channel(send).await?;
     let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / per_second));
     let mut sends = JoinSet::new();
     for _ in 0..total {
@@ -422,6 +433,7 @@ async fn with_slow_readers(
         let mut client = SendMessageServiceClient::new(send_channel.clone());
         let room = room.to_owned();
         sends.spawn(async move {
+            let started = Instant::now();
             client
                 .send_message(v1::SendMessageRequest {
                     room,
@@ -429,11 +441,13 @@ async fn with_slow_readers(
                     text: now_nanos().to_string(),
                     ..Default::default()
                 })
-                .await
+                .await?;
+            anyhow::Ok(started.elapsed().as_secs_f64() * 1e3)
         });
     }
+    let mut round_trips = Vec::with_capacity(total);
     while let Some(r) = sends.join_next().await {
-        r??;
+        round_trips.push(r??);
     }
     let sent = Instant::now();
     let mut samples = Vec::new();
@@ -444,47 +458,81 @@ async fn with_slow_readers(
     while let Some(r) = tokio::time::timeout(LIMIT, slow_readers.join_next()).await? {
         slowest = slowest.max(r??);
     }
-    Ok((samples, slowest - sent))
+    Ok(Paced {
+        latency: samples,
+        round_trips,
+        slow_done: slowest - sent,
+    })
 }
 
 /// Slow subscribers: a fast reader's latency during a 10,000-message burst
-/// alone and with a deliberately slow reader, which must still receive every
-/// message in order (it falls behind the live feed and catches up from the
-/// station).
+/// alone, next to a second fast reader, and next to a deliberately slow
+/// reader, which must still receive every message in order (it falls behind
+/// the live feed and catches up from the station). The second fast reader is
+/// the control: serving any extra reader costs CPU on shared cores; a slow
+/// one must cost the others no more than that.
 pub async fn slow(report: &mut Report) -> anyhow::Result<()> {
     const RATE: u64 = 2000;
     const SECONDS: u64 = 5;
+    /// (fast readers, slow readers): alone, with another fast one, with a
+    /// slow one.
+    const SETUPS: [(usize, usize); 3] = [(1, 0), (2, 0), (1, 1)];
     let system = System::start()?;
-    let (mut alone, mut with_slow, mut catch_up) = (vec![], vec![], vec![]);
+    let mut p50 = [vec![], vec![], vec![]];
+    let mut p99 = [vec![], vec![], vec![]];
+    let (mut rate, mut catch_up_counts) = (vec![], vec![]);
     for run in 1..=report.runs {
         eprintln!("[slow] run {run}/{}", report.runs);
-        let (mut fast, _) =
-            with_slow_readers(&system, &format!("alone{run}"), 1, 0, RATE, SECONDS).await?;
-        alone.push(percentile(&mut fast, 99.0));
-        let (mut fast, behind) =
-            with_slow_readers(&system, &format!("slow{run}"), 1, 1, RATE, SECONDS).await?;
-        with_slow.push(percentile(&mut fast, 99.0));
-        catch_up.push(behind.as_secs_f64());
+        // Rotate the order, so a drift of the machine does not land on one
+        // setup.
+        for i in (0..SETUPS.len()).map(|i| (i + run) % SETUPS.len()) {
+            let (fast, slow) = SETUPS[i];
+            let room = format!("slow{run}x{i}");
+            let before = system.all.metric("fastchat_subscription_catchups_total")?;
+            let mut r = paced(system.endpoints(), &room, fast, slow, RATE, SECONDS).await?;
+            let catch_ups = system.all.metric("fastchat_subscription_catchups_total")? - before;
+            p50[i].push(percentile(&mut r.latency, 50.0));
+            p99[i].push(percentile(&mut r.latency, 99.0));
+            if slow > 0 {
+                if catch_ups < 1.0 {
+                    bail!("the slow reader never fell behind the live feed: nothing was measured");
+                }
+                catch_up_counts.push(catch_ups);
+                #[allow(clippy::cast_precision_loss)]
+                rate.push((RATE * SECONDS) as f64 / (SECONDS as f64 + r.slow_done.as_secs_f64()));
+            }
+        }
     }
-    let a = report.figure(
+    let burst = "10,000 messages at 2,000/s";
+    let names = [
+        format!("{burst}, alone"),
+        format!("{burst}, next to a second fast reader"),
+        format!("{burst}, next to a slow reader (1 ms per message)"),
+    ];
+    let mut stats = vec![];
+    for (i, name) in names.iter().enumerate() {
+        let a = report.figure("slow", format!("fast reader p50, {name}"), "ms", &p50[i]);
+        let b = report.figure("slow", format!("fast reader p99, {name}"), "ms", &p99[i]);
+        stats.push((a.median, b.median));
+    }
+    report.figure(
         "slow",
-        "fast reader p99, 10,000 messages at 2,000/s, alone",
-        "ms",
-        &alone,
-    );
-    let b = report.figure(
-        "slow",
-        "fast reader p99, same burst, with a slow reader (1 ms per message)",
-        "ms",
-        &with_slow,
+        "slow reader: all 10,000 received in order, at (its own pace)",
+        "msg/s",
+        &rate,
     );
     report.figure(
         "slow",
-        "slow reader: all 10,000 in order, finished after the burst by",
-        "s",
-        &catch_up,
+        "slow reader: times it fell behind and caught up from the station",
+        "",
+        &catch_up_counts,
     );
-    report.summary("slow_reader_fast_p99_ratio", b.median / a.median);
+    report.summary("slow_reader_fast_p50_ratio", stats[2].0 / stats[0].0);
+    report.summary("slow_reader_fast_p99_ratio", stats[2].1 / stats[0].1);
+    // A slow reader against an ordinary one: 1 = slowness costs others
+    // nothing beyond what serving a reader costs.
+    report.summary("slow_vs_fast_neighbour_p50_ratio", stats[2].0 / stats[1].0);
+    report.summary("slow_vs_fast_neighbour_p99_ratio", stats[2].1 / stats[1].1);
     Ok(())
 }
 
@@ -545,7 +593,10 @@ pub async fn latency(report: &mut Report) -> anyhow::Result<()> {
     const RATE: u64 = 1000;
     const SECONDS: u64 = 3;
     let system = System::start()?;
-    let (mut raw50, mut raw99, mut fc50, mut fc99) = (vec![], vec![], vec![], vec![]);
+    let relay = Relay::start()?;
+    let (mut raw50, mut raw99, mut relay50, mut relay99) = (vec![], vec![], vec![], vec![]);
+    let (mut fc50, mut fc99, mut one50, mut one99, mut rt50, mut rt99) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for run in 1..=report.runs {
         eprintln!("[latency] run {run}/{}", report.runs);
         // Raw messages go to a subject of the station that no room uses.
@@ -558,9 +609,41 @@ pub async fn latency(report: &mut Report) -> anyhow::Result<()> {
         .await?;
         raw50.push(percentile(&mut raw, 50.0));
         raw99.push(percentile(&mut raw, 99.0));
-        let mut fc = latency_fastchat(&system, &format!("lat{run}"), 100, RATE, SECONDS).await?;
-        fc50.push(percentile(&mut fc, 50.0));
-        fc99.push(percentile(&mut fc, 99.0));
+        let mut one = paced(
+            system.endpoints(),
+            &format!("one{run}"),
+            1,
+            0,
+            RATE,
+            SECONDS,
+        )
+        .await?;
+        one50.push(percentile(&mut one.latency, 50.0));
+        one99.push(percentile(&mut one.latency, 99.0));
+        let mut fc = paced(
+            system.endpoints(),
+            &format!("lat{run}"),
+            100,
+            0,
+            RATE,
+            SECONDS,
+        )
+        .await?;
+        let mut bare = paced(
+            relay.endpoints(),
+            &format!("lat{run}"),
+            100,
+            0,
+            RATE,
+            SECONDS,
+        )
+        .await?;
+        relay50.push(percentile(&mut bare.latency, 50.0));
+        relay99.push(percentile(&mut bare.latency, 99.0));
+        fc50.push(percentile(&mut fc.latency, 50.0));
+        fc99.push(percentile(&mut fc.latency, 99.0));
+        rt50.push(percentile(&mut fc.round_trips, 50.0));
+        rt99.push(percentile(&mut fc.round_trips, 99.0));
     }
     report.figure(
         "latency",
@@ -574,10 +657,31 @@ pub async fn latency(report: &mut Report) -> anyhow::Result<()> {
         "ms",
         &raw99,
     );
+    // Where the time goes: the path to a single subscriber, and the
+    // SendMessage call itself (answered after the JetStream ack).
+    report.figure("latency", "SendMessage → 1 subscriber p50", "ms", &one50);
+    report.figure("latency", "SendMessage → 1 subscriber p99", "ms", &one99);
+    report.figure("latency", "SendMessage round trip p50", "ms", &rt50);
+    report.figure("latency", "SendMessage round trip p99", "ms", &rt99);
+    // The same topology with nothing of FastChat in it: what the
+    // architecture itself costs on this machine.
+    report.figure(
+        "latency",
+        "bare relay (tonic → JetStream → tonic fan-out) → 100 subscribers p50",
+        "ms",
+        &relay50,
+    );
+    let bare = report.figure(
+        "latency",
+        "bare relay (tonic → JetStream → tonic fan-out) → 100 subscribers p99",
+        "ms",
+        &relay99,
+    );
     report.figure("latency", "SendMessage → 100 subscribers p50", "ms", &fc50);
     let fc = report.figure("latency", "SendMessage → 100 subscribers p99", "ms", &fc99);
     report.summary("latency_p99_ms", fc.median);
     report.summary("latency_p99_ratio", fc.median / raw.median);
+    report.summary("latency_p99_vs_bare_relay", fc.median / bare.median);
     Ok(())
 }
 

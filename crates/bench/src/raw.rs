@@ -3,6 +3,11 @@
 //! subscribers (named by the request's room, `round:<streams>:<messages>`)
 //! and, once all have joined, streams the same `messages` to each through an
 //! in-process broadcast. What FastChat adds on top of these is its cost.
+//!
+//! The bare relay ([`relay`]) is FastChat's topology with none of its
+//! features: `SendMessage` publishes to JetStream and answers after the ack;
+//! `Subscribe` passes on what one ordered consumer delivers. No validation,
+//! dedup, cursors, history, catch-up or limits.
 
 use std::{
     collections::HashMap,
@@ -11,11 +16,14 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use async_nats::jetstream::{self, consumer::push};
+use bytes::Bytes;
 use fastchat_proto::v1::{
     self, all_messages_service_server::AllMessagesServiceServer,
     send_message_service_server::SendMessageServiceServer,
 };
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
+use prost::Message as _;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -135,6 +143,131 @@ pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
         .tcp_nodelay(true)
         .add_service(SendMessageServiceServer::new(raw.clone()))
         .add_service(AllMessagesServiceServer::new(raw))
+        .serve(addr)
+        .await?;
+    Ok(())
+}
+
+/// Which half of FastChat a bare relay stands in for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// `SendMessage` → JetStream.
+    Send,
+    /// JetStream → `Subscribe` streams.
+    Subscribe,
+}
+
+#[derive(Clone)]
+struct Relay {
+    js: jetstream::Context,
+    feed: broadcast::Sender<Arc<v1::ChatMessage>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+#[tonic::async_trait]
+impl v1::send_message_service_server::SendMessageService for Relay {
+    async fn send_message(
+        &self,
+        request: Request<v1::SendMessageRequest>,
+    ) -> Result<Response<v1::SendMessageResponse>, Status> {
+        let r = request.into_inner();
+        let mut message = sample_message(&r.room, 0, r.text);
+        message.author = r.author;
+        let payload = Bytes::from(message.encode_to_vec());
+        let ack = self
+            .js
+            .publish(format!("chat.messages.{}", r.room), payload)
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(unavailable)?;
+        message.sequence = ack.sequence;
+        Ok(Response::new(v1::SendMessageResponse {
+            message: Some(message),
+            duplicate: false,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::all_messages_service_server::AllMessagesService for Relay {
+    type SubscribeStream = Events;
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Events>, Status> {
+        let room = request.into_inner().room;
+        let mut rx = self.feed.subscribe();
+        let (out, out_rx) = mpsc::channel(128);
+        tokio::spawn(async move {
+            loop {
+                let message = match rx.recv().await {
+                    Ok(message) => message,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if message.room != room {
+                    continue;
+                }
+                let event = v1::subscribe_response::Event::Message(message.as_ref().clone());
+                let response = v1::SubscribeResponse { event: Some(event) };
+                if out.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+
+    async fn list_messages(
+        &self,
+        _request: Request<v1::ListMessagesRequest>,
+    ) -> Result<Response<v1::ListMessagesResponse>, Status> {
+        Err(Status::unimplemented("not a baseline"))
+    }
+}
+
+/// Serves one bare relay until killed; listens only once its feed runs.
+pub async fn relay(addr: SocketAddr, nats: &str, role: Role) -> anyhow::Result<()> {
+    let js = jetstream::new(async_nats::connect(nats).await?);
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: "chat".into(),
+            subjects: vec!["chat.messages.>".into()],
+            ..Default::default()
+        })
+        .await?;
+    let (feed, _) = broadcast::channel(1024);
+    if role == Role::Subscribe {
+        let consumer = stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: js.client().new_inbox(),
+                filter_subject: "chat.messages.>".into(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let feed = feed.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(delivered)) = messages.next().await {
+                let sequence = delivered.info().map_or(0, |i| i.stream_sequence);
+                if let Ok(mut message) = v1::ChatMessage::decode(delivered.payload.clone()) {
+                    message.sequence = sequence;
+                    let _ = feed.send(Arc::new(message));
+                }
+            }
+        });
+    }
+    let relay = Relay { js, feed };
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(SendMessageServiceServer::new(relay.clone()))
+        .add_service(AllMessagesServiceServer::new(relay))
         .serve(addr)
         .await?;
     Ok(())

@@ -21,6 +21,8 @@ fn workspace_bin(name: &str) -> std::path::PathBuf {
 pub struct Process {
     name: String,
     pub port: u16,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
     pub metrics_port: u16,
     child: Child,
 }
@@ -59,6 +61,7 @@ impl Process {
         let process = Self {
             name: name.to_owned(),
             port,
+            endpoint: format!("http://127.0.0.1:{port}"),
             metrics_port,
             child,
         };
@@ -68,23 +71,36 @@ impl Process {
 
     /// Starts the raw baseline server (this binary, `raw-server`).
     pub fn raw_server() -> anyhow::Result<Self> {
+        Self::this_binary("raw-server", &[])
+    }
+
+    /// Starts a bare relay (this binary, `raw-relay`) in `role`.
+    fn relay(nats_url: &str, role: &str) -> anyhow::Result<Self> {
+        Self::this_binary("raw-relay", &["--nats", nats_url, "--role", role])
+    }
+
+    /// Runs this binary's hidden `subcommand` with `--addr` and `args`, and
+    /// waits until it listens.
+    fn this_binary(subcommand: &str, args: &[&str]) -> anyhow::Result<Self> {
         let port = free_port();
         let child = Command::new(std::env::current_exe()?)
-            .args(["raw-server", "--addr", &format!("127.0.0.1:{port}")])
+            .args([subcommand, "--addr", &format!("127.0.0.1:{port}")])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
-            .context("start the raw server")?;
+            .with_context(|| format!("start {subcommand}"))?;
         let process = Self {
-            name: "raw-server".into(),
+            name: subcommand.into(),
             port,
+            endpoint: format!("http://127.0.0.1:{port}"),
             metrics_port: 0,
             child,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
-                bail!("raw server did not listen on {port}");
+                bail!("{subcommand} did not listen on {port}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -112,7 +128,7 @@ impl Process {
 
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.endpoint.clone()
     }
 
     /// Resident set size in KiB, from /proc.
@@ -168,5 +184,46 @@ impl System {
         let send = Process::service("send-service", &nats.url(), &[])?;
         let all = Process::service("all-messages-service", &nats.url(), &[])?;
         Ok(Self { nats, send, all })
+    }
+
+    /// The send and all-messages endpoints.
+    pub fn endpoints(&self) -> (&str, &str) {
+        (&self.send.endpoint, &self.all.endpoint)
+    }
+}
+
+/// FastChat's topology with nothing of FastChat in it: a broker of its own
+/// and two bare relays (this binary, `raw-relay`), one publishing
+/// `SendMessage`s to JetStream, one fanning a JetStream consumer out to its
+/// subscribers.
+pub struct Relay {
+    _nats: NatsServer,
+    send: Process,
+    all: Process,
+}
+
+impl Relay {
+    pub fn start() -> anyhow::Result<Self> {
+        let nats = NatsServer::start();
+        let url = nats.url();
+        let send = Process::relay(&url, "send")?;
+        let all = Process::relay(&url, "subscribe")?;
+        Ok(Self {
+            _nats: nats,
+            send,
+            all,
+        })
+    }
+
+    /// A broker of its own and the send relay only.
+    pub fn send_only() -> anyhow::Result<(NatsServer, Process)> {
+        let nats = NatsServer::start();
+        let send = Process::relay(&nats.url(), "send")?;
+        Ok((nats, send))
+    }
+
+    /// The send and subscribe endpoints.
+    pub fn endpoints(&self) -> (&str, &str) {
+        (&self.send.endpoint, &self.all.endpoint)
     }
 }
