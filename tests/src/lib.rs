@@ -150,6 +150,26 @@ async fn channel(endpoint: String) -> Channel {
         .expect("connect to the service")
 }
 
+/// A fastchat.v1 all-messages client whose HTTP/2 stream receive window is
+/// small (64 KiB), like a slow mobile client's: the transport cannot absorb
+/// a burst (hyper's default windows hold megabytes, thousands of messages),
+/// so a reader that does not keep up really falls behind on the server. The
+/// connection window stays at 1 MiB: h2 allows a client half its connection
+/// window of small unread DATA frames, then closes the connection.
+pub async fn v1_all_small_window(
+    service: &Service,
+) -> v1::all_messages_service_client::AllMessagesServiceClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(service.endpoint())
+        .expect("valid endpoint")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(1024 * 1024)
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect to the service");
+    v1::all_messages_service_client::AllMessagesServiceClient::new(channel)
+}
+
 /// A fastchat.v1 send client.
 pub async fn v1_send(
     service: &Service,

@@ -56,6 +56,13 @@ async fn send_burst(send: &Service, room: &str, count: usize, workers: usize) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_catches_up_from_the_station_and_misses_nothing() {
     const MESSAGES: usize = 10_000;
+    // The service's own count of catch-ups proves the slow reader really
+    // fell behind the live feed on the server (not just in its transport).
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("the only metrics recorder of this test process");
     let nats = NatsServer::start();
     let send = start_send(send_config(&nats.url())).await;
     let mut config = all_config(&nats.url());
@@ -69,7 +76,7 @@ async fn a_slow_subscriber_catches_up_from_the_station_and_misses_nothing() {
         .await
         .expect("subscribe")
         .into_inner();
-    let mut slow = v1_all(&all)
+    let mut slow = v1_all_small_window(&all)
         .await
         .subscribe(subscribe("flood", None))
         .await
@@ -111,6 +118,21 @@ async fn a_slow_subscriber_catches_up_from_the_station_and_misses_nothing() {
     let slow_seqs = slow_task.await.expect("slow reader");
     assert_eq!(slow_seqs, acked, "slow reader: every message, in order");
     eprintln!("when the fast reader had all {MESSAGES}, the slow one had {slow_when_fast_done}");
+    let catch_ups: u64 = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "fastchat_subscription_catchups_total")
+        .map(|(.., value)| match value {
+            metrics_util::debugging::DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum();
+    eprintln!("the slow reader caught up from the station {catch_ups} times");
+    assert!(
+        catch_ups >= 1,
+        "the slow reader never fell behind the live feed"
+    );
     assert!(
         slow_when_fast_done + 64 * 4 < MESSAGES,
         "the slow reader was never far behind ({slow_when_fast_done}); the test proves nothing"

@@ -189,7 +189,7 @@ async fn serve(
         ),
     };
     if let Some(start) = first {
-        Box::pin(replay(station, &filter, start, joined_at, sink)).await?;
+        Box::pin(replay(station, &filter, start, joined_at, None, sink)).await?;
     }
     sink.cursor = sink.cursor.max(joined_at);
 
@@ -229,6 +229,7 @@ async fn serve(
                     &filter,
                     StartPosition::after(sink.cursor),
                     joined_at,
+                    Some(CATCH_UP_BATCH),
                     sink,
                 ))
                 .await?;
@@ -243,16 +244,28 @@ async fn serve(
     }
 }
 
-/// Sends the stored messages from `start` up to at least `until`.
+/// Messages fetched at a time while a subscriber that fell behind catches
+/// up: it is slow by definition, so the broker should not send ahead of it
+/// (a push read would, by megabytes, in bursts that compete with everyone
+/// else's live feed).
+const CATCH_UP_BATCH: usize = 256;
+
+/// Sends the stored messages from `start` up to at least `until`; read
+/// `batch` at a time if given, else as fast as the broker pushes them.
 async fn replay(
     station: &Station,
     filter: &str,
     start: StartPosition,
     until: u64,
+    batch: Option<usize>,
     sink: &mut Sink,
 ) -> Result<(), End> {
     let failed = |e: broker_client::Error| End::Failed(e.into());
-    let mut read = station.read(filter, start).await.map_err(failed)?;
+    let read = match batch {
+        Some(batch) => station.read_paced(filter, start, batch).await,
+        None => station.read(filter, start).await,
+    };
+    let mut read = read.map_err(failed)?;
     loop {
         let next = tokio::select! {
             () = sink.cancel.cancelled() => return Err(End::Stopped),

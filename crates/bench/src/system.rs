@@ -180,9 +180,14 @@ impl System {
     }
 
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// As [`System::start`], with extra environment for all-messages-service.
+    pub fn start_with(all_env: &[(&str, String)]) -> anyhow::Result<Self> {
         let nats = NatsServer::start();
         let send = Process::service("send-service", &nats.url(), &[])?;
-        let all = Process::service("all-messages-service", &nats.url(), &[])?;
+        let all = Process::service("all-messages-service", &nats.url(), all_env)?;
         Ok(Self { nats, send, all })
     }
 

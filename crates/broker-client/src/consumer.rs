@@ -246,10 +246,27 @@ async fn stalled(station: &Station, last: Option<u64>, start: StartPosition) -> 
     }
 }
 
-/// A bounded read of history (see [`Station::read`]).
+/// A bounded read of history (see [`Station::read`] and
+/// [`Station::read_paced`]).
 pub struct Read {
-    messages: Option<push::Ordered>,
+    source: Source,
     done: bool,
+}
+
+enum Source {
+    /// Nothing (more) to read.
+    Empty,
+    /// Pushed by the broker as fast as flow control allows.
+    Push(push::Ordered),
+    /// Fetched `size` messages at a time, the next batch only once the
+    /// reader has taken the last one.
+    Paced {
+        consumer: jetstream::consumer::PullConsumer,
+        batch: Option<jetstream::consumer::pull::Batch>,
+        size: usize,
+        /// Whether the current batch yielded anything.
+        got: bool,
+    },
 }
 
 impl Read {
@@ -258,35 +275,56 @@ impl Read {
         filter: String,
         start: StartPosition,
     ) -> Result<Self> {
-        let op = || format!("read `{filter}` from station `{}`", station.name());
-        station.broker().ensure_connected(op())?;
         // On the reader connection, so a replay never queues ahead of the
         // live feed. A push consumer: about twice the throughput of a pull
-        // one (flow control still holds it back to the reader's pace).
-        let stream = station.reader_stream_handle().await?;
-        let consumer = stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: station.broker().reader().0.new_inbox(),
-                filter_subject: filter.clone(),
-                deliver_policy: start.deliver_policy(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::broker(op(), consumer_kind(&e), e))?;
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(Self {
-                messages: None,
-                done: true,
-            });
-        }
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| Error::broker(op(), kind_from_text(&e.to_string()), e))?;
+        // one, but the broker sends ahead up to its flow-control window
+        // (megabytes) whatever the reader's pace.
+        let config = push::OrderedConfig {
+            deliver_subject: station.broker().reader().0.new_inbox(),
+            filter_subject: filter.clone(),
+            deliver_policy: start.deliver_policy(),
+            ..Default::default()
+        };
+        let Some(consumer) = reading_consumer(&station, &filter, config).await? else {
+            return Ok(Self::empty());
+        };
+        let messages = consumer.messages().await.map_err(|e| {
+            let op = format!("read `{filter}` from station `{}`", station.name());
+            Error::broker(op, kind_from_text(&e.to_string()), e)
+        })?;
         Ok(Self {
-            messages: Some(messages),
+            source: Source::Push(messages),
             done: false,
         })
+    }
+
+    pub(crate) async fn start_paced(
+        station: Station,
+        filter: String,
+        start: StartPosition,
+        size: usize,
+    ) -> Result<Self> {
+        // Removed by the broker once the read is dropped.
+        let config = scratch_pull(&filter, start.deliver_policy(), Duration::from_secs(30));
+        let Some(consumer) = reading_consumer(&station, &filter, config).await? else {
+            return Ok(Self::empty());
+        };
+        Ok(Self {
+            source: Source::Paced {
+                consumer,
+                batch: None,
+                size: size.max(1),
+                got: false,
+            },
+            done: false,
+        })
+    }
+
+    fn empty() -> Self {
+        Self {
+            source: Source::Empty,
+            done: true,
+        }
     }
 
     /// The next message, or `None` once the read has caught up with the
@@ -299,40 +337,119 @@ impl Read {
         if self.done {
             return Ok(None);
         }
-        let Some(messages) = self.messages.as_mut() else {
-            return Ok(None);
-        };
-        let Ok(next) = tokio::time::timeout(READ_IDLE_LIMIT, messages.next()).await else {
-            self.done = true;
-            self.messages = None;
-            return Err(Error::broker(
+        let next = match tokio::time::timeout(READ_IDLE_LIMIT, self.source.next()).await {
+            Ok(next) => next,
+            Err(_) => Err(Error::broker(
                 "read history",
                 ErrorKind::Timeout,
                 format!("no message for {READ_IDLE_LIMIT:?} although some are pending"),
-            ));
+            )),
         };
         match next {
-            Some(Ok(message)) => {
+            Ok(Some(message)) => {
                 let delivered = Delivered::from_jetstream(&message)?;
                 if delivered.pending == 0 {
-                    self.done = true;
-                    self.messages = None;
+                    self.finish();
                 }
                 Ok(Some(delivered))
             }
-            Some(Err(e)) => {
-                self.done = true;
-                self.messages = None;
-                Err(Error::broker(
-                    "read history",
-                    kind_from_text(&e.to_string()),
-                    e,
-                ))
-            }
-            None => {
-                self.done = true;
+            Ok(None) => {
+                self.finish();
                 Ok(None)
             }
+            Err(e) => {
+                self.finish();
+                Err(e)
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        self.source = Source::Empty;
+    }
+}
+
+/// An unacknowledged, in-memory, single-replica pull consumer over
+/// `filter`, for reads and counts; the broker forgets it after `inactive`.
+pub(crate) fn scratch_pull(
+    filter: &str,
+    deliver_policy: DeliverPolicy,
+    inactive: Duration,
+) -> jetstream::consumer::pull::Config {
+    jetstream::consumer::pull::Config {
+        filter_subject: filter.to_owned(),
+        deliver_policy,
+        ack_policy: jetstream::consumer::AckPolicy::None,
+        inactive_threshold: inactive,
+        memory_storage: true,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// Creates a consumer for a read on the reader connection; `None` when
+/// nothing matches from its start.
+async fn reading_consumer<C>(
+    station: &Station,
+    filter: &str,
+    config: C,
+) -> Result<Option<jetstream::consumer::Consumer<C>>>
+where
+    C: jetstream::consumer::IntoConsumerConfig + jetstream::consumer::FromConsumer,
+{
+    let op = || format!("read `{filter}` from station `{}`", station.name());
+    station.broker().ensure_connected(op())?;
+    let consumer = station
+        .reader_stream_handle()
+        .await?
+        .create_consumer(config)
+        .await
+        .map_err(|e| Error::broker(op(), consumer_kind(&e), e))?;
+    Ok((consumer.cached_info().num_pending > 0).then_some(consumer))
+}
+
+impl Source {
+    async fn next(&mut self) -> Result<Option<jetstream::Message>> {
+        let failed = |e: String| Error::broker("read history", kind_from_text(&e), e);
+        match self {
+            Self::Empty => Ok(None),
+            Self::Push(messages) => messages
+                .next()
+                .await
+                .transpose()
+                .map_err(|e| failed(e.to_string())),
+            Self::Paced {
+                consumer,
+                batch,
+                size,
+                got,
+            } => loop {
+                let current = match batch {
+                    Some(current) => current,
+                    None => {
+                        *got = false;
+                        batch.insert(
+                            consumer
+                                .fetch()
+                                .max_messages(*size)
+                                .messages()
+                                .await
+                                .map_err(|e| failed(e.to_string()))?,
+                        )
+                    }
+                };
+                match current.next().await {
+                    Some(Ok(message)) => {
+                        *got = true;
+                        return Ok(Some(message));
+                    }
+                    Some(Err(e)) => return Err(failed(e.to_string())),
+                    // An empty batch: nothing stored beyond what was read.
+                    None if !*got => return Ok(None),
+                    None => *batch = None,
+                }
+            },
         }
     }
 }

@@ -6,7 +6,7 @@ use futures::StreamExt;
 
 use async_nats::jetstream::{
     self,
-    consumer::{self, DeliverPolicy},
+    consumer::DeliverPolicy,
     context::{CreateStreamErrorKind, GetStreamErrorKind},
     stream::{self, DirectGetErrorKind},
 };
@@ -359,6 +359,22 @@ impl Station {
         Read::start(self.clone(), filter.to_owned(), start).await
     }
 
+    /// Like [`Station::read`], but fetched `batch` messages at a time, the
+    /// next batch only once the previous one was taken: at most `batch`
+    /// messages are held for a slow reader, and the broker does no work
+    /// ahead of it. Slower than [`Station::read`] for a fast reader.
+    ///
+    /// # Errors
+    /// Transient errors when the consumer cannot be created.
+    pub async fn read_paced(
+        &self,
+        filter: &str,
+        start: StartPosition,
+        batch: usize,
+    ) -> Result<Read> {
+        Read::start_paced(self.clone(), filter.to_owned(), start, batch).await
+    }
+
     /// Number of messages matching `filter` with sequence ≥ `from`.
     ///
     /// # Errors
@@ -369,17 +385,13 @@ impl Station {
         let consumer = self
             .stream_handle()
             .await?
-            .create_consumer(consumer::pull::Config {
-                filter_subject: filter.to_owned(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
+            .create_consumer(crate::consumer::scratch_pull(
+                filter,
+                DeliverPolicy::ByStartSequence {
                     start_sequence: from.max(1),
                 },
-                ack_policy: consumer::AckPolicy::None,
-                inactive_threshold: Duration::from_secs(5),
-                memory_storage: true,
-                num_replicas: 1,
-                ..Default::default()
-            })
+                Duration::from_secs(5),
+            ))
             .await
             .map_err(|e| Error::broker(op(), consumer_kind(&e), e))?;
         let pending = consumer.cached_info().num_pending;

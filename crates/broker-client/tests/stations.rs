@@ -146,13 +146,27 @@ async fn reads_honour_every_start_position_and_filter() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     publish(&station, "test.odd", "7", "m7").await;
 
+    // Each case read both ways: pushed, and paced two messages at a time
+    // (several batches, then the end).
     async fn collect(station: &Station, filter: &str, start: StartPosition) -> Vec<u64> {
-        let mut read = station.read(filter, start).await.expect("read");
-        let mut seqs = Vec::new();
-        while let Some(m) = read.next().await.expect("next") {
-            seqs.push(m.sequence);
+        async fn all(mut read: broker_client::Read) -> Vec<u64> {
+            let mut seqs = Vec::new();
+            while let Some(m) = read.next().await.expect("next") {
+                seqs.push(m.sequence);
+            }
+            seqs
         }
-        seqs
+        let pushed = all(station.read(filter, start).await.expect("read")).await;
+        let paced = all(station
+            .read_paced(filter, start, 2)
+            .await
+            .expect("paced read"))
+        .await;
+        assert_eq!(
+            paced, pushed,
+            "paced and pushed reads of {filter} from {start:?}"
+        );
+        pushed
     }
     assert_eq!(
         collect(&station, "test.>", StartPosition::All).await,
