@@ -353,7 +353,6 @@ pub async fn fanout(report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Latency samples (ms) of `subscribers` subscriptions while `send` runs.
 /// A reader that needs this long per message: far slower than the feed.
 const SLOW_READER_PER_MESSAGE: Duration = Duration::from_millis(1);
 

@@ -72,6 +72,29 @@ impl v1::send_message_service_server::SendMessageService for Raw {
 
 type Events = Pin<Box<dyn Stream<Item = Result<v1::SubscribeResponse, Status>> + Send>>;
 
+/// A response stream of what `rx` receives, mapped (`None` skips), through
+/// a task and a bounded queue: the usual tonic server-streaming shape.
+fn forward<T: Send + Sync + 'static>(
+    mut rx: broadcast::Receiver<Arc<T>>,
+    map: impl Fn(&T) -> Option<v1::SubscribeResponse> + Send + 'static,
+) -> Events {
+    let (out, out_rx) = mpsc::channel(128);
+    tokio::spawn(async move {
+        loop {
+            let item = match rx.recv().await {
+                Ok(item) => item,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let Some(response) = map(&item) else { continue };
+            if out.send(Ok(response)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(out_rx))
+}
+
 #[tonic::async_trait]
 impl v1::all_messages_service_server::AllMessagesService for Raw {
     type SubscribeStream = Events;
@@ -87,7 +110,7 @@ impl v1::all_messages_service_server::AllMessagesService for Raw {
                 "room must be round:<streams>:<messages>",
             ));
         };
-        let (mut rx, start) = {
+        let (rx, start) = {
             let mut rounds = self
                 .rounds
                 .lock()
@@ -117,15 +140,7 @@ impl v1::all_messages_service_server::AllMessagesService for Raw {
                 }
             });
         }
-        let (out, out_rx) = mpsc::channel(128);
-        tokio::spawn(async move {
-            while let Ok(event) = rx.recv().await {
-                if out.send(Ok(event.as_ref().clone())).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+        Ok(Response::new(forward(rx, |event| Some(event.clone()))))
     }
 
     async fn list_messages(
@@ -201,26 +216,14 @@ impl v1::all_messages_service_server::AllMessagesService for Relay {
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Events>, Status> {
         let room = request.into_inner().room;
-        let mut rx = self.feed.subscribe();
-        let (out, out_rx) = mpsc::channel(128);
-        tokio::spawn(async move {
-            loop {
-                let message = match rx.recv().await {
-                    Ok(message) => message,
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if message.room != room {
-                    continue;
-                }
-                let event = v1::subscribe_response::Event::Message(message.as_ref().clone());
-                let response = v1::SubscribeResponse { event: Some(event) };
-                if out.send(Ok(response)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+        Ok(Response::new(forward(
+            self.feed.subscribe(),
+            move |message| {
+                (message.room == room).then(|| v1::SubscribeResponse {
+                    event: Some(v1::subscribe_response::Event::Message(message.clone())),
+                })
+            },
+        )))
     }
 
     async fn list_messages(
