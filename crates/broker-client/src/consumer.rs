@@ -257,16 +257,18 @@ enum Source {
     /// Nothing (more) to read.
     Empty,
     /// Pushed by the broker as fast as flow control allows.
-    Push(push::Ordered),
+    Push(Box<push::Ordered>),
     /// Fetched `size` messages at a time, the next batch only once the
     /// reader has taken the last one.
-    Paced {
-        consumer: jetstream::consumer::PullConsumer,
-        batch: Option<jetstream::consumer::pull::Batch>,
-        size: usize,
-        /// Whether the current batch yielded anything.
-        got: bool,
-    },
+    Paced(Box<Paced>),
+}
+
+struct Paced {
+    consumer: Scratch,
+    batch: Option<jetstream::consumer::pull::Batch>,
+    size: usize,
+    /// Whether the current batch yielded anything.
+    got: bool,
 }
 
 impl Read {
@@ -293,7 +295,7 @@ impl Read {
             Error::broker(op, kind_from_text(&e.to_string()), e)
         })?;
         Ok(Self {
-            source: Source::Push(messages),
+            source: Source::Push(Box::new(messages)),
             done: false,
         })
     }
@@ -309,13 +311,14 @@ impl Read {
         let Some(consumer) = reading_consumer(&station, &filter, config).await? else {
             return Ok(Self::empty());
         };
+        let js = station.broker().reader().1.clone();
         Ok(Self {
-            source: Source::Paced {
-                consumer,
+            source: Source::Paced(Box::new(Paced {
+                consumer: Scratch { consumer, js },
                 batch: None,
                 size: size.max(1),
                 got: false,
-            },
+            })),
             done: false,
         })
     }
@@ -370,6 +373,29 @@ impl Read {
     }
 }
 
+/// A paced read's consumer, deleted from the broker when the read ends or
+/// is dropped (else it would linger until its inactivity threshold: one per
+/// catch-up of every slow subscriber).
+struct Scratch {
+    consumer: jetstream::consumer::PullConsumer,
+    js: jetstream::Context,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let info = self.consumer.cached_info();
+        let (name, stream) = (info.name.clone(), info.stream_name.clone());
+        let js = self.js.clone();
+        // Best effort, off the reader's path; outside a runtime the
+        // inactivity threshold removes it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = js.delete_consumer_from_stream(name, stream).await;
+            });
+        }
+    }
+}
+
 /// An unacknowledged, in-memory, single-replica pull consumer over
 /// `filter`, for reads and counts; the broker forgets it after `inactive`.
 pub(crate) fn scratch_pull(
@@ -419,18 +445,20 @@ impl Source {
                 .await
                 .transpose()
                 .map_err(|e| failed(e.to_string())),
-            Self::Paced {
-                consumer,
-                batch,
-                size,
-                got,
-            } => loop {
+            Self::Paced(paced) => loop {
+                let Paced {
+                    consumer,
+                    batch,
+                    size,
+                    got,
+                } = &mut **paced;
                 let current = match batch {
                     Some(current) => current,
                     None => {
                         *got = false;
                         batch.insert(
                             consumer
+                                .consumer
                                 .fetch()
                                 .max_messages(*size)
                                 .messages()

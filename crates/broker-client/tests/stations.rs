@@ -124,6 +124,61 @@ async fn publish_returns_sequence_and_detects_duplicates() {
     assert_ne!(err.kind(), ErrorKind::Conflict);
 }
 
+/// A paced read deletes its consumer when it ends and when it is dropped
+/// half-way: a slow subscriber's catch-ups leave nothing on the broker.
+#[tokio::test]
+async fn paced_reads_leave_no_consumer_behind() {
+    let server = NatsServer::start();
+    let broker = connect(&server).await;
+    let station = broker
+        .ensure_station(&station_config())
+        .await
+        .expect("station");
+    for i in 1..=5 {
+        publish(&station, "test.a", &i.to_string(), &format!("m{i}")).await;
+    }
+    let js = async_nats::jetstream::new(
+        async_nats::connect(server.url())
+            .await
+            .expect("connect an observer"),
+    );
+    let consumers = || async {
+        js.get_stream("test")
+            .await
+            .expect("stream")
+            .info()
+            .await
+            .expect("info")
+            .state
+            .consumer_count
+    };
+    let mut finished = station
+        .read_paced("test.>", StartPosition::All, 2)
+        .await
+        .expect("paced read");
+    let mut abandoned = station
+        .read_paced("test.>", StartPosition::All, 2)
+        .await
+        .expect("paced read");
+    assert_eq!(consumers().await, 2, "one consumer per read while reading");
+    let mut seqs = Vec::new();
+    while let Some(m) = finished.next().await.expect("next") {
+        seqs.push(m.sequence);
+    }
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    let first = abandoned.next().await.expect("next").expect("a message");
+    assert_eq!(first.sequence, 1);
+    drop(abandoned);
+    timeout(Duration::from_secs(5), async {
+        while consumers().await != 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("both consumers deleted within 5 s (their inactivity threshold is 30 s)");
+    drop(finished);
+}
+
 #[tokio::test]
 async fn reads_honour_every_start_position_and_filter() {
     let server = NatsServer::start();
