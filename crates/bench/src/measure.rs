@@ -356,6 +356,20 @@ pub async fn fanout(report: &mut Report) -> anyhow::Result<()> {
 /// A reader that needs this long per message: far slower than the feed.
 const SLOW_READER_PER_MESSAGE: Duration = Duration::from_millis(1);
 
+/// A `new_only` subscription to `room` on `channel`.
+async fn subscribe_new(
+    channel: Channel,
+    room: &str,
+) -> anyhow::Result<tonic::Streaming<v1::SubscribeResponse>> {
+    Ok(AllMessagesServiceClient::new(channel)
+        .subscribe(v1::SubscribeRequest {
+            room: room.to_owned(),
+            start: Some(Start::NewOnly(true)),
+        })
+        .await?
+        .into_inner())
+}
+
 /// What one paced run observed.
 struct Paced {
     /// Send → receive latency (ms) of every fast subscriber's every message.
@@ -381,14 +395,7 @@ async fn paced(
     let total = usize::try_from(per_second * seconds)?;
     let mut slow_readers = JoinSet::new();
     for _ in 0..slow {
-        let mut client = AllMessagesServiceClient::new(small_window_channel(all).await?);
-        let mut stream = client
-            .subscribe(v1::SubscribeRequest {
-                room: room.to_owned(),
-                start: Some(Start::NewOnly(true)),
-            })
-            .await?
-            .into_inner();
+        let mut stream = subscribe_new(small_window_channel(all).await?, room).await?;
         slow_readers.spawn(async move {
             let mut last = 0;
             for _ in 0..total {
@@ -413,14 +420,7 @@ async fn paced(
     }
     let mut readers = JoinSet::new();
     for s in 0..subscribers {
-        let mut client = AllMessagesServiceClient::new(channels[s % channels.len()].clone());
-        let mut stream = client
-            .subscribe(v1::SubscribeRequest {
-                room: room.to_owned(),
-                start: Some(Start::NewOnly(true)),
-            })
-            .await?
-            .into_inner();
+        let mut stream = subscribe_new(channels[s % channels.len()].clone(), room).await?;
         readers.spawn(async move {
             let mut samples = Vec::with_capacity(total);
             while samples.len() < total {
