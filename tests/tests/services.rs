@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fastchat_e2e::*;
 use fastchat_proto::{seed, v1};
-use rand::Rng;
+use rand::RngExt as _;
 use tonic::Code;
 use tonic_health::ServingStatus;
 use v1::subscribe_request::Start;
