@@ -223,7 +223,10 @@ mod tests {
             let base = policy.base(attempt);
             for _ in 0..50 {
                 let d = policy.delay(attempt);
-                assert!(d <= base && d >= base.mul_f64(0.75), "{attempt}: {d:?} vs {base:?}");
+                assert!(
+                    d <= base && d >= base.mul_f64(0.75),
+                    "{attempt}: {d:?} vs {base:?}"
+                );
                 assert!(d <= policy.max());
             }
         }

@@ -1,15 +1,15 @@
-//! The broker connection: authentication, TLS, reconnecting for ever, and an
-//! observable connection state for readiness checks.
+//! The broker connection: authentication, TLS, reconnecting for ever with
+//! jittered back-off, and an observable connection state for readiness
+//! checks.
 
 use std::{sync::Arc, time::Duration};
 
 use async_nats::{ConnectOptions, Event, jetstream};
 use tokio::sync::watch;
 
-use crate::{
-    BrokerConfig, Error, Result, Station, StationConfig,
-    error::{ErrorKind, kind_from_text},
-};
+use fastchat_backoff::ExponentialBackoff;
+
+use crate::{BrokerConfig, Error, Result};
 
 /// Whether the broker connection is usable right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ impl Broker {
             .await?
             .connect(addrs.clone())
             .await
-            .map_err(|e| Error::broker("connect to the broker", ErrorKind::Unavailable, e))?;
+            .map_err(|e| Error::nats("connect to the broker", e))?;
         // The event may have fired before we could observe it.
         if client.connection_state() == async_nats::connection::State::Connected {
             state_tx.send_replace(ConnectionState::Connected);
@@ -77,7 +77,7 @@ impl Broker {
             .await?
             .connect(addrs)
             .await
-            .map_err(|e| Error::broker("connect to the broker", ErrorKind::Unavailable, e))?;
+            .map_err(|e| Error::nats("connect to the broker", e))?;
         let context = |client: &async_nats::Client| {
             jetstream::ContextBuilder::new()
                 .timeout(config.request_timeout)
@@ -125,48 +125,6 @@ impl Broker {
         self.inner.request_timeout
     }
 
-    /// Creates the station if it does not exist, or checks that the existing
-    /// one matches `config`. Idempotent: every service that uses a station
-    /// calls this at start-up.
-    ///
-    /// # Errors
-    /// [`Error::StationConflict`] naming the first differing field if the
-    /// station exists with another definition; a transient error
-    /// ([`Error::is_transient`]) if the broker is unreachable.
-    pub async fn ensure_station(&self, config: &StationConfig) -> Result<Station> {
-        config.validate().map_err(Error::Config)?;
-        if self.state() != ConnectionState::Connected {
-            return Err(Error::unavailable(format!(
-                "ensure station `{}`",
-                config.name
-            )));
-        }
-        crate::station::ensure(self.clone(), config).await
-    }
-
-    /// Like [`Broker::ensure_station`], but waits for the broker and retries
-    /// transient failures for ever with back-off. Returns only a permanent
-    /// error (a conflict or an invalid definition).
-    ///
-    /// # Errors
-    /// A non-transient error from [`Broker::ensure_station`].
-    pub async fn ensure_station_retrying(&self, config: &StationConfig) -> Result<Station> {
-        let mut attempt = 0;
-        loop {
-            self.wait_connected().await;
-            match self.ensure_station(config).await {
-                Ok(station) => return Ok(station),
-                Err(e) if e.is_transient() => {
-                    attempt += 1;
-                    let delay = backoff(attempt, Duration::from_secs(5));
-                    tracing::warn!(error = %e, ?delay, "station not ready; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     /// Flushes what the client buffered and closes the connection.
     ///
     /// # Errors
@@ -176,14 +134,14 @@ impl Broker {
             .client
             .flush()
             .await
-            .map_err(|e| Error::broker("flush", ErrorKind::Unavailable, e))?;
+            .map_err(|e| Error::nats("flush", e))?;
         // Reads are abandoned on shutdown: nothing to flush there.
         let _ = self.inner.reader.drain().await;
         self.inner
             .client
             .drain()
             .await
-            .map_err(|e| Error::broker("drain", kind_from_text(&e.to_string()), e))
+            .map_err(|e| Error::nats("drain", e))
     }
 
     pub(crate) fn js(&self) -> &jetstream::Context {
@@ -246,14 +204,19 @@ async fn options(
         (Some(name), None) => options = options.name(name.clone()),
         (None, _) => {}
     }
-    let max_delay = config.max_reconnect_delay;
+    let reconnect = ExponentialBackoff::doubling(RECONNECT_MIN, config.max_reconnect_delay);
     let role = role.unwrap_or("main").to_owned();
     Ok(options
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.request_timeout))
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .reconnect_delay_callback(move |attempts| backoff(attempts, max_delay))
+        // `attempts` counts failed attempts since the last connection: the
+        // first reconnect is immediate.
+        .reconnect_delay_callback(move |attempts| match attempts.checked_sub(1) {
+            None => Duration::ZERO,
+            Some(retry) => reconnect.delay(u32::try_from(retry).unwrap_or(u32::MAX)),
+        })
         .event_callback(move |event| {
             let state = state.clone();
             let role = role.clone();
@@ -274,12 +237,14 @@ async fn options(
                     Event::SlowConsumer(sid) => {
                         tracing::warn!(connection = %role, sid, "slow consumer: the client dropped messages");
                     }
-                    Event::ServerError(error)
-                        if error.to_string().contains("Permissions Violation") =>
+                    // async-nats has no kind for a permissions violation (it is
+                    // `ServerError::Other` with the broker's text), so this one
+                    // match on text stays. The broker drops a denied request
+                    // and says so only here; the request itself just times out.
+                    Event::ServerError(async_nats::ServerError::Other(text))
+                        if text.contains("Permissions Violation") =>
                     {
-                        // The broker drops a denied request and says so only
-                        // here; the request itself just times out.
-                        tracing::error!(%error, "the broker refused an operation: check this service's NATS user permissions");
+                        tracing::error!(error = %text, "the broker refused an operation: check this service's NATS user permissions");
                     }
                     other => tracing::warn!(connection = %role, event = %other, "broker event"),
                 }
@@ -287,34 +252,5 @@ async fn options(
         }))
 }
 
-/// Exponential back-off from 50 ms, doubling per attempt, capped at `max`,
-/// with up to 25 % jitter so that many clients do not reconnect in lockstep.
-pub(crate) fn backoff(attempts: usize, max: Duration) -> Duration {
-    if attempts == 0 {
-        return Duration::ZERO;
-    }
-    let exp = u32::try_from(attempts.saturating_sub(1).min(16)).unwrap_or(16);
-    let base = Duration::from_millis(50).saturating_mul(2u32.saturating_pow(exp));
-    let capped = base.min(max);
-    let jitter_nanos = u64::from(std::process::id() ^ u32::try_from(attempts % 997).unwrap_or(0))
-        % (u64::try_from(capped.as_nanos() / 4).unwrap_or(1).max(1));
-    capped.saturating_sub(Duration::from_nanos(jitter_nanos))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let max = Duration::from_secs(5);
-        assert_eq!(backoff(0, max), Duration::ZERO);
-        let first = backoff(1, max);
-        assert!(first <= Duration::from_millis(50) && first >= Duration::from_millis(37));
-        assert!(backoff(4, max) > backoff(2, max));
-        for attempts in 10..100 {
-            let d = backoff(attempts, max);
-            assert!(d <= max && d >= max.mul_f64(0.75), "{attempts}: {d:?}");
-        }
-    }
-}
+/// First reconnect delay after a failed attempt.
+const RECONNECT_MIN: Duration = Duration::from_millis(50);

@@ -1,9 +1,26 @@
-//! Typed broker errors.
+//! Typed broker errors, and the one place async-nats errors are classified.
 //!
-//! Every error carries an [`ErrorKind`] so callers decide by kind (retry a
-//! timeout, report a conflict) and keeps the async-nats error as its source.
+//! Every [`Error`] carries an [`ErrorKind`] so callers decide by kind (retry a
+//! time-out, report a conflict) and keeps the async-nats error as its source.
+//! The kind is read from the typed kinds async-nats gives for each operation
+//! ([`Classify`]), falling back to the typed errors found down the source
+//! chain (JetStream API error codes, request and I/O errors); nothing here
+//! looks at message text.
 
-use std::fmt;
+use std::{error::Error as StdError, fmt, io};
+
+use async_nats::jetstream::{
+    self,
+    consumer::{StreamError, StreamErrorKind, pull, push},
+    context::{
+        CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind, PublishError,
+        PublishErrorKind, RequestError, RequestErrorKind,
+    },
+    stream::{
+        ConsumerError, ConsumerErrorKind, DeleteMessageError, DeleteMessageErrorKind,
+        DirectGetError, DirectGetErrorKind,
+    },
+};
 
 /// What went wrong, coarsely enough to act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,7 +58,7 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// An error from the stations layer.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +112,32 @@ impl Error {
         matches!(self.kind(), ErrorKind::Unavailable | ErrorKind::Timeout)
     }
 
+    /// `operation` failed with the async-nats error `source`, classified by
+    /// its typed kind.
+    pub(crate) fn nats<E: Classify>(operation: impl Into<String>, source: E) -> Self {
+        Self::Broker {
+            operation: operation.into(),
+            kind: source.classify(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// `operation` failed with an untyped async-nats error (a boxed
+    /// `async_nats::Error`, as acks and batch items give): its kind is that
+    /// of the first typed error inside it, else `fallback`.
+    pub(crate) fn nats_untyped(
+        operation: impl Into<String>,
+        source: BoxError,
+        fallback: ErrorKind,
+    ) -> Self {
+        Self::Broker {
+            operation: operation.into(),
+            kind: from_chain(source.as_ref(), fallback),
+            source: Some(source),
+        }
+    }
+
+    /// `operation` failed with `source`, of a kind the caller knows.
     pub(crate) fn broker(
         operation: impl Into<String>,
         kind: ErrorKind,
@@ -119,22 +162,84 @@ impl Error {
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Classifies a JetStream API error code (see the NATS server's
+/// An async-nats error whose [`ErrorKind`] can be told from its type.
+pub(crate) trait Classify: StdError + Send + Sync + 'static {
+    /// The kind, from the error's own kind or its typed sources.
+    fn classify(&self) -> ErrorKind;
+}
+
+/// The kind of the first typed error down `err`'s source chain (itself
+/// included), or `fallback` when none is recognised. async-nats often wraps
+/// the informative error (a JetStream API error with its code, a request
+/// time-out, an I/O error) under an opaque `Request` or `Other` kind.
+fn from_chain(err: &(dyn StdError + 'static), fallback: ErrorKind) -> ErrorKind {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(api) = e.downcast_ref::<jetstream::Error>() {
+            return api_kind(api);
+        }
+        if let Some(request) = e.downcast_ref::<RequestError>() {
+            match request.kind() {
+                RequestErrorKind::NoResponders => return ErrorKind::Unavailable,
+                RequestErrorKind::TimedOut => return ErrorKind::Timeout,
+                RequestErrorKind::InvalidSubject => return ErrorKind::InvalidInput,
+                RequestErrorKind::Other => {}
+            }
+        }
+        if let Some(request) = e.downcast_ref::<async_nats::RequestError>() {
+            match request.kind() {
+                async_nats::RequestErrorKind::NoResponders => return ErrorKind::Unavailable,
+                async_nats::RequestErrorKind::TimedOut => return ErrorKind::Timeout,
+                async_nats::RequestErrorKind::InvalidSubject
+                | async_nats::RequestErrorKind::MaxPayloadExceeded => {
+                    return ErrorKind::InvalidInput;
+                }
+                // "Client/io related": the connection is not usable.
+                async_nats::RequestErrorKind::Other => {}
+            }
+        }
+        if e.is::<tokio::time::error::Elapsed>() {
+            return ErrorKind::Timeout;
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return match io.kind() {
+                io::ErrorKind::TimedOut => ErrorKind::Timeout,
+                io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+                _ => ErrorKind::Unavailable,
+            };
+        }
+        next = e.source();
+    }
+    fallback
+}
+
+/// The kind of `err`'s source chain below itself, or `fallback`.
+fn from_source(err: &(dyn StdError + 'static), fallback: ErrorKind) -> ErrorKind {
+    err.source().map_or(fallback, |s| from_chain(s, fallback))
+}
+
+/// Classifies a JetStream API error by its code (see the NATS server's
 /// `jetstream_errors.json`).
-pub(crate) fn kind_of_api_error(err: &async_nats::jetstream::Error) -> ErrorKind {
-    use async_nats::jetstream::ErrorCode;
+fn api_kind(err: &jetstream::Error) -> ErrorKind {
+    use jetstream::ErrorCode as C;
     let code = err.error_code();
-    if code == ErrorCode::STREAM_NOT_FOUND
-        || code == ErrorCode::CONSUMER_NOT_FOUND
-        || code == ErrorCode::NO_MESSAGE_FOUND
-    {
+    if code == C::STREAM_NOT_FOUND || code == C::CONSUMER_NOT_FOUND || code == C::NO_MESSAGE_FOUND {
         ErrorKind::NotFound
-    } else if code == ErrorCode::CLUSTER_NOT_AVAILABLE
-        || code == ErrorCode::STREAM_OFFLINE
-        || code == ErrorCode::JETSTREAM_NOT_ENABLED
-        || code == ErrorCode::INSUFFICIENT_RESOURCES
+    } else if code == C::CLUSTER_NOT_AVAILABLE
+        || code == C::STREAM_OFFLINE
+        || code == C::JETSTREAM_NOT_ENABLED
+        || code == C::INSUFFICIENT_RESOURCES
+        || code == C::CLUSTER_NO_PEERS
     {
         ErrorKind::Unavailable
+    } else if err.code() == 403 {
+        ErrorKind::PermissionDenied
+    } else if err.code() == 408 {
+        ErrorKind::Timeout
+    } else if err.code() == 503 {
+        ErrorKind::Unavailable
+    } else if err.code() == 404 {
+        ErrorKind::NotFound
     } else if err.code() == 400 {
         ErrorKind::InvalidInput
     } else {
@@ -142,24 +247,281 @@ pub(crate) fn kind_of_api_error(err: &async_nats::jetstream::Error) -> ErrorKind
     }
 }
 
-/// Classifies an error whose kind is only known by its text: async-nats error
-/// kinds differ per operation, but all spell time-outs and missing responders
-/// the same way.
-pub(crate) fn kind_from_text(text: &str) -> ErrorKind {
-    let text = text.to_ascii_lowercase();
-    if text.contains("timed out") || text.contains("timeout") {
-        ErrorKind::Timeout
-    } else if text.contains("no responders")
-        || text.contains("broken pipe")
-        || text.contains("disconnected")
-        || text.contains("connection")
-    {
-        ErrorKind::Unavailable
-    } else if text.contains("permission") || text.contains("authorization") {
-        ErrorKind::PermissionDenied
-    } else if text.contains("not found") {
-        ErrorKind::NotFound
-    } else {
-        ErrorKind::Other
+impl Classify for jetstream::Error {
+    fn classify(&self) -> ErrorKind {
+        api_kind(self)
+    }
+}
+
+impl Classify for RequestError {
+    fn classify(&self) -> ErrorKind {
+        // Other: the source says more (an API error, a core request error).
+        from_chain(self, ErrorKind::Other)
+    }
+}
+
+impl Classify for GetStreamError {
+    fn classify(&self) -> ErrorKind {
+        match self.kind() {
+            GetStreamErrorKind::EmptyName | GetStreamErrorKind::InvalidStreamName => {
+                ErrorKind::InvalidInput
+            }
+            GetStreamErrorKind::JetStream(api) => api_kind(&api),
+            GetStreamErrorKind::Request => from_source(self, ErrorKind::Unavailable),
+        }
+    }
+}
+
+impl Classify for CreateStreamError {
+    fn classify(&self) -> ErrorKind {
+        match self.kind() {
+            CreateStreamErrorKind::JetStream(api) => api_kind(&api),
+            CreateStreamErrorKind::TimedOut => ErrorKind::Timeout,
+            CreateStreamErrorKind::JetStreamUnavailable => ErrorKind::Unavailable,
+            CreateStreamErrorKind::NotFound => ErrorKind::NotFound,
+            CreateStreamErrorKind::EmptyStreamName
+            | CreateStreamErrorKind::InvalidStreamName
+            | CreateStreamErrorKind::DomainAndExternalSet => ErrorKind::InvalidInput,
+            CreateStreamErrorKind::Response | CreateStreamErrorKind::ResponseParse => {
+                from_source(self, ErrorKind::Other)
+            }
+        }
+    }
+}
+
+impl Classify for ConsumerError {
+    fn classify(&self) -> ErrorKind {
+        match self.kind() {
+            ConsumerErrorKind::TimedOut => ErrorKind::Timeout,
+            ConsumerErrorKind::JetStream(api) => api_kind(&api),
+            ConsumerErrorKind::InvalidConsumerType | ConsumerErrorKind::InvalidName => {
+                ErrorKind::InvalidInput
+            }
+            ConsumerErrorKind::Request => from_source(self, ErrorKind::Unavailable),
+            ConsumerErrorKind::Other => from_source(self, ErrorKind::Other),
+        }
+    }
+}
+
+impl Classify for DirectGetError {
+    fn classify(&self) -> ErrorKind {
+        match self.kind() {
+            DirectGetErrorKind::NotFound => ErrorKind::NotFound,
+            DirectGetErrorKind::InvalidSubject => ErrorKind::InvalidInput,
+            DirectGetErrorKind::TimedOut => ErrorKind::Timeout,
+            DirectGetErrorKind::ErrorResponse(status, _) => match status.as_u16() {
+                404 => ErrorKind::NotFound,
+                408 => ErrorKind::Timeout,
+                403 => ErrorKind::PermissionDenied,
+                503 => ErrorKind::Unavailable,
+                400 => ErrorKind::InvalidInput,
+                _ => ErrorKind::Other,
+            },
+            DirectGetErrorKind::Request => from_source(self, ErrorKind::Unavailable),
+            DirectGetErrorKind::Other => from_source(self, ErrorKind::Other),
+        }
+    }
+}
+
+impl Classify for DeleteMessageError {
+    fn classify(&self) -> ErrorKind {
+        match self.kind() {
+            DeleteMessageErrorKind::TimedOut => ErrorKind::Timeout,
+            DeleteMessageErrorKind::JetStream(api) => api_kind(&api),
+            DeleteMessageErrorKind::Request => from_source(self, ErrorKind::Unavailable),
+        }
+    }
+}
+
+impl Classify for PublishError {
+    fn classify(&self) -> ErrorKind {
+        match self.kind() {
+            PublishErrorKind::TimedOut => ErrorKind::Timeout,
+            PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => {
+                ErrorKind::Unavailable
+            }
+            // "No responders": the station was ensured at start-up, so this
+            // means no stream leader right now (a JetStream cluster electing
+            // one), not a missing station.
+            PublishErrorKind::StreamNotFound => ErrorKind::Unavailable,
+            PublishErrorKind::MaxPayloadExceeded => ErrorKind::InvalidInput,
+            PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
+                ErrorKind::Conflict
+            }
+            // The broker's answer (e.g. its store is full) is the source.
+            PublishErrorKind::Other => from_source(self, ErrorKind::Other),
+        }
+    }
+}
+
+impl Classify for StreamError {
+    fn classify(&self) -> ErrorKind {
+        match self.kind() {
+            StreamErrorKind::TimedOut => ErrorKind::Timeout,
+            StreamErrorKind::Other => from_source(self, ErrorKind::Unavailable),
+        }
+    }
+}
+
+impl Classify for push::OrderedError {
+    fn classify(&self) -> ErrorKind {
+        match self.kind() {
+            push::OrderedErrorKind::PullBasedConsumer => ErrorKind::InvalidInput,
+            // Heartbeats missed, consumer gone or not re-creatable: the
+            // broker (or our route to it) is not serving this consumer.
+            push::OrderedErrorKind::MissingHeartbeat
+            | push::OrderedErrorKind::ConsumerDeleted
+            | push::OrderedErrorKind::Recreate
+            | push::OrderedErrorKind::Other => from_source(self, ErrorKind::Unavailable),
+        }
+    }
+}
+
+impl Classify for pull::MessagesError {
+    fn classify(&self) -> ErrorKind {
+        match self.kind() {
+            pull::MessagesErrorKind::PushBasedConsumer
+            | pull::MessagesErrorKind::RequestLimitExceeded => ErrorKind::InvalidInput,
+            pull::MessagesErrorKind::MissingHeartbeat
+            | pull::MessagesErrorKind::ConsumerDeleted
+            | pull::MessagesErrorKind::NoResponders => ErrorKind::Unavailable,
+            pull::MessagesErrorKind::Pull | pull::MessagesErrorKind::Other => {
+                from_source(self, ErrorKind::Unavailable)
+            }
+        }
+    }
+}
+
+impl Classify for pull::BatchError {
+    fn classify(&self) -> ErrorKind {
+        match self.kind() {
+            pull::BatchErrorKind::Serialize => ErrorKind::Other,
+            // Subscribing, sending the pull request or flushing it failed:
+            // the connection is not usable right now.
+            _ => from_source(self, ErrorKind::Unavailable),
+        }
+    }
+}
+
+impl Classify for async_nats::ConnectError {
+    fn classify(&self) -> ErrorKind {
+        match self.kind() {
+            async_nats::ConnectErrorKind::Authentication
+            | async_nats::ConnectErrorKind::AuthorizationViolation => ErrorKind::PermissionDenied,
+            async_nats::ConnectErrorKind::ServerParse | async_nats::ConnectErrorKind::Tls => {
+                ErrorKind::InvalidInput
+            }
+            async_nats::ConnectErrorKind::TimedOut => ErrorKind::Timeout,
+            async_nats::ConnectErrorKind::Dns
+            | async_nats::ConnectErrorKind::Io
+            | async_nats::ConnectErrorKind::MaxReconnects => ErrorKind::Unavailable,
+        }
+    }
+}
+
+impl Classify for async_nats::client::FlushError {
+    fn classify(&self) -> ErrorKind {
+        // Either kind means the connection could not take or confirm it.
+        from_source(self, ErrorKind::Unavailable)
+    }
+}
+
+impl Classify for async_nats::client::DrainError {
+    fn classify(&self) -> ErrorKind {
+        // Draining fails only when the connection is already gone.
+        from_source(self, ErrorKind::Unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, err_code: u64) -> jetstream::Error {
+        serde_json::from_value(serde_json::json!({
+            "code": code,
+            "err_code": err_code,
+            "description": "from the broker",
+        }))
+        .expect("a JetStream API error")
+    }
+
+    #[test]
+    fn api_errors_are_classified_by_code() {
+        assert_eq!(api(404, 10059).classify(), ErrorKind::NotFound); // stream not found
+        assert_eq!(api(404, 10014).classify(), ErrorKind::NotFound); // consumer not found
+        assert_eq!(api(503, 10023).classify(), ErrorKind::Unavailable); // insufficient resources
+        assert_eq!(api(503, 10008).classify(), ErrorKind::Unavailable); // cluster not available
+        assert_eq!(api(400, 10058).classify(), ErrorKind::InvalidInput); // stream name in use
+        assert_eq!(api(500, 10999).classify(), ErrorKind::Other);
+    }
+
+    #[test]
+    fn opaque_kinds_are_classified_by_their_typed_source() {
+        // A publish the broker answered with an error: the API error is the
+        // source of an `Other` publish error.
+        let full = PublishError::with_source(PublishErrorKind::Other, api(503, 10023));
+        assert_eq!(full.classify(), ErrorKind::Unavailable);
+        // A consumer creation whose request timed out.
+        let timed_out = ConsumerError::with_source(
+            ConsumerErrorKind::Request,
+            RequestError::new(RequestErrorKind::TimedOut),
+        );
+        assert_eq!(timed_out.classify(), ErrorKind::Timeout);
+        // No responders: JetStream is not there (or no leader right now).
+        let no_js = GetStreamError::with_source(
+            GetStreamErrorKind::Request,
+            RequestError::new(RequestErrorKind::NoResponders),
+        );
+        assert_eq!(no_js.classify(), ErrorKind::Unavailable);
+        // An I/O error under a request.
+        let broken = RequestError::with_source(
+            RequestErrorKind::Other,
+            io::Error::new(io::ErrorKind::BrokenPipe, "gone"),
+        );
+        assert_eq!(broken.classify(), ErrorKind::Unavailable);
+        // Nothing typed below: the kind's own fallback.
+        assert_eq!(
+            PublishError::new(PublishErrorKind::Other).classify(),
+            ErrorKind::Other
+        );
+    }
+
+    #[test]
+    fn own_kinds_decide_first() {
+        assert_eq!(
+            PublishError::new(PublishErrorKind::TimedOut).classify(),
+            ErrorKind::Timeout
+        );
+        assert_eq!(
+            PublishError::new(PublishErrorKind::StreamNotFound).classify(),
+            ErrorKind::Unavailable
+        );
+        assert_eq!(
+            PublishError::new(PublishErrorKind::MaxPayloadExceeded).classify(),
+            ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            DirectGetError::new(DirectGetErrorKind::NotFound).classify(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            ConsumerError::new(ConsumerErrorKind::JetStream(api(404, 10059))).classify(),
+            ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn errors_keep_their_source() {
+        let err = Error::nats(
+            "publish to `chat.messages.general`",
+            PublishError::with_source(PublishErrorKind::Other, api(503, 10023)),
+        );
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(err.is_transient());
+        let source = StdError::source(&err).expect("the async-nats error is kept");
+        assert!(source.is::<PublishError>());
+        let api = source.source().expect("and its own source");
+        assert!(api.is::<jetstream::Error>());
     }
 }

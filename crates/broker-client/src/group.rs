@@ -29,9 +29,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Delivered, Error, PublishAck, Result, StartPosition, Station, StationConfig,
-    error::{ErrorKind, kind_from_text},
-    station::consumer_kind,
+    Delivered, Error, ErrorKind, PublishAck, Result, StartPosition, Station, StationConfig,
 };
 
 /// Header: why the message was dead-lettered.
@@ -151,7 +149,7 @@ impl Station {
                 },
             )
             .await
-            .map_err(|e| Error::broker(op(), consumer_kind(&e), e))?;
+            .map_err(|e| Error::nats(op(), e))?;
         let existing = &consumer.cached_info().config;
         if existing.filter_subject != config.filter {
             return Err(Error::broker(
@@ -166,7 +164,7 @@ impl Station {
         let messages = consumer
             .messages()
             .await
-            .map_err(|e| Error::broker(op(), kind_from_text(&e.to_string()), e))?;
+            .map_err(|e| Error::nats(op(), e))?;
         Ok(Group {
             station: self.clone(),
             config: config.clone(),
@@ -253,7 +251,7 @@ impl Station {
         stream
             .delete_message(sequence)
             .await
-            .map_err(|e| Error::broker(op(), kind_from_text(&e.to_string()), e))?;
+            .map_err(|e| Error::nats(op(), e))?;
         Ok(ack)
     }
 }
@@ -270,11 +268,7 @@ impl Group {
             let message = match self.messages.next().await {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
-                    return Err(Error::broker(
-                        format!("group `{}`", self.config.name),
-                        kind_from_text(&e.to_string()),
-                        e,
-                    ));
+                    return Err(Error::nats(format!("group `{}`", self.config.name), e));
                 }
                 None => {
                     return Err(Error::unavailable(format!(
@@ -310,14 +304,16 @@ impl Group {
 }
 
 impl GroupMessage {
-    fn settle_error(&self, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
-        Error::broker(
+    /// Acknowledgements fail with an untyped async-nats error; most often
+    /// the connection is gone.
+    fn settle_error(&self, e: async_nats::Error) -> Error {
+        Error::nats_untyped(
             format!(
                 "settle message {} of group `{}`",
                 self.message.sequence, self.group
             ),
-            ErrorKind::Unavailable,
             e,
+            ErrorKind::Unavailable,
         )
     }
 

@@ -16,26 +16,43 @@
 //!   paging ([`Station::nth_last_sequence`]);
 //! - *group* consumers ([`Station::group`]): durable, shared, explicitly
 //!   acknowledged, with a dead-letter station for messages that keep failing.
+//!
+//! Modules, as layers from the ground up (each uses only those below it):
+//!
+//! 1. `config`, `error`, `message`: plain data — settings, typed errors
+//!    (and the one place async-nats errors are classified), what reads yield;
+//! 2. `connection`: the [`Broker`] connection, reconnecting for ever;
+//! 3. `station`: ensuring a [`Station`], its state, random access, scratch
+//!    consumers;
+//! 4. `producer` (publishing), `consumer` (fan-out and bounded reads),
+//!    `history` (counting and paging);
+//! 5. `group`: group consumers and dead letters, on producer and consumer.
 
 #![forbid(unsafe_code)]
 
 mod config;
-mod connection;
-mod consumer;
 mod error;
-mod group;
-mod producer;
+mod message;
+
+mod connection;
 mod station;
+
+mod consumer;
+mod history;
+mod producer;
+
+mod group;
 
 pub use async_nats::HeaderMap;
 pub use config::{BrokerConfig, StationConfig, Storage, TlsConfig};
 pub use connection::{Broker, ConnectionState};
-pub use consumer::{Delivered, FanOut, Read, StartPosition};
+pub use consumer::{FanOut, Read};
 pub use error::{Error, ErrorKind, Result};
 pub use group::{
     DeadLetter, Group, GroupConfig, GroupMessage, HEADER_DLS_DELIVERIES, HEADER_DLS_GROUP,
     HEADER_DLS_REASON, HEADER_DLS_SEQUENCE, HEADER_DLS_SUBJECT,
 };
+pub use message::{Delivered, StartPosition};
 pub use producer::{Producer, PublishAck};
 pub use station::{Station, StationState};
 pub use time::OffsetDateTime;

@@ -1,13 +1,10 @@
 //! Producing to a station: publish with a message id and wait for the
 //! JetStream acknowledgement.
 
-use async_nats::{
-    HeaderMap,
-    jetstream::{context::PublishErrorKind, message::PublishMessage},
-};
+use async_nats::{HeaderMap, jetstream::message::PublishMessage};
 use bytes::Bytes;
 
-use crate::{Error, Result, Station, error::ErrorKind};
+use crate::{Error, Result, Station};
 
 /// The broker's acknowledgement of a stored message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,23 +23,29 @@ pub struct Producer {
     station: Station,
 }
 
-impl Producer {
-    pub(crate) fn new(station: Station) -> Self {
-        Self { station }
+impl Station {
+    /// A producer for this station.
+    #[must_use]
+    pub fn producer(&self) -> Producer {
+        Producer {
+            station: self.clone(),
+        }
     }
+}
 
+impl Producer {
     /// Publishes `payload` to `subject` with `headers` and the dedup id
     /// `message_id` (`Nats-Msg-Id`), and returns once JetStream has stored it.
     ///
-    /// Fails fast with [`ErrorKind::Unavailable`] while the broker is
+    /// Fails fast with [`crate::ErrorKind::Unavailable`] while the broker is
     /// disconnected rather than buffering the message for later: the caller
     /// is told, and nothing is written behind its back. Retrying with the same
     /// `message_id` is always safe.
     ///
     /// # Errors
-    /// [`ErrorKind::Unavailable`] (not connected, or no stream leader) /
-    /// [`ErrorKind::Timeout`] (transient: retry with the same id),
-    /// [`ErrorKind::InvalidInput`] (too large, bad subject).
+    /// [`crate::ErrorKind::Unavailable`] (not connected, or no stream
+    /// leader) / [`crate::ErrorKind::Timeout`] (transient: retry with the
+    /// same id), [`crate::ErrorKind::InvalidInput`] (too large, bad subject).
     pub async fn publish(
         &self,
         subject: &str,
@@ -62,26 +65,11 @@ impl Producer {
             .js()
             .send_publish(subject.to_owned(), publish)
             .await
-            .map_err(|e| Error::broker(op(), publish_kind(e.kind()), e))?;
-        let ack = future
-            .await
-            .map_err(|e| Error::broker(op(), publish_kind(e.kind()), e))?;
+            .map_err(|e| Error::nats(op(), e))?;
+        let ack = future.await.map_err(|e| Error::nats(op(), e))?;
         Ok(PublishAck {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
-    }
-}
-
-fn publish_kind(kind: PublishErrorKind) -> ErrorKind {
-    match kind {
-        PublishErrorKind::TimedOut => ErrorKind::Timeout,
-        PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => ErrorKind::Unavailable,
-        // "No responders": the station was ensured at start-up, so this
-        // means no stream leader right now (a JetStream cluster electing
-        // one), not a missing station.
-        PublishErrorKind::StreamNotFound => ErrorKind::Unavailable,
-        PublishErrorKind::MaxPayloadExceeded => ErrorKind::InvalidInput,
-        _ => ErrorKind::Other,
     }
 }

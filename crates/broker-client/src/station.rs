@@ -1,21 +1,18 @@
-//! Stations: creation or verification at start-up, state, and random access.
+//! Stations: creation or verification at start-up ([`Broker::ensure_station`]),
+//! state, random access, and the short-lived consumers that reads and counts
+//! use. Producing and consuming build on this in their own modules.
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
-
-use futures::StreamExt;
 
 use async_nats::jetstream::{
     self,
     consumer::DeliverPolicy,
-    context::{CreateStreamErrorKind, GetStreamErrorKind},
+    context::CreateStreamErrorKind,
     stream::{self, DirectGetErrorKind},
 };
+use fastchat_backoff::ExponentialBackoff;
 
-use crate::{
-    Broker, Delivered, Error, FanOut, Producer, Read, Result, StartPosition, StationConfig,
-    Storage,
-    error::{ErrorKind, kind_from_text, kind_of_api_error},
-};
+use crate::{Broker, ConnectionState, Delivered, Error, ErrorKind, Result, StationConfig, Storage};
 
 /// A station that exists on the broker with the configured definition.
 /// Cheap to clone.
@@ -37,86 +34,85 @@ pub struct StationState {
     pub messages: u64,
 }
 
-pub(crate) async fn ensure(broker: Broker, config: &StationConfig) -> Result<Station> {
-    let wanted = stream_config(config);
-    let js = broker.js().clone();
-    let existing = match js.get_stream(&config.name).await {
-        Ok(mut s) => Some(
-            s.info()
-                .await
-                .map_err(|e| {
-                    Error::broker(
-                        format!("read station `{}`", config.name),
-                        kind_from_text(&e.to_string()),
-                        e,
-                    )
-                })?
-                .config
-                .clone(),
-        ),
-        Err(e) => match e.kind() {
-            GetStreamErrorKind::JetStream(api)
-                if kind_of_api_error(&api) == ErrorKind::NotFound =>
-            {
-                None
-            }
-            GetStreamErrorKind::JetStream(api) => {
-                let kind = kind_of_api_error(&api);
-                return Err(Error::broker(
-                    format!("read station `{}`", config.name),
-                    kind,
-                    e,
-                ));
-            }
-            _ => {
-                return Err(Error::broker(
-                    format!("read station `{}`", config.name),
-                    kind_from_text(&e.to_string()),
-                    e,
-                ));
-            }
-        },
-    };
-    let existing = match existing {
-        Some(existing) => existing,
-        None => match js.create_stream(wanted.clone()).await {
-            Ok(_) => {
-                tracing::info!(station = %config.name, "station created");
-                return Ok(Station::new(broker, config));
-            }
-            // Another instance created it first: verify theirs below.
-            Err(e) if matches!(e.kind(), CreateStreamErrorKind::JetStream(ref api) if api.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST) => {
-                js.get_stream(&config.name)
+impl Broker {
+    /// Creates the station if it does not exist, or checks that the existing
+    /// one matches `config`. Idempotent: every service that uses a station
+    /// calls this at start-up.
+    ///
+    /// # Errors
+    /// [`Error::StationConflict`] naming the first differing field if the
+    /// station exists with another definition; a transient error
+    /// ([`Error::is_transient`]) if the broker is unreachable.
+    pub async fn ensure_station(&self, config: &StationConfig) -> Result<Station> {
+        config.validate().map_err(Error::Config)?;
+        let op = || format!("ensure station `{}`", config.name);
+        if self.state() != ConnectionState::Connected {
+            return Err(Error::unavailable(op()));
+        }
+        let wanted = stream_config(config);
+        let js = self.js();
+        let existing = match js.get_stream(&config.name).await {
+            Ok(mut stream) => Some(
+                stream
+                    .info()
                     .await
-                    .map_err(|e| {
-                        Error::broker(
-                            format!("read station `{}`", config.name),
-                            kind_from_text(&e.to_string()),
-                            e,
-                        )
-                    })?
-                    .cached_info()
+                    .map_err(|e| Error::nats(op(), e))?
                     .config
-                    .clone()
+                    .clone(),
+            ),
+            Err(e) => match Error::nats(op(), e) {
+                e if e.kind() == ErrorKind::NotFound => None,
+                e => return Err(e),
+            },
+        };
+        let existing = match existing {
+            Some(existing) => existing,
+            None => match js.create_stream(wanted.clone()).await {
+                Ok(_) => {
+                    tracing::info!(station = %config.name, "station created");
+                    return Ok(Station::new(self.clone(), config));
+                }
+                // Another instance created it first: verify theirs below.
+                Err(e) if matches!(e.kind(), CreateStreamErrorKind::JetStream(ref api) if api.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST) => {
+                    js.get_stream(&config.name)
+                        .await
+                        .map_err(|e| Error::nats(op(), e))?
+                        .cached_info()
+                        .config
+                        .clone()
+                }
+                Err(e) => return Err(Error::nats(op(), e)),
+            },
+        };
+        compare(&config.name, &existing, &wanted)?;
+        tracing::info!(station = %config.name, "station exists with the configured definition");
+        Ok(Station::new(self.clone(), config))
+    }
+
+    /// Like [`Broker::ensure_station`], but waits for the broker and retries
+    /// transient failures for ever with back-off. Returns only a permanent
+    /// error (a conflict or an invalid definition). Cancel by dropping the
+    /// future.
+    ///
+    /// # Errors
+    /// A non-transient error from [`Broker::ensure_station`].
+    pub async fn ensure_station_retrying(&self, config: &StationConfig) -> Result<Station> {
+        let mut backoff =
+            ExponentialBackoff::doubling(Duration::from_millis(50), Duration::from_secs(5))
+                .stream();
+        loop {
+            self.wait_connected().await;
+            match self.ensure_station(config).await {
+                Ok(station) => return Ok(station),
+                Err(e) if e.is_transient() => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, ?delay, "station not ready; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => {
-                let kind = match e.kind() {
-                    CreateStreamErrorKind::JetStream(api) => kind_of_api_error(&api),
-                    CreateStreamErrorKind::TimedOut => ErrorKind::Timeout,
-                    CreateStreamErrorKind::JetStreamUnavailable => ErrorKind::Unavailable,
-                    _ => kind_from_text(&e.to_string()),
-                };
-                return Err(Error::broker(
-                    format!("create station `{}`", config.name),
-                    kind,
-                    e,
-                ));
-            }
-        },
-    };
-    compare(&config.name, &existing, &wanted)?;
-    tracing::info!(station = %config.name, "station exists with the configured definition");
-    Ok(Station::new(broker, config))
+        }
+    }
 }
 
 fn stream_config(config: &StationConfig) -> stream::Config {
@@ -266,12 +262,6 @@ impl Station {
         &self.broker
     }
 
-    /// A producer for this station.
-    #[must_use]
-    pub fn producer(&self) -> Producer {
-        Producer::new(self.clone())
-    }
-
     /// A handle on the stream that makes no request (the name was checked
     /// when the station was ensured).
     pub(crate) async fn stream_handle(&self) -> Result<stream::Stream<()>> {
@@ -284,13 +274,9 @@ impl Station {
     }
 
     async fn handle_on(&self, js: &jetstream::Context) -> Result<stream::Stream<()>> {
-        js.get_stream_no_info(&self.name).await.map_err(|e| {
-            Error::broker(
-                format!("station `{}`", self.name),
-                ErrorKind::InvalidInput,
-                e,
-            )
-        })
+        js.get_stream_no_info(&self.name)
+            .await
+            .map_err(|e| Error::nats(format!("station `{}`", self.name), e))
     }
 
     /// What the station retains now.
@@ -305,7 +291,7 @@ impl Station {
             .js()
             .get_stream(&self.name)
             .await
-            .map_err(|e| Error::broker(op(), get_stream_kind(&e), e))?;
+            .map_err(|e| Error::nats(op(), e))?;
         let state = &info.cached_info().state;
         Ok(StationState {
             first_sequence: state.first_sequence,
@@ -323,191 +309,79 @@ impl Station {
         let op = || format!("get message {sequence} of station `{}`", self.name);
         self.broker.ensure_connected(op())?;
         match self.stream_handle().await?.direct_get(sequence).await {
-            Ok(m) => Ok(Some(Delivered {
-                sequence: m.sequence,
-                subject: m.subject.to_string(),
-                headers: m.headers,
-                payload: m.payload,
-                published: m.time,
-                pending: 0,
-            })),
-            Err(e) => match e.kind() {
-                DirectGetErrorKind::NotFound => Ok(None),
-                DirectGetErrorKind::TimedOut => Err(Error::broker(op(), ErrorKind::Timeout, e)),
-                _ => Err(Error::broker(op(), kind_from_text(&e.to_string()), e)),
-            },
+            Ok(m) => Ok(Some(Delivered::from_raw(m))),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::nats(op(), e)),
         }
     }
 
-    /// A fan-out consumer over `filter` (a subject, wildcards allowed) from
-    /// `start`: an ordered, ephemeral consumer that this process alone reads,
-    /// so every process sees every message. It never ends by itself: after a
-    /// broker outage it resumes after the last message it yielded.
-    ///
-    /// # Errors
-    /// Transient errors when the first consumer cannot be created.
-    pub async fn fan_out(&self, filter: &str, start: StartPosition) -> Result<FanOut> {
-        FanOut::start(self.clone(), filter.to_owned(), start).await
-    }
-
-    /// A bounded read of history over `filter` from `start`: yields every
-    /// matching message stored at the moment of the call, in order, then ends.
-    ///
-    /// # Errors
-    /// Transient errors when the consumer cannot be created.
-    pub async fn read(&self, filter: &str, start: StartPosition) -> Result<Read> {
-        Read::start(self.clone(), filter.to_owned(), start).await
-    }
-
-    /// Like [`Station::read`], but fetched `batch` messages at a time, the
-    /// next batch only once the previous one was taken: at most `batch`
-    /// messages are held for a slow reader, and the broker does no work
-    /// ahead of it. Slower than [`Station::read`] for a fast reader.
-    ///
-    /// # Errors
-    /// Transient errors when the consumer cannot be created.
-    pub async fn read_paced(
+    /// Creates a [`Scratch`] consumer over `filter` from `deliver_policy`
+    /// on the connection reserved for history reads.
+    pub(crate) async fn scratch(
         &self,
         filter: &str,
-        start: StartPosition,
-        batch: usize,
-    ) -> Result<Read> {
-        Read::start_paced(self.clone(), filter.to_owned(), start, batch).await
+        deliver_policy: DeliverPolicy,
+    ) -> Result<Scratch> {
+        let operation = || format!("read `{filter}` from station `{}`", self.name);
+        self.broker.ensure_connected(operation())?;
+        let consumer = self
+            .reader_stream_handle()
+            .await?
+            .create_consumer(jetstream::consumer::pull::Config {
+                filter_subject: filter.to_owned(),
+                deliver_policy,
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                inactive_threshold: SCRATCH_INACTIVE,
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::nats(operation(), e))?;
+        Ok(Scratch {
+            consumer,
+            js: self.broker.reader().1.clone(),
+        })
+    }
+}
+
+/// How long the broker keeps a [`Scratch`] consumer nobody uses: the
+/// fallback when its owner could not delete it (a crash, no runtime).
+const SCRATCH_INACTIVE: Duration = Duration::from_secs(30);
+
+/// An unacknowledged, in-memory, single-replica pull consumer for one read
+/// or count, deleted from the broker when dropped (else each would linger
+/// until its inactivity threshold: one per page, per count, per catch-up).
+pub(crate) struct Scratch {
+    consumer: jetstream::consumer::PullConsumer,
+    js: jetstream::Context,
+}
+
+impl Scratch {
+    /// The consumer.
+    pub(crate) fn consumer(&self) -> &jetstream::consumer::PullConsumer {
+        &self.consumer
     }
 
-    /// Number of messages matching `filter` with sequence ≥ `from`.
-    ///
-    /// # Errors
-    /// Transient errors when the broker is unreachable.
-    pub async fn count_from(&self, filter: &str, from: u64) -> Result<u64> {
-        let op = || format!("count messages of `{filter}` in station `{}`", self.name);
-        self.broker.ensure_connected(op())?;
-        let consumer = self
-            .stream_handle()
-            .await?
-            .create_consumer(crate::consumer::scratch_pull(
-                filter,
-                DeliverPolicy::ByStartSequence {
-                    start_sequence: from.max(1),
-                },
-                Duration::from_secs(5),
-            ))
-            .await
-            .map_err(|e| Error::broker(op(), consumer_kind(&e), e))?;
-        let pending = consumer.cached_info().num_pending;
-        let name = consumer.cached_info().name.clone();
-        // Best effort and off the caller's path: the inactive threshold
-        // removes it anyway.
-        if let Ok(stream) = self.stream_handle().await {
-            tokio::spawn(async move {
-                let _ = stream.delete_consumer(&name).await;
+    /// Messages matching the consumer that it has not delivered yet: at
+    /// creation, the count from its start position.
+    pub(crate) fn pending(&self) -> u64 {
+        self.consumer.cached_info().num_pending
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let info = self.consumer.cached_info();
+        let (name, stream) = (info.name.clone(), info.stream_name.clone());
+        let js = self.js.clone();
+        // Best effort, off the caller's path; outside a runtime the
+        // inactivity threshold removes it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = js.delete_consumer_from_stream(name, stream).await;
             });
         }
-        Ok(pending)
-    }
-
-    /// Number of messages matching `filter` in the whole station, from the
-    /// broker's per-subject counts (no scan).
-    async fn count_all(&self, filter: &str) -> Result<u64> {
-        let op = || format!("count messages of `{filter}` in station `{}`", self.name);
-        let stream = self.stream_handle().await?;
-        let mut subjects = stream
-            .info_with_subjects(filter)
-            .await
-            .map_err(|e| Error::broker(op(), kind_from_text(&e.to_string()), e))?;
-        let mut total = 0u64;
-        while let Some(entry) = subjects.next().await {
-            let (_, count) =
-                entry.map_err(|e| Error::broker(op(), kind_from_text(&e.to_string()), e))?;
-            total += u64::try_from(count).unwrap_or(0);
-        }
-        Ok(total)
-    }
-
-    /// The sequence of the `n`-th newest message matching `filter` among
-    /// those with sequence < `before` (`None` = all), or `None` if fewer than
-    /// `n` match (then "from the first" is the answer).
-    ///
-    /// Cost: the broker's per-subject counts give the filter's density, from
-    /// which one window is usually enough; each window costs one consumer
-    /// creation (the broker counts, we do not scan), plus reading at most a
-    /// few times `n` matching messages.
-    ///
-    /// # Errors
-    /// Transient errors when the broker is unreachable.
-    pub async fn nth_last_sequence(
-        &self,
-        filter: &str,
-        n: u64,
-        before: Option<u64>,
-    ) -> Result<Option<u64>> {
-        if n == 0 {
-            return Ok(None);
-        }
-        let state = self.state().await?;
-        let end = before
-            .unwrap_or(state.last_sequence + 1)
-            .min(state.last_sequence + 1);
-        if end <= state.first_sequence || state.messages == 0 {
-            return Ok(None);
-        }
-        let total = self.count_all(filter).await?;
-        let after_end = if end > state.last_sequence {
-            0
-        } else {
-            self.count_from(filter, end).await?
-        };
-        if total.saturating_sub(after_end) < n {
-            return Ok(None);
-        }
-        // Expected stream span holding n matches, with a margin.
-        #[allow(
-            clippy::cast_precision_loss,
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss
-        )]
-        let mut window =
-            ((n as f64) * (state.messages as f64) / (total.max(1) as f64) * 1.25) as u64 + 16;
-        loop {
-            let from = end.saturating_sub(window).max(state.first_sequence);
-            let in_range = self
-                .count_from(filter, from)
-                .await?
-                .saturating_sub(after_end);
-            if in_range >= n || from == state.first_sequence {
-                if in_range < n {
-                    return Ok(None);
-                }
-                // Skip the oldest (in_range - n) matches of [from, end).
-                let skip = in_range - n;
-                let mut read = self.read(filter, StartPosition::FromSequence(from)).await?;
-                let mut index = 0;
-                while let Some(message) = read.next().await? {
-                    if index == skip {
-                        return Ok(Some(message.sequence));
-                    }
-                    index += 1;
-                }
-                return Ok(None);
-            }
-            // Grow by what the shortfall suggests (at least double).
-            window = window.saturating_mul((n / in_range.max(1)).clamp(2, 16));
-        }
-    }
-}
-
-fn get_stream_kind(e: &async_nats::jetstream::context::GetStreamError) -> ErrorKind {
-    match e.kind() {
-        GetStreamErrorKind::JetStream(api) => kind_of_api_error(&api),
-        _ => kind_from_text(&e.to_string()),
-    }
-}
-
-pub(crate) fn consumer_kind(e: &async_nats::jetstream::stream::ConsumerError) -> ErrorKind {
-    match e.kind() {
-        stream::ConsumerErrorKind::TimedOut => ErrorKind::Timeout,
-        stream::ConsumerErrorKind::JetStream(api) => kind_of_api_error(&api),
-        _ => kind_from_text(&e.to_string()),
     }
 }
 

@@ -348,3 +348,53 @@ async fn publish_fails_fast_while_the_broker_is_down() {
     .expect_err("broker is down");
     assert!(err.is_transient(), "{err:?}");
 }
+
+/// What the broker answers is classified by its typed kind (JetStream API
+/// error codes, request kinds), and the async-nats error stays the source.
+#[tokio::test]
+async fn broker_refusals_carry_their_kind_and_source() {
+    let server = NatsServer::start();
+    let broker = connect(&server).await;
+    let config = StationConfig {
+        max_message_size: 1024,
+        ..station_config()
+    };
+    let station = broker.ensure_station(&config).await.expect("station");
+
+    // Larger than the station's max_message_size: the broker refuses it.
+    let err = station
+        .producer()
+        .publish(
+            "test.big",
+            HeaderMap::new(),
+            Bytes::from(vec![b'x'; 4096]),
+            "big",
+        )
+        .await
+        .expect_err("too large for the station");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err:?}");
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the async-nats error is kept: {err:?}"
+    );
+    assert_eq!(
+        station.state().await.expect("state").messages,
+        0,
+        "nothing stored"
+    );
+
+    // The stream deleted behind our back: reads and state say NotFound.
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    async_nats::jetstream::new(client)
+        .delete_stream("test")
+        .await
+        .expect("delete the stream");
+    let err = station.state().await.expect_err("the stream is gone");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    let err = station
+        .read("test.>", StartPosition::All)
+        .await
+        .expect_err("the stream is gone");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    assert!(!err.is_transient());
+}

@@ -1,0 +1,116 @@
+//! Counting and paging over a station's history without scanning it:
+//! the broker counts (per-subject totals, a consumer's pending count) and
+//! at most a few times the asked-for messages are read.
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use futures::StreamExt;
+
+use crate::{Error, Result, StartPosition, Station};
+
+impl Station {
+    /// Number of messages matching `filter` with sequence ≥ `from`.
+    ///
+    /// # Errors
+    /// Transient errors when the broker is unreachable.
+    pub async fn count_from(&self, filter: &str, from: u64) -> Result<u64> {
+        let scratch = self
+            .scratch(
+                filter,
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: from.max(1),
+                },
+            )
+            .await?;
+        // Dropping the scratch consumer deletes it, off our path.
+        Ok(scratch.pending())
+    }
+
+    /// Number of messages matching `filter` in the whole station, from the
+    /// broker's per-subject counts (no scan).
+    async fn count_all(&self, filter: &str) -> Result<u64> {
+        let op = || format!("count messages of `{filter}` in station `{}`", self.name());
+        let stream = self.stream_handle().await?;
+        let mut subjects = stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(|e| Error::nats(op(), e))?;
+        let mut total = 0u64;
+        while let Some(entry) = subjects.next().await {
+            let (_, count) = entry.map_err(|e| Error::nats(op(), e))?;
+            total += u64::try_from(count).unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// The sequence of the `n`-th newest message matching `filter` among
+    /// those with sequence < `before` (`None` = all), or `None` if fewer than
+    /// `n` match (then "from the first" is the answer).
+    ///
+    /// Cost: the broker's per-subject counts give the filter's density, from
+    /// which one window is usually enough; each window costs one consumer
+    /// creation (the broker counts, we do not scan), plus reading at most a
+    /// few times `n` matching messages.
+    ///
+    /// # Errors
+    /// Transient errors when the broker is unreachable.
+    pub async fn nth_last_sequence(
+        &self,
+        filter: &str,
+        n: u64,
+        before: Option<u64>,
+    ) -> Result<Option<u64>> {
+        if n == 0 {
+            return Ok(None);
+        }
+        let state = self.state().await?;
+        let end = before
+            .unwrap_or(state.last_sequence + 1)
+            .min(state.last_sequence + 1);
+        if end <= state.first_sequence || state.messages == 0 {
+            return Ok(None);
+        }
+        let total = self.count_all(filter).await?;
+        let after_end = if end > state.last_sequence {
+            0
+        } else {
+            self.count_from(filter, end).await?
+        };
+        if total.saturating_sub(after_end) < n {
+            return Ok(None);
+        }
+        // Expected stream span holding n matches, with a margin.
+        #[expect(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "an estimate: rounding and saturation only change the first window's size"
+        )]
+        let mut window =
+            ((n as f64) * (state.messages as f64) / (total.max(1) as f64) * 1.25) as u64 + 16;
+        loop {
+            let from = end.saturating_sub(window).max(state.first_sequence);
+            let in_range = self
+                .count_from(filter, from)
+                .await?
+                .saturating_sub(after_end);
+            if in_range >= n || from == state.first_sequence {
+                if in_range < n {
+                    return Ok(None);
+                }
+                // Skip the oldest (in_range - n) matches of [from, end).
+                let skip = in_range - n;
+                let mut read = self.read(filter, StartPosition::FromSequence(from)).await?;
+                let mut index = 0;
+                while let Some(message) = read.next().await? {
+                    if index == skip {
+                        return Ok(Some(message.sequence));
+                    }
+                    index += 1;
+                }
+                return Ok(None);
+            }
+            // Grow by what the shortfall suggests (at least double).
+            window = window.saturating_mul((n / in_range.max(1)).clamp(2, 16));
+        }
+    }
+}
