@@ -48,7 +48,7 @@ impl Service {
     pub async fn wait_health(&self, want: ServingStatus, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let status = fastchat_runtime::server::check_health(self.addr, Duration::from_secs(1))
+            let status = fastchat_runtime::health::check(self.addr, Duration::from_secs(1))
                 .await
                 .ok();
             if status == Some(want) {

@@ -498,9 +498,9 @@ async fn broker_restart_is_survived_without_restarting_services() {
     all.wait_health(ServingStatus::NotServing, WAIT).await;
     // Not ready, but alive: nothing should restart the services.
     for service in [&send, &all] {
-        let alive = fastchat_runtime::server::check_health_of(
+        let alive = fastchat_runtime::health::check_service(
             service.addr,
-            fastchat_runtime::server::LIVENESS,
+            fastchat_runtime::health::LIVENESS,
             Duration::from_secs(2),
         )
         .await
@@ -573,7 +573,7 @@ async fn a_service_starts_before_its_broker() {
     let cancel = tokio_util::sync::CancellationToken::new();
     let handle = tokio::spawn(send_service::run(listener_config, listener, cancel.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let health = fastchat_runtime::server::check_health(addr, Duration::from_secs(2))
+    let health = fastchat_runtime::health::check(addr, Duration::from_secs(2))
         .await
         .expect("health answers");
     assert_eq!(health, ServingStatus::NotServing);

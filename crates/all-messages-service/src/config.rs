@@ -1,10 +1,7 @@
 //! all-messages-service configuration (see the README for every key).
 
 use broker_client::{BrokerConfig, StationConfig};
-use fastchat_runtime::{
-    cli::ServiceConfig,
-    config::{GrpcConfig, LogConfig, MetricsConfig, ShutdownConfig, Validate},
-};
+use fastchat_runtime::config::{GrpcConfig, LogConfig, MetricsConfig, ShutdownConfig, Validate};
 use serde::{Deserialize, Serialize};
 
 /// Default Prometheus metrics port of all-messages-service.
@@ -91,14 +88,4 @@ impl Validate for Config {
     }
 }
 
-impl ServiceConfig for Config {
-    fn grpc(&self) -> &GrpcConfig {
-        &self.grpc
-    }
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-    fn metrics(&self) -> &MetricsConfig {
-        &self.metrics
-    }
-}
+fastchat_runtime::service_config!(Config);

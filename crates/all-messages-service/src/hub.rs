@@ -2,60 +2,54 @@
 //! to every subscription.
 //!
 //! A subscription joins by taking, atomically, a broadcast receiver and the
-//! sequence `h` of the last message broadcast so far ([`Hub::subscribe`]):
-//! every message after `h` will arrive on the receiver, every message up to
-//! `h` must come from the station. That is what makes the replay→live switch
+//! sequence `h` of the last message broadcast so far ([`Hub::join`]): every
+//! message after `h` will arrive on the receiver, every message up to `h`
+//! must come from the station. That is what makes the replay→live switch
 //! exact, with no gap and no duplicate.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use broker_client::{Delivered, StartPosition};
+use fastchat_backoff::ExponentialBackoff;
 use fastchat_proto::{station, v1};
 use fastchat_runtime::service::Context;
-use prost::Message as _;
 use tokio::sync::{broadcast, watch};
 
-/// A decoded message of the station.
-#[derive(Debug)]
-pub struct Live {
-    /// Its station sequence (also in `message.sequence`).
-    pub sequence: u64,
-    /// The message, ready to send.
-    pub message: v1::ChatMessage,
+/// A stored chat message, shared by every subscriber that gets it: it is
+/// copied into a response only when a client's stream is written.
+pub type Shared = Arc<v1::ChatMessage>;
+
+/// Decodes a station message; `None` (logged) for one that is not a
+/// FastChat chat message, which subscribers then skip.
+pub fn decode(delivered: &Delivered) -> Option<v1::ChatMessage> {
+    fastchat_wire::decode(delivered)
+        .inspect_err(|e| {
+            tracing::warn!(sequence = delivered.sequence, subject = %delivered.subject, error = %e, "skipping undecodable message");
+        })
+        .ok()
 }
 
-/// Decodes a station message; `None` (logged) for a payload that is not a
-/// FastChat message, which subscribers then skip.
-pub fn decode(delivered: &Delivered) -> Option<Live> {
-    match v1::ChatMessage::decode(delivered.payload.as_ref()) {
-        Ok(mut message) => {
-            message.sequence = delivered.sequence;
-            if message.room.is_empty() {
-                message.room = station::room_of(&delivered.subject)
-                    .unwrap_or_default()
-                    .to_owned();
-            }
-            Some(Live {
-                sequence: delivered.sequence,
-                message,
-            })
-        }
-        Err(e) => {
-            tracing::warn!(sequence = delivered.sequence, subject = %delivered.subject, error = %e, "skipping undecodable message");
-            None
-        }
-    }
+/// The live feed as a subscription joined it.
+#[derive(Debug)]
+pub struct Joined {
+    /// Every message broadcast after `after`.
+    pub receiver: broadcast::Receiver<Shared>,
+    /// Messages up to this sequence must come from the station.
+    pub after: u64,
 }
 
 /// The in-process live feed.
 #[derive(Debug)]
 pub struct Hub {
     /// Sequence of the last message broadcast. Held while broadcasting and
-    /// while subscribing so the two cannot interleave (see the module docs).
+    /// while joining so the two cannot interleave (see the module docs).
     /// A std mutex: nothing is awaited under it, and it is held for a
     /// non-blocking `send`/`subscribe` only.
     last: Mutex<u64>,
-    tx: broadcast::Sender<Arc<Live>>,
+    tx: broadcast::Sender<Shared>,
     started: watch::Sender<bool>,
 }
 
@@ -81,25 +75,27 @@ impl Hub {
         self.started.subscribe()
     }
 
-    /// Joins the live feed: a receiver of every message after the returned
-    /// sequence.
-    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<Live>>, u64) {
+    /// Joins the live feed.
+    pub fn join(&self) -> Joined {
         let last = self
             .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        (self.tx.subscribe(), *last)
+        Joined {
+            receiver: self.tx.subscribe(),
+            after: *last,
+        }
     }
 
-    fn broadcast(&self, sequence: u64, live: Option<Live>) {
+    fn broadcast(&self, sequence: u64, message: Option<v1::ChatMessage>) {
         let mut last = self
             .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *last = sequence;
-        if let Some(live) = live {
+        if let Some(message) = message {
             // No receivers is fine: nobody is subscribed right now.
-            let _ = self.tx.send(Arc::new(live));
+            let _ = self.tx.send(Arc::new(message));
         }
     }
 
@@ -110,6 +106,9 @@ impl Hub {
         };
         // Start after the newest stored message: everything up to it is
         // history, served from the station.
+        let mut backoff =
+            ExponentialBackoff::doubling(Duration::from_millis(100), Duration::from_secs(5))
+                .stream();
         let (start, mut fan_out) = loop {
             let attempt = async {
                 let state = station.state().await?;
@@ -121,12 +120,20 @@ impl Hub {
                     .await?;
                 Ok::<_, broker_client::Error>((state.last_sequence, fan_out))
             };
-            match fastchat_runtime::server::until_cancelled(&context.cancel, attempt).await {
+            match context.cancel.run_until_cancelled(attempt).await {
                 None => return,
                 Some(Ok(started)) => break started,
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "live feed not started; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, ?delay, "live feed not started; retrying");
+                    if context
+                        .cancel
+                        .run_until_cancelled(tokio::time::sleep(delay))
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
                 }
             }
         };
@@ -134,16 +141,13 @@ impl Hub {
         self.started.send_replace(true);
         tracing::info!(after_sequence = start, "live feed started");
         let sequence_gauge = metrics::gauge!("fastchat_live_feed_sequence");
-        loop {
-            tokio::select! {
-                () = context.cancel.cancelled() => return,
-                delivered = fan_out.next() => {
-                    let live = decode(&delivered);
-                    self.broadcast(delivered.sequence, live);
-                    #[allow(clippy::cast_precision_loss)] // a gauge; exact below 2^53
-                    sequence_gauge.set(delivered.sequence as f64);
-                }
-            }
+        while let Some(delivered) = context.cancel.run_until_cancelled(fan_out.next()).await {
+            self.broadcast(delivered.sequence, decode(&delivered));
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "a gauge; exact below 2^53, which no station reaches"
+            )]
+            sequence_gauge.set(delivered.sequence as f64);
         }
     }
 }

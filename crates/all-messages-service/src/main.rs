@@ -8,5 +8,5 @@ use std::process::ExitCode;
 // while its throughput did not need the help; send-service does use it.
 
 fn main() -> ExitCode {
-    fastchat_runtime::cli::main("all-messages-service", all_messages_service::run)
+    fastchat_runtime::cli::main(fastchat_runtime::binary!(), all_messages_service::run)
 }

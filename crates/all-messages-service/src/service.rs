@@ -15,10 +15,10 @@ use crate::{
     config::SubscriptionsConfig,
     error::ApiError,
     hub::{self, Hub},
-    subscription::{self, Event, Start},
+    subscription::{self, Event, Sink, Start, Subscription},
 };
 
-/// Default and largest `ListMessages` page.
+/// `ListMessages` page size when the request gives none.
 pub const DEFAULT_PAGE: u32 = 50;
 /// Larger `limit`s are clamped to this.
 pub const MAX_PAGE: u32 = 1000;
@@ -58,7 +58,7 @@ impl Api {
         self.station
             .borrow()
             .clone()
-            .ok_or_else(|| ApiError::Unavailable("not connected to the broker yet".into()))
+            .ok_or_else(|| ApiError::unavailable("not connected to the broker yet"))
     }
 
     /// Starts a subscription task feeding a bounded channel, which becomes
@@ -70,22 +70,22 @@ impl Api {
     ) -> Result<EventStream<T>, ApiError> {
         let station = self.station()?;
         if !self.hub.is_started() {
-            return Err(ApiError::Unavailable("live feed not started yet".into()));
+            return Err(ApiError::unavailable("live feed not started yet"));
         }
         let permit = Arc::clone(&self.permits)
             .try_acquire_owned()
             .map_err(|_| ApiError::TooManySubscriptions(self.limits.max))?;
         let (tx, rx) = mpsc::channel(self.limits.client_buffer);
-        let hub = Arc::clone(&self.hub);
-        let mut joined = hub.subscribe();
+        let mut joined = self.hub.join();
         if matches!(request.start, Start::New) {
             // "New" means after the newest *stored* message; the live feed
             // may not have passed it on yet.
-            joined.1 = joined.1.max(station.state().await?.last_sequence);
+            joined.after = joined.after.max(station.state().await?.last_sequence);
         }
-        let cancel = self.cancel.clone();
+        let sink = Sink::new(tx, self.cancel.clone());
+        let subscription = Subscription::new(Arc::clone(&self.hub), station, request, sink);
         self.tracker.spawn(async move {
-            subscription::run(hub, joined, station, request, tx, cancel).await;
+            subscription.run(joined).await;
             drop(permit);
         });
         // Responses are built here, as tonic pulls them off the stream.
@@ -142,7 +142,7 @@ fn to_v1(event: Event) -> Option<v1::SubscribeResponse> {
     use v1::subscribe_response::Event as E;
     Some(v1::SubscribeResponse {
         event: Some(match event {
-            Event::Message(live) => E::Message(live.message.clone()),
+            Event::Message(message) => E::Message((*message).clone()),
             Event::Gap { from, to } => E::Gap(v1::Gap {
                 from_sequence: from,
                 to_sequence: to,
@@ -155,8 +155,7 @@ fn to_v1(event: Event) -> Option<v1::SubscribeResponse> {
 /// when the client gave none.
 fn to_seed(event: Event) -> Option<seed::ChatMessage> {
     match event {
-        Event::Message(live) => {
-            let m = &live.message;
+        Event::Message(m) => {
             let time = if m.client_time_ms != 0 {
                 m.client_time_ms
             } else {
@@ -233,8 +232,8 @@ async fn list(
         if before.is_some_and(|b| delivered.sequence >= b) || messages.len() >= wanted {
             break;
         }
-        if let Some(live) = hub::decode(&delivered) {
-            messages.push(live.message);
+        if let Some(message) = hub::decode(&delivered) {
+            messages.push(message);
         }
     }
     let next_before_sequence = if messages.len() > limit as usize {

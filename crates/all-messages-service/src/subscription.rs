@@ -16,7 +16,7 @@ use tonic::Status;
 
 use crate::{
     error::ApiError,
-    hub::{self, Hub},
+    hub::{self, Hub, Joined, Shared},
 };
 
 /// Where a subscription starts.
@@ -37,9 +37,8 @@ pub enum Start {
 /// What a subscription emits.
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// A message, shared with every other subscriber that gets it: it is
-    /// copied into a response only when the client's stream is written.
-    Message(Arc<hub::Live>),
+    /// A message, shared with every other subscriber that gets it.
+    Message(Shared),
     /// Sequences asked for but no longer retained.
     Gap { from: u64, to: u64 },
 }
@@ -58,13 +57,53 @@ pub struct Request {
 /// them up front.
 pub type Item = Result<Event, Box<Status>>;
 
+/// Messages fetched at a time while a subscriber that fell behind catches
+/// up: it is slow by definition, so the broker should not send ahead of it
+/// (a push read would, by megabytes, in bursts that compete with everyone
+/// else's live feed).
+const CATCH_UP_BATCH: usize = 256;
+
 /// Sends events to the client, stopping on shutdown or when it hangs up.
-struct Sink {
+#[derive(Debug)]
+pub struct Sink {
     tx: mpsc::Sender<Item>,
     cancel: CancellationToken,
     /// Sequence up to which everything matching was sent: the resume cursor.
     cursor: u64,
     delivered: metrics::Counter,
+}
+
+impl Sink {
+    /// A sink into `tx` that stops when `cancel` fires.
+    pub fn new(tx: mpsc::Sender<Item>, cancel: CancellationToken) -> Self {
+        Self {
+            tx,
+            cancel,
+            cursor: 0,
+            delivered: metrics::counter!("fastchat_messages_delivered_total"),
+        }
+    }
+
+    async fn send(&mut self, event: Event) -> Result<(), End> {
+        tokio::select! {
+            () = self.cancel.cancelled() => Err(End::Stopped),
+            sent = self.tx.send(Ok(event)) => sent.map_err(|_| End::Stopped),
+        }
+    }
+
+    async fn message(&mut self, message: Shared) -> Result<(), End> {
+        let sequence = message.sequence;
+        self.send(Event::Message(message)).await?;
+        self.cursor = sequence;
+        self.delivered.increment(1);
+        Ok(())
+    }
+
+    /// Ends the stream with `status` (best effort: a client gone has no
+    /// use for it).
+    fn close(&self, status: Status) {
+        let _ = self.tx.try_send(Err(Box::new(status)));
+    }
 }
 
 /// Why a subscription ended.
@@ -75,225 +114,229 @@ enum End {
     Failed(ApiError),
 }
 
-impl Sink {
-    async fn send(&mut self, event: Event) -> Result<(), End> {
-        tokio::select! {
-            () = self.cancel.cancelled() => Err(End::Stopped),
-            sent = self.tx.send(Ok(event)) => sent.map_err(|_| End::Stopped),
-        }
-    }
-
-    async fn message(&mut self, message: Arc<hub::Live>) -> Result<(), End> {
-        let sequence = message.sequence;
-        self.send(Event::Message(message)).await?;
-        self.cursor = sequence;
-        self.delivered.increment(1);
-        Ok(())
+impl From<broker_client::Error> for End {
+    fn from(e: broker_client::Error) -> Self {
+        Self::Failed(e.into())
     }
 }
 
-/// The live feed as joined when the subscription was accepted: a receiver
-/// and the sequence up to which history must come from the station.
-pub type Joined = (broadcast::Receiver<Arc<hub::Live>>, u64);
+/// Counts a subscription in `fastchat_subscriptions_active` for as long as
+/// it lives, however it ends (a panic included).
+struct Active(metrics::Gauge);
 
-/// Runs a subscription until the client goes away, the server shuts down, or
-/// the broker fails (reported as UNAVAILABLE with the resume cursor).
-///
-/// `joined` is taken from [`Hub::subscribe`] before the RPC answers, so a
-/// `new_only` subscriber gets everything stored after its call returned.
-pub async fn run(
+impl Active {
+    fn new() -> Self {
+        let gauge = metrics::gauge!("fastchat_subscriptions_active");
+        gauge.increment(1.0);
+        metrics::counter!("fastchat_subscriptions_total").increment(1);
+        Self(gauge)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// One subscriber's stream of the station: its history, then live.
+pub struct Subscription {
     hub: Arc<Hub>,
-    joined: Joined,
     station: Station,
-    request: Request,
-    tx: mpsc::Sender<Item>,
-    cancel: CancellationToken,
-) {
-    let mut sink = Sink {
-        tx,
-        cancel,
-        cursor: 0,
-        delivered: metrics::counter!("fastchat_messages_delivered_total"),
-    };
-    let active = metrics::gauge!("fastchat_subscriptions_active");
-    active.increment(1.0);
-    metrics::counter!("fastchat_subscriptions_total").increment(1);
-    let outcome = serve(&hub, joined, &station, &request, &mut sink).await;
-    active.decrement(1.0);
-    let status = match outcome {
-        Ok(()) | Err(End::Stopped) if !sink.cancel.is_cancelled() => return,
-        Ok(()) | Err(End::Stopped) => Status::unavailable(format!(
-            "server shutting down; resubscribe with after_sequence = {}",
-            sink.cursor
-        )),
-        Err(End::Failed(e)) => {
-            let mut status = Status::from(e);
-            if status.code() == tonic::Code::Unavailable {
-                status = Status::unavailable(format!(
-                    "{}; resubscribe with after_sequence = {}",
-                    status.message(),
-                    sink.cursor
-                ));
-            }
-            status
-        }
-    };
-    let _ = sink.tx.try_send(Err(Box::new(status)));
+    /// `None` = every room.
+    room: Option<String>,
+    /// The station subject filter for `room`.
+    filter: String,
+    start: Start,
+    sink: Sink,
 }
 
-// The rare, large steps (replays, station requests) are boxed: a waiting
-// subscription's future then holds only the live loop's state (1.6 KiB
-// instead of 11 KiB per subscriber; make bench measures memory).
-async fn serve(
-    hub: &Hub,
-    joined: Joined,
-    station: &Station,
-    request: &Request,
-    sink: &mut Sink,
-) -> Result<(), End> {
-    let room = request.room.as_deref();
-    let filter = room.map_or_else(|| station::ALL_ROOMS.to_owned(), station::subject);
-    let failed = |e: broker_client::Error| End::Failed(e.into());
-
-    let (mut live, joined_at) = joined;
-    let first = match request.start {
-        Start::New => None,
-        Start::All => Some(StartPosition::All),
-        Start::Since(t) => Some(StartPosition::Since(t)),
-        Start::After(after) => {
-            sink.cursor = after;
-            let newest = Box::pin(report_gap(station, sink)).await?;
-            if after > newest {
-                return Err(End::Failed(ApiError::Invalid {
-                    field: "after_sequence",
-                    reason: format!(
-                        "{after} is beyond the newest stored message ({newest}); resume from a \
-                         sequence this station delivered"
-                    ),
-                }));
-            }
-            Some(StartPosition::after(after))
+impl Subscription {
+    /// A subscription of `request` on `station`, sending into `sink`.
+    pub fn new(hub: Arc<Hub>, station: Station, request: Request, sink: Sink) -> Self {
+        let filter = request
+            .room
+            .as_deref()
+            .map_or_else(|| station::ALL_ROOMS.to_owned(), station::subject);
+        Self {
+            hub,
+            station,
+            room: request.room,
+            filter,
+            start: request.start,
+            sink,
         }
-        Start::Last(n) => Some(
-            match Box::pin(station.nth_last_sequence(
-                &filter,
-                u64::from(n),
-                Some(joined_at.saturating_add(1)),
-            ))
-            .await
-            .map_err(failed)?
+    }
+
+    /// Runs until the client goes away, the server shuts down, or the
+    /// broker fails (reported as UNAVAILABLE with the resume cursor).
+    ///
+    /// `joined` is taken from [`Hub::join`] before the RPC answers, so a
+    /// `new_only` subscriber gets everything stored after its call returned.
+    pub async fn run(mut self, joined: Joined) {
+        let _active = Active::new();
+        let outcome = self.serve(joined).await;
+        let cursor = self.sink.cursor;
+        let status = match outcome {
+            Ok(()) | Err(End::Stopped) if !self.sink.cancel.is_cancelled() => return,
+            Ok(()) | Err(End::Stopped) => Status::unavailable(format!(
+                "server shutting down; resubscribe with after_sequence = {cursor}"
+            )),
+            Err(End::Failed(e)) => {
+                let status = Status::from(e);
+                if status.code() == tonic::Code::Unavailable {
+                    Status::unavailable(format!(
+                        "{}; resubscribe with after_sequence = {cursor}",
+                        status.message()
+                    ))
+                } else {
+                    status
+                }
+            }
+        };
+        self.sink.close(status);
+    }
+
+    // The rare, large steps (replays, station requests) are boxed: a waiting
+    // subscription's future then holds only the live loop's state (1.6 KiB
+    // instead of 11 KiB per subscriber; make bench measures memory).
+    async fn serve(&mut self, joined: Joined) -> Result<(), End> {
+        if let Some(start) = Box::pin(self.first_position(joined.after)).await? {
+            Box::pin(self.replay(start, joined.after, None)).await?;
+        }
+        self.sink.cursor = self.sink.cursor.max(joined.after);
+        self.live(joined.receiver).await
+    }
+
+    /// Where the history replay starts, or `None` for none (`new_only`).
+    /// History runs up to `joined_at`, where the live feed takes over.
+    async fn first_position(&mut self, joined_at: u64) -> Result<Option<StartPosition>, End> {
+        Ok(match self.start {
+            Start::New => None,
+            Start::All => Some(StartPosition::All),
+            Start::Since(t) => Some(StartPosition::Since(t)),
+            Start::After(after) => {
+                self.sink.cursor = after;
+                let newest = self.report_gap().await?;
+                if after > newest {
+                    return Err(End::Failed(ApiError::Invalid {
+                        field: "after_sequence",
+                        reason: format!(
+                            "{after} is beyond the newest stored message ({newest}); resume from \
+                             a sequence this station delivered"
+                        ),
+                    }));
+                }
+                Some(StartPosition::after(after))
+            }
+            Start::Last(n) => Some(
+                match self
+                    .station
+                    .nth_last_sequence(
+                        &self.filter,
+                        u64::from(n),
+                        Some(joined_at.saturating_add(1)),
+                    )
+                    .await?
+                {
+                    Some(sequence) => StartPosition::FromSequence(sequence),
+                    None => StartPosition::All,
+                },
+            ),
+        })
+    }
+
+    /// Follows the live feed; a subscriber too slow for it catches up from
+    /// the station and rejoins.
+    async fn live(&mut self, mut receiver: broadcast::Receiver<Shared>) -> Result<(), End> {
+        loop {
+            let received = tokio::select! {
+                () = self.sink.cancel.cancelled() => return Err(End::Stopped),
+                // An idle subscription would otherwise notice a vanished client
+                // only at its next message, holding its place meanwhile.
+                () = self.sink.tx.closed() => return Err(End::Stopped),
+                received = receiver.recv() => received,
+            };
+            match received {
+                Ok(message) => {
+                    if message.sequence <= self.sink.cursor {
+                        continue;
+                    }
+                    let sequence = message.sequence;
+                    if self.room.as_deref().is_none_or(|r| r == message.room) {
+                        self.sink.message(message).await?;
+                    }
+                    self.sink.cursor = sequence;
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    receiver = Box::pin(self.catch_up(missed)).await?;
+                }
+                Err(RecvError::Closed) => {
+                    return Err(End::Failed(ApiError::unavailable("live feed stopped")));
+                }
+            }
+        }
+    }
+
+    /// Too slow for the live feed: rejoin it, read what was missed from the
+    /// station (paced), and return the new receiver. Nobody else waits.
+    async fn catch_up(&mut self, missed: u64) -> Result<broadcast::Receiver<Shared>, End> {
+        metrics::counter!("fastchat_subscription_catchups_total").increment(1);
+        tracing::debug!(
+            missed,
+            cursor = self.sink.cursor,
+            "subscriber lagged; catching up from the station"
+        );
+        let rejoined = self.hub.join();
+        self.report_gap().await?;
+        let start = StartPosition::after(self.sink.cursor);
+        self.replay(start, rejoined.after, Some(CATCH_UP_BATCH))
+            .await?;
+        self.sink.cursor = self.sink.cursor.max(rejoined.after);
+        Ok(rejoined.receiver)
+    }
+
+    /// Sends the stored messages from `start` up to at least `until`; read
+    /// `batch` at a time if given, else as fast as the broker pushes them.
+    async fn replay(
+        &mut self,
+        start: StartPosition,
+        until: u64,
+        batch: Option<usize>,
+    ) -> Result<(), End> {
+        let mut read = match batch {
+            Some(batch) => self.station.read_paced(&self.filter, start, batch).await?,
+            None => self.station.read(&self.filter, start).await?,
+        };
+        loop {
+            let next = tokio::select! {
+                () = self.sink.cancel.cancelled() => return Err(End::Stopped),
+                next = read.next() => next?,
+            };
+            let Some(delivered) = next else {
+                return Ok(());
+            };
+            if delivered.sequence > self.sink.cursor
+                && let Some(message) = hub::decode(&delivered)
             {
-                Some(sequence) => StartPosition::FromSequence(sequence),
-                None => StartPosition::All,
-            },
-        ),
-    };
-    if let Some(start) = first {
-        Box::pin(replay(station, &filter, start, joined_at, None, sink)).await?;
-    }
-    sink.cursor = sink.cursor.max(joined_at);
-
-    loop {
-        let received = tokio::select! {
-            () = sink.cancel.cancelled() => return Err(End::Stopped),
-            // An idle subscription would otherwise notice a vanished client
-            // only at its next message, holding its place meanwhile.
-            () = sink.tx.closed() => return Err(End::Stopped),
-            received = live.recv() => received,
-        };
-        match received {
-            Ok(message) => {
-                if message.sequence <= sink.cursor {
-                    continue;
-                }
-                let sequence = message.sequence;
-                if room.is_none_or(|r| r == message.message.room) {
-                    sink.message(message).await?;
-                }
-                sink.cursor = sequence;
+                self.sink.message(Arc::new(message)).await?;
             }
-            Err(RecvError::Lagged(missed)) => {
-                // Too slow for the live feed: read what we missed from the
-                // station, then rejoin. Nobody else waits for us.
-                metrics::counter!("fastchat_subscription_catchups_total").increment(1);
-                tracing::debug!(
-                    missed,
-                    cursor = sink.cursor,
-                    "subscriber lagged; catching up from the station"
-                );
-                let (rejoined, joined_at) = hub.subscribe();
-                live = rejoined;
-                Box::pin(report_gap(station, sink)).await?;
-                Box::pin(replay(
-                    station,
-                    &filter,
-                    StartPosition::after(sink.cursor),
-                    joined_at,
-                    Some(CATCH_UP_BATCH),
-                    sink,
-                ))
-                .await?;
-                sink.cursor = sink.cursor.max(joined_at);
-            }
-            Err(RecvError::Closed) => {
-                return Err(End::Failed(ApiError::Unavailable(
-                    "live feed stopped".into(),
-                )));
+            if delivered.sequence >= until {
+                return Ok(());
             }
         }
     }
-}
 
-/// Messages fetched at a time while a subscriber that fell behind catches
-/// up: it is slow by definition, so the broker should not send ahead of it
-/// (a push read would, by megabytes, in bursts that compete with everyone
-/// else's live feed).
-const CATCH_UP_BATCH: usize = 256;
-
-/// Sends the stored messages from `start` up to at least `until`; read
-/// `batch` at a time if given, else as fast as the broker pushes them.
-async fn replay(
-    station: &Station,
-    filter: &str,
-    start: StartPosition,
-    until: u64,
-    batch: Option<usize>,
-    sink: &mut Sink,
-) -> Result<(), End> {
-    let failed = |e: broker_client::Error| End::Failed(e.into());
-    let read = match batch {
-        Some(batch) => station.read_paced(filter, start, batch).await,
-        None => station.read(filter, start).await,
-    };
-    let mut read = read.map_err(failed)?;
-    loop {
-        let next = tokio::select! {
-            () = sink.cancel.cancelled() => return Err(End::Stopped),
-            next = read.next() => next.map_err(failed)?,
-        };
-        let Some(delivered) = next else {
-            return Ok(());
-        };
-        if delivered.sequence > sink.cursor
-            && let Some(live) = hub::decode(&delivered)
-        {
-            sink.message(Arc::new(live)).await?;
+    /// Reports, as a [`Event::Gap`], messages after the cursor that the
+    /// station no longer retains. Returns the newest stored sequence.
+    async fn report_gap(&mut self) -> Result<u64, End> {
+        let state = self.station.state().await?;
+        let wanted = self.sink.cursor.saturating_add(1);
+        if state.first_sequence > wanted && state.last_sequence >= wanted {
+            let to = state.first_sequence - 1;
+            self.sink.send(Event::Gap { from: wanted, to }).await?;
+            self.sink.cursor = to;
         }
-        if delivered.sequence >= until {
-            return Ok(());
-        }
+        Ok(state.last_sequence)
     }
-}
-
-/// Reports, as a [`Event::Gap`], messages after the cursor that the station
-/// no longer retains. Returns the newest stored sequence.
-async fn report_gap(station: &Station, sink: &mut Sink) -> Result<u64, End> {
-    let state = station.state().await.map_err(|e| End::Failed(e.into()))?;
-    let wanted = sink.cursor.saturating_add(1);
-    if state.first_sequence > wanted && state.last_sequence >= wanted {
-        let to = state.first_sequence - 1;
-        sink.send(Event::Gap { from: wanted, to }).await?;
-        sink.cursor = to;
-    }
-    Ok(state.last_sequence)
 }

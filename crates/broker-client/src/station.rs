@@ -148,6 +148,26 @@ fn stream_config(config: &StationConfig) -> stream::Config {
     }
 }
 
+/// `d` as one would write it in the configuration: `7d`, `2m`, `90s`,
+/// `1500ms` (the largest unit that divides it).
+fn config_duration(d: Duration) -> String {
+    const UNITS: [(u128, &str); 5] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+        (1, "ms"),
+    ];
+    let millis = d.as_millis();
+    match UNITS
+        .iter()
+        .find(|(unit, _)| millis.is_multiple_of(*unit) && millis >= *unit)
+    {
+        Some((unit, suffix)) => format!("{}{suffix}", millis / unit),
+        None => format!("{}ns", d.as_nanos()),
+    }
+}
+
 /// Reports the first field where the broker's stream differs from ours.
 fn compare(station: &str, existing: &stream::Config, wanted: &stream::Config) -> Result<()> {
     fn conflict(station: &str, field: &'static str, existing: String, wanted: String) -> Error {
@@ -169,7 +189,7 @@ fn compare(station: &str, existing: &stream::Config, wanted: &stream::Config) ->
         if d.is_zero() {
             "unlimited".to_owned()
         } else {
-            humantime_serde::re::humantime::format_duration(d).to_string()
+            config_duration(d)
         }
     };
     let subjects = |s: &[String]| s.iter().cloned().collect::<BTreeSet<_>>();
@@ -420,6 +440,15 @@ mod tests {
             "{err}"
         );
         assert_eq!(err.kind(), ErrorKind::Conflict);
+    }
+
+    #[test]
+    fn durations_are_named_as_in_the_configuration() {
+        assert_eq!(config_duration(Duration::from_secs(7 * 86_400)), "7d");
+        assert_eq!(config_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(config_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(config_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(config_duration(Duration::from_nanos(10)), "10ns");
     }
 
     #[test]

@@ -82,8 +82,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// Re-exported so users of the generated types need no direct dependency.
 pub use prost_types;
 
-/// The `chat` station contract shared by the services: subjects per room,
-/// header names, and room-name rules.
+/// Rooms and their subjects in the `chat` station, shared by the services
+/// and clients (the payload and headers are `fastchat-wire`'s business).
 pub mod station {
     /// Room used when a request leaves the room empty (and by the seed API).
     pub const DEFAULT_ROOM: &str = "general";
@@ -93,15 +93,6 @@ pub mod station {
     pub const ALL_ROOMS: &str = "chat.messages.>";
     /// Longest room name.
     pub const MAX_ROOM_LEN: usize = 64;
-    /// Header carrying the server-assigned message id.
-    pub const HEADER_MESSAGE_ID: &str = "FastChat-Message-Id";
-    /// Header naming the payload encoding.
-    pub const HEADER_CONTENT_TYPE: &str = "Content-Type";
-    /// Value of [`HEADER_CONTENT_TYPE`]: a protobuf `fastchat.v1.ChatMessage`.
-    pub const CONTENT_TYPE: &str = "application/protobuf; proto=fastchat.v1.ChatMessage";
-    /// W3C trace context, passed through from the gRPC request when present.
-    pub const HEADER_TRACEPARENT: &str = "traceparent";
-
     /// Subject of a room.
     #[must_use]
     pub fn subject(room: &str) -> String {

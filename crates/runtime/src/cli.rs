@@ -5,16 +5,42 @@
 use std::{future::Future, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use serde::{Serialize, de::DeserializeOwned};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, EX_USAGE, GrpcConfig, LogConfig, MetricsConfig, Validate};
+use crate::{
+    config::{self, EX_USAGE, ServiceConfig},
+    service::ServeError,
+};
+
+/// Who a service binary is, from its own crate's manifest (so `--help` and
+/// `--version` name the service, not this crate). Made by [`binary!`](crate::binary).
+#[derive(Debug, Clone, Copy)]
+pub struct Binary {
+    /// The binary's name, e.g. `send-service`.
+    pub name: &'static str,
+    /// Its package version.
+    pub version: &'static str,
+    /// Its package description.
+    pub about: &'static str,
+}
+
+/// The calling binary's [`Binary`]: name, version and description from its
+/// own Cargo manifest.
+#[macro_export]
+macro_rules! binary {
+    () => {
+        $crate::cli::Binary {
+            name: env!("CARGO_BIN_NAME"),
+            version: env!("CARGO_PKG_VERSION"),
+            about: env!("CARGO_PKG_DESCRIPTION"),
+        }
+    };
+}
 
 /// Command-line arguments of a service binary.
 #[derive(Debug, Parser)]
-#[command(version, about)]
 pub struct Cli {
     /// TOML configuration file (keys as in the README); environment
     /// variables `FASTCHAT_*` override it.
@@ -36,33 +62,36 @@ pub enum Command {
     },
 }
 
-/// The parts of a service configuration `main` needs.
-pub trait ServiceConfig: Serialize + DeserializeOwned + Default + Validate {
-    /// gRPC listener settings.
-    fn grpc(&self) -> &GrpcConfig;
-    /// Log settings.
-    fn log(&self) -> &LogConfig;
-    /// Metrics endpoint.
-    fn metrics(&self) -> &MetricsConfig;
+impl Cli {
+    /// Parses the process arguments, presenting them as `binary`'s.
+    fn parse_as(binary: Binary) -> Self {
+        let command = Self::command()
+            .name(binary.name)
+            .bin_name(binary.name)
+            .version(binary.version)
+            .about(binary.about);
+        Self::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
+    }
 }
 
 /// Runs a service binary: parses the command line, loads and validates the
 /// configuration (exit 64 with a one-line reason if it is bad), sets up
 /// tracing, binds the listener and calls `run` with a token cancelled on
-/// SIGINT/SIGTERM.
-pub fn main<C, F, Fut, E>(name: &str, run: F) -> ExitCode
+/// SIGINT/SIGTERM. A permanent error that the configuration causes (e.g. a
+/// station that exists with another definition) exits 64 too; others 1.
+pub fn main<C, F, Fut>(binary: Binary, run: F) -> ExitCode
 where
     C: ServiceConfig,
     F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
-    Fut: Future<Output = Result<(), E>>,
-    E: std::error::Error + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), ServeError>>,
 {
-    let cli = Cli::parse();
-    let config: C = match config::load(cli.config.as_deref()) {
-        Ok(config) => config,
+    let name = binary.name;
+    let cli = Cli::parse_as(binary);
+    let config::Loaded { config, warnings } = match config::load::<C>(cli.config.as_deref()) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("{name}: configuration error: {e}");
-            return ExitCode::from(u8::try_from(EX_USAGE).unwrap_or(1));
+            return ExitCode::from(EX_USAGE);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -77,7 +106,7 @@ where
     };
     if let Some(Command::Healthcheck { timeout }) = cli.command {
         let addr = config.grpc().listen;
-        return match runtime.block_on(crate::server::check_health(addr, timeout)) {
+        return match runtime.block_on(crate::health::check(addr, timeout)) {
             Ok(tonic_health::ServingStatus::Serving) => ExitCode::SUCCESS,
             Ok(status) => {
                 eprintln!("{name} at {addr}: {status:?}");
@@ -91,14 +120,17 @@ where
     }
     if let Err(e) = crate::telemetry::init(config.log()) {
         eprintln!("{name}: cannot set up logging: {e:#}");
-        return ExitCode::from(u8::try_from(EX_USAGE).unwrap_or(1));
+        return ExitCode::from(EX_USAGE);
+    }
+    for warning in &warnings {
+        tracing::warn!("configuration: {warning}");
     }
     let result = runtime.block_on(async move {
         let addr = config.grpc().listen;
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (grpc.listen)"))?;
-        tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "{name} listening");
+        tracing::info!(%addr, version = binary.version, "{name} listening");
         let metrics = config.metrics();
         if metrics.enabled {
             metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -119,19 +151,18 @@ where
             crate::shutdown::signal().await;
             on_signal.cancel();
         });
-        run(config, listener, cancel)
-            .await
-            .map_err(anyhow::Error::from)
+        Ok::<_, anyhow::Error>(run(config, listener, cancel).await)
     });
-    match result {
-        Ok(()) => {
+    let (error, code) = match result {
+        Ok(Ok(())) => {
             tracing::info!("{name} stopped");
-            ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
         }
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "{name} failed");
-            eprintln!("{name}: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+        Ok(Err(e)) if e.is_configuration() => (anyhow::Error::from(e), ExitCode::from(EX_USAGE)),
+        Ok(Err(e)) => (anyhow::Error::from(e), ExitCode::FAILURE),
+        Err(e) => (e, ExitCode::FAILURE),
+    };
+    tracing::error!(error = format!("{error:#}"), "{name} failed");
+    eprintln!("{name}: {error:#}");
+    code
 }

@@ -3,9 +3,14 @@
 //! Environment variables use the prefix `FASTCHAT_` and `__` for nesting:
 //! `FASTCHAT_GRPC__LISTEN` sets `grpc.listen`. The conventional `NATS_URL`
 //! sets `nats.url` unless `FASTCHAT_NATS__URL` is also given.
+//!
+//! A service's configuration is one struct ([`ServiceConfig`]) holding the
+//! sections every service has (this module's types and the broker's) next to
+//! its own; the runtime reads everything it needs through that trait.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
+use broker_client::{BrokerConfig, StationConfig};
 use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
@@ -13,7 +18,35 @@ use figment::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// Exit status for an unusable configuration (`EX_USAGE` in sysexits.h).
-pub const EX_USAGE: i32 = 64;
+pub const EX_USAGE: u8 = 64;
+
+/// Prefix of every configuration variable.
+pub const ENV_PREFIX: &str = "FASTCHAT_";
+
+/// Top-level sections of every FastChat service's configuration. A variable
+/// naming one of these that the running service lacks belongs to another
+/// service (one environment may serve both) and is ignored quietly; any
+/// other unknown section is reported as a warning (most likely a typo).
+pub const KNOWN_SECTIONS: &[&str] = &[
+    "grpc",
+    "nats",
+    "station",
+    "send",
+    "subscriptions",
+    "log",
+    "metrics",
+    "shutdown",
+];
+
+/// `FASTCHAT_*` variables that are not configuration keys: the config file
+/// path, and what the `fastchat` CLI and `make run` read.
+const NOT_KEYS: &[&str] = &[
+    "CONFIG",
+    "SEND_ADDR",
+    "ALL_ADDR",
+    "TOKEN",
+    "LOCAL_NATS_PORT",
+];
 
 /// A configuration that can say what is wrong with it.
 pub trait Validate {
@@ -24,30 +57,89 @@ pub trait Validate {
     fn validate(&self) -> Result<(), String>;
 }
 
+/// A service's whole configuration, as the runtime sees it: the sections
+/// every service has. Implement it with [`service_config!`](crate::service_config).
+pub trait ServiceConfig:
+    Serialize + DeserializeOwned + Default + Validate + Clone + Send + Sync + 'static
+{
+    /// gRPC listener settings.
+    fn grpc(&self) -> &GrpcConfig;
+    /// Broker connection.
+    fn nats(&self) -> &BrokerConfig;
+    /// The station the service uses.
+    fn station(&self) -> &StationConfig;
+    /// Log settings.
+    fn log(&self) -> &LogConfig;
+    /// Metrics endpoint.
+    fn metrics(&self) -> &MetricsConfig;
+    /// Graceful shutdown.
+    fn shutdown(&self) -> &ShutdownConfig;
+}
+
+/// Implements [`ServiceConfig`] for a struct with the fields `grpc`, `nats`,
+/// `station`, `log`, `metrics` and `shutdown` (the sections every service
+/// has, named as in the configuration).
+#[macro_export]
+macro_rules! service_config {
+    ($config:ty) => {
+        impl $crate::config::ServiceConfig for $config {
+            fn grpc(&self) -> &$crate::config::GrpcConfig {
+                &self.grpc
+            }
+            fn nats(&self) -> &::broker_client::BrokerConfig {
+                &self.nats
+            }
+            fn station(&self) -> &::broker_client::StationConfig {
+                &self.station
+            }
+            fn log(&self) -> &$crate::config::LogConfig {
+                &self.log
+            }
+            fn metrics(&self) -> &$crate::config::MetricsConfig {
+                &self.metrics
+            }
+            fn shutdown(&self) -> &$crate::config::ShutdownConfig {
+                &self.shutdown
+            }
+        }
+    };
+}
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A source could not be read or a value has the wrong type.
-    #[error("{0}")]
-    Load(#[from] Box<figment::Error>),
+    #[error("{}", describe(.0))]
+    Load(Box<figment::Error>),
     /// The values are individually fine but not usable together.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// A loaded configuration and what was noticed on the way.
+#[derive(Debug)]
+pub struct Loaded<T> {
+    /// The configuration, validated.
+    pub config: T,
+    /// Things to tell the operator once logging runs (e.g. a variable that
+    /// names no known section: most likely a typo).
+    pub warnings: Vec<String>,
 }
 
 /// Loads `T` from its defaults, then `file` (if given; it must exist), then
 /// the environment, and validates the result.
 ///
 /// # Errors
-/// [`ConfigError`] with a message naming the key or file at fault.
-pub fn load<T>(file: Option<&Path>) -> Result<T, ConfigError>
+/// [`ConfigError`] with a message naming the variable or file and the key
+/// at fault.
+pub fn load<T>(file: Option<&Path>) -> Result<Loaded<T>, ConfigError>
 where
     T: Serialize + DeserializeOwned + Default + Validate,
 {
-    load_from(file, Env::prefixed("FASTCHAT_").split("__"))
+    load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
 }
 
-fn load_from<T>(file: Option<&Path>, env: Env) -> Result<T, ConfigError>
+fn load_from<T>(file: Option<&Path>, env: Env) -> Result<Loaded<T>, ConfigError>
 where
     T: Serialize + DeserializeOwned + Default + Validate,
 {
@@ -59,6 +151,7 @@ where
     // a shell) may carry the other service's keys too. Unknown keys inside
     // a known section are still errors (typos).
     let sections = sections_of(&T::default());
+    let warnings = unknown_sections(&env, &sections);
     let env = env.filter(move |key| {
         // Keys arrive already mapped (`grpc.listen`).
         let section = key.as_str().split('.').next().unwrap_or_default();
@@ -70,7 +163,7 @@ where
         .extract()
         .map_err(|e| ConfigError::Load(Box::new(e)))?;
     config.validate().map_err(ConfigError::Invalid)?;
-    Ok(config)
+    Ok(Loaded { config, warnings })
 }
 
 /// Top-level keys of a configuration.
@@ -79,6 +172,70 @@ fn sections_of<T: Serialize>(config: &T) -> Vec<String> {
         Ok(figment::value::Value::Dict(_, dict)) => dict.into_keys().collect(),
         _ => Vec::new(),
     }
+}
+
+/// Warnings for `FASTCHAT_*` variables whose section no FastChat service has.
+fn unknown_sections(env: &Env, own: &[String]) -> Vec<String> {
+    env.iter()
+        .filter_map(|(key, _)| {
+            let key = key.as_str();
+            let section = key.split('.').next().unwrap_or_default();
+            let known = own.iter().any(|s| s.eq_ignore_ascii_case(section))
+                || KNOWN_SECTIONS
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(section))
+                || (!key.contains('.') && NOT_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key)));
+            (!known).then(|| {
+                format!(
+                    "{}: no FastChat service has a section `{section}` (known: {}); ignored",
+                    env_var(true, &key.split('.').collect::<Vec<_>>()),
+                    KNOWN_SECTIONS.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// The variable that sets `path` (`FASTCHAT_GRPC__LISTEN` for grpc.listen),
+/// or the conventional one without prefix.
+fn env_var<K: AsRef<str>>(prefixed: bool, path: &[K]) -> String {
+    let path: Vec<String> = path
+        .iter()
+        .map(|k| k.as_ref().to_ascii_uppercase())
+        .collect();
+    if prefixed {
+        format!("{ENV_PREFIX}{}", path.join("__"))
+    } else if path == ["NATS", "URL"] {
+        "NATS_URL".to_owned()
+    } else {
+        path.join("_")
+    }
+}
+
+/// One line per figment error, naming where the value came from (the
+/// variable as the user typed it, the file) and the key as in the README,
+/// without figment's profile prefix.
+fn describe(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let path = &e.path;
+            let key = path.join(".");
+            let source = e.metadata.as_ref().map(|m| match &m.source {
+                Some(figment::Source::File(file)) => format!("{}", file.display()),
+                _ if m.name.contains("environment") => env_var(m.name.contains(ENV_PREFIX), path),
+                _ => m.name.to_string(),
+            });
+            match (source, key.is_empty()) {
+                (Some(source), false) => format!("{source} ({key}): {}", e.kind),
+                (Some(source), true) => format!("{source}: {}", e.kind),
+                (None, false) => format!("{key}: {}", e.kind),
+                (None, true) => e.kind.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The gRPC listener and server limits. No `Default`: each service has its
@@ -96,6 +253,8 @@ pub struct GrpcConfig {
     /// Interval of HTTP/2 keep-alive pings to clients (detects dead peers).
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
+    /// Serve gRPC reflection (v1 and v1alpha) for the port's own services.
+    pub reflection: bool,
 }
 
 impl GrpcConfig {
@@ -107,6 +266,7 @@ impl GrpcConfig {
             max_request_bytes: 64 * 1024,
             max_concurrent_streams: 1024,
             keepalive_interval: Duration::from_secs(30),
+            reflection: true,
         }
     }
 
@@ -223,7 +383,7 @@ mod tests {
                 "[grpc]\nlisten = \"127.0.0.1:6000\"\n[log]\nformat = \"json\"\n",
             )?;
             jail.set_env("NATS_URL", "nats://conventional:4222");
-            let config: Sample = load(Some(Path::new("fastchat.toml"))).expect("load");
+            let config: Sample = load(Some(Path::new("fastchat.toml"))).expect("load").config;
             assert_eq!(config.grpc.listen.port(), 6000);
             assert_eq!(config.log.format, LogFormat::Json);
             assert_eq!(config.nats.url, "nats://conventional:4222");
@@ -233,7 +393,7 @@ mod tests {
             jail.set_env("FASTCHAT_GRPC__LISTEN", "127.0.0.1:7000");
             jail.set_env("FASTCHAT_NATS__URL", "nats://specific:4222");
             jail.set_env("FASTCHAT_NATS__REQUEST_TIMEOUT", "250ms");
-            let config: Sample = load(Some(Path::new("fastchat.toml"))).expect("load");
+            let config: Sample = load(Some(Path::new("fastchat.toml"))).expect("load").config;
             assert_eq!(config.grpc.listen.port(), 7000);
             assert_eq!(config.nats.url, "nats://specific:4222");
             assert_eq!(config.nats.request_timeout, Duration::from_millis(250));
@@ -246,10 +406,13 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("FASTCHAT_GRPC__LISTEN", "not an address");
             let err = load::<Sample>(None).expect_err("invalid address");
+            // The variable as typed, the key as in the README, no profile.
+            let text = err.to_string();
             assert!(
-                err.to_string().to_lowercase().contains("grpc.listen"),
-                "{err}"
+                text.starts_with("FASTCHAT_GRPC__LISTEN (grpc.listen): "),
+                "{text}"
             );
+            assert!(!text.contains("default."), "{text}");
             Ok(())
         });
         figment::Jail::expect_with(|jail| {
@@ -261,11 +424,49 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("FASTCHAT_GRPC__LISTN", "127.0.0.1:1");
             let err = load::<Sample>(None).expect_err("typo in a known section");
-            assert!(err.to_string().to_lowercase().contains("listn"), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with("FASTCHAT_GRPC__LISTN (grpc.listn): "),
+                "{text}"
+            );
+            assert!(text.contains("listen"), "names what is known: {text}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[grpc]\nlisten = 5\n")?;
+            let err = load::<Sample>(Some(Path::new("bad.toml"))).expect_err("wrong type");
+            let text = err.to_string();
+            assert!(text.contains("bad.toml (grpc.listen): "), "{text}");
             Ok(())
         });
         let err = load::<Sample>(Some(Path::new("/nonexistent/fastchat.toml")))
             .expect_err("missing file");
         assert!(err.to_string().contains("fastchat.toml"), "{err}");
+    }
+
+    #[test]
+    fn variables_of_no_known_section_are_reported_not_fatal() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FASTCHAT_GRCP__LISTEN", "127.0.0.1:7000");
+            // Another service's section, the config file path, the CLI's
+            // addresses: all fine.
+            jail.set_env("FASTCHAT_SUBSCRIPTIONS__MAX", "5");
+            jail.set_env("FASTCHAT_CONFIG", "none.toml");
+            jail.set_env("FASTCHAT_SEND_ADDR", "127.0.0.1:1");
+            let loaded = load::<Sample>(None).expect("a typo in a section is not fatal");
+            assert_eq!(
+                loaded.config.grpc.listen.port(),
+                50051,
+                "the typo set nothing"
+            );
+            assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+            assert!(
+                loaded.warnings[0]
+                    .starts_with("FASTCHAT_GRCP__LISTEN: no FastChat service has a section `grcp`"),
+                "{:?}",
+                loaded.warnings
+            );
+            Ok(())
+        });
     }
 }

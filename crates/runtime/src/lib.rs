@@ -1,13 +1,26 @@
 //! What every FastChat service shares, so each service crate holds only its
-//! own logic: layered configuration ([`config`]), logging ([`telemetry`]),
-//! signal handling ([`shutdown`]), and the gRPC server scaffold with health
-//! and reflection ([`server`]).
+//! own logic.
+//!
+//! Modules, as layers from the ground up (each uses only those below it):
+//!
+//! 1. [`config`] (figment layering and the sections every service has),
+//!    [`telemetry`] (tracing), [`shutdown`] (the signal future), `limit`
+//!    (the request-size layer);
+//! 2. [`health`] (readiness following the broker, liveness, a client) and
+//!    [`server`] (the tonic scaffold: limits, reflection, serve and drain);
+//! 3. [`service`]: the life cycle — broker, station, health, serve, drain;
+//! 4. [`cli`]: the binaries' `main` — arguments, config, logging, signals.
 
 #![forbid(unsafe_code)]
 
-pub mod cli;
 pub mod config;
-pub mod server;
-pub mod service;
+mod limit;
 pub mod shutdown;
 pub mod telemetry;
+
+pub mod health;
+pub mod server;
+
+pub mod service;
+
+pub mod cli;

@@ -2,21 +2,17 @@
 //! the background, ensure the station (retrying for ever while the broker is
 //! away), report health, serve gRPC until shutdown, drain, close.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
-use broker_client::{Broker, BrokerConfig, Station, StationConfig};
-use tokio::{net::TcpListener, sync::watch};
+use broker_client::{Broker, Station, StationConfig};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::server::Router as TonicRouter;
 
-/// The router a service adds its gRPC services to.
-pub type Router =
-    TonicRouter<tower::layer::util::Stack<server::OversizeLayer, tower::layer::util::Identity>>;
-
-use crate::{config::GrpcConfig, server};
+use crate::{
+    config::ServiceConfig,
+    health,
+    server::{self, Router},
+};
 
 /// Why a service stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -32,19 +28,29 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// The settings the life cycle needs.
+impl ServeError {
+    /// Whether the error is the configuration's fault (the operator must
+    /// change it: e.g. a station that exists with another definition), not
+    /// the environment's.
+    #[must_use]
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            Self::Broker(e) if matches!(
+                e.kind(),
+                broker_client::ErrorKind::Conflict | broker_client::ErrorKind::InvalidInput
+            )
+        )
+    }
+}
+
+/// What a service tells the life cycle about itself, beyond its
+/// configuration.
 #[derive(Debug, Clone)]
-pub struct Settings<'a> {
-    /// gRPC server limits.
-    pub grpc: &'a GrpcConfig,
-    /// Broker connection.
-    pub nats: &'a BrokerConfig,
-    /// The station this service uses.
-    pub station: &'a StationConfig,
-    /// Drain time after shutdown.
-    pub drain_timeout: Duration,
-    /// gRPC service names whose health follows the broker.
-    pub health_services: &'a [&'a str],
+pub struct Spec {
+    /// The gRPC services the port serves (their full names): their health
+    /// follows the broker, and reflection lists them.
+    pub services: &'static [&'static str],
     /// A further condition for SERVING, once the station is ready (e.g. a
     /// live feed that must be running before subscriptions are accepted).
     pub also_ready: Option<watch::Receiver<bool>>,
@@ -67,10 +73,10 @@ impl Context {
     /// Waits until the station is ensured; `None` if shutdown comes first.
     pub async fn station_ready(&self) -> Option<Station> {
         let mut station = self.station.clone();
-        tokio::select! {
-            () = self.cancel.cancelled() => None,
-            r = station.wait_for(Option::is_some) => r.ok().and_then(|s| s.clone()),
-        }
+        self.cancel
+            .run_until_cancelled(station.wait_for(Option::is_some))
+            .await
+            .and_then(|r| r.ok().and_then(|s| s.clone()))
     }
 }
 
@@ -81,87 +87,38 @@ impl Context {
 /// # Errors
 /// [`ServeError`] for a permanent broker error or a transport failure. An
 /// unreachable broker is not an error: the service waits, NOT_SERVING.
-pub async fn run<F>(
-    settings: Settings<'_>,
+pub async fn run<C, F>(
+    config: &C,
+    spec: Spec,
     listener: TcpListener,
     cancel: CancellationToken,
     routes: F,
 ) -> Result<(), ServeError>
 where
+    C: ServiceConfig,
     F: FnOnce(Router, &Context) -> Router,
 {
-    let broker = Broker::connect(settings.nats).await?;
+    let broker = Broker::connect(config.nats()).await?;
     let tracker = TaskTracker::new();
     let (station_tx, station_rx) = watch::channel(None);
     let (ready_tx, ready_rx) = watch::channel(false);
-    // Written once by the station task, read once after the server stops;
-    // nothing is awaited while it is held.
-    let fatal: Arc<Mutex<Option<broker_client::Error>>> = Arc::default();
+    let preparing = tokio::spawn(prepare_station(
+        broker.clone(),
+        config.station().clone(),
+        spec.also_ready,
+        station_tx,
+        ready_tx,
+        cancel.clone(),
+    ));
 
-    {
-        let broker = broker.clone();
-        let station_config = settings.station.clone();
-        let cancel = cancel.clone();
-        let fatal = Arc::clone(&fatal);
-        let also_ready = settings.also_ready.clone();
-        tracker.spawn(async move {
-            match server::until_cancelled(&cancel, broker.ensure_station_retrying(&station_config))
-                .await
-            {
-                Some(Ok(station)) => {
-                    station_tx.send_replace(Some(station));
-                    if let Some(mut also) = also_ready {
-                        let wait = also.wait_for(|ready| *ready);
-                        if server::until_cancelled(&cancel, wait).await.is_none() {
-                            return;
-                        }
-                    }
-                    ready_tx.send_replace(true);
-                }
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "cannot use the station; stopping");
-                    if let Ok(mut slot) = fatal.lock() {
-                        *slot = Some(e);
-                    }
-                    cancel.cancel();
-                }
-                None => {}
-            }
-        });
-    }
-
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    // tonic-health starts the server as a whole ("") SERVING: say NOT_SERVING
-    // before the first request can be answered, or a probe (or a test) could
-    // see a service as ready before it has a station.
-    for name in settings
-        .health_services
-        .iter()
-        .copied()
-        .chain(std::iter::once(""))
-    {
-        reporter
-            .set_service_status(name, tonic_health::ServingStatus::NotServing)
-            .await;
-    }
-    // Liveness (process health) never depends on the broker: an orchestrator
-    // restarting pods during a broker outage would only make it worse.
-    reporter
-        .set_service_status(server::LIVENESS, tonic_health::ServingStatus::Serving)
-        .await;
-    {
-        let names: Vec<String> = settings
-            .health_services
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-        let broker = broker.clone();
-        let cancel = cancel.clone();
-        tracker.spawn(async move {
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            server::follow_broker_health(reporter, &names, broker, ready_rx, cancel).await;
-        });
-    }
+    let (reporter, health_service) = health::service(spec.services).await;
+    tracker.spawn(health::follow_broker(
+        reporter,
+        spec.services,
+        broker.clone(),
+        ready_rx,
+        cancel.clone(),
+    ));
 
     let context = Context {
         station: station_rx,
@@ -169,33 +126,90 @@ where
         cancel: cancel.clone(),
         tracker: tracker.clone(),
     };
-    let router = server::builder(settings.grpc)
-        .add_service(health_service)
-        .add_service(server::reflection()?);
+    let mut router = server::builder(config.grpc()).add_service(health_service);
+    if config.grpc().reflection {
+        router = server::add_reflection(router, spec.services)?;
+    }
     let router = routes(router, &context);
+    let drain = config.shutdown().drain_timeout;
+    let served = server::serve(router, listener, cancel.clone(), drain).await;
 
-    let served = server::serve(router, listener, cancel.clone(), settings.drain_timeout).await;
     cancel.cancel();
+    let fatal = station_outcome(preparing).await;
+    stop_tasks(&tracker, drain).await;
+    close(&broker).await;
+    served?;
+    fatal.map_or(Ok(()), |e| Err(e.into()))
+}
+
+/// Ensures the station (waiting and retrying while the broker is away),
+/// publishes it to the handlers, then waits for `also_ready` and marks the
+/// service ready. A permanent error (e.g. a conflicting station) stops the
+/// service: it is returned and `cancel` fires.
+async fn prepare_station(
+    broker: Broker,
+    config: StationConfig,
+    also_ready: Option<watch::Receiver<bool>>,
+    station: watch::Sender<Option<Station>>,
+    ready: watch::Sender<bool>,
+    cancel: CancellationToken,
+) -> Result<(), broker_client::Error> {
+    let ensured = cancel
+        .run_until_cancelled(broker.ensure_station_retrying(&config))
+        .await;
+    match ensured {
+        None => return Ok(()),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot use the station; stopping");
+            cancel.cancel();
+            return Err(e);
+        }
+        Some(Ok(ensured)) => {
+            station.send_replace(Some(ensured));
+        }
+    }
+    if let Some(mut also) = also_ready {
+        let waited = cancel
+            .run_until_cancelled(also.wait_for(|ready| *ready))
+            .await;
+        if waited.is_none() {
+            return Ok(());
+        }
+    }
+    ready.send_replace(true);
+    Ok(())
+}
+
+/// How station preparation ended; it stops at once on cancellation.
+async fn station_outcome(
+    preparing: JoinHandle<Result<(), broker_client::Error>>,
+) -> Option<broker_client::Error> {
+    match preparing.await {
+        Ok(result) => result.err(),
+        Err(e) => {
+            tracing::error!(error = %e, "station preparation panicked");
+            None
+        }
+    }
+}
+
+/// Waits for the background tasks, at most `drain`.
+async fn stop_tasks(tracker: &TaskTracker, drain: Duration) {
     tracker.close();
-    if tokio::time::timeout(settings.drain_timeout, tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!("background tasks did not stop within the drain time");
     }
-    // Bounded: flushing waits for the broker, which may be gone too (e.g.
-    // the whole system being stopped at once).
+}
+
+/// Flushes and closes the broker connection. Bounded: flushing waits for
+/// the broker, which may be gone too (e.g. the whole system being stopped
+/// at once).
+async fn close(broker: &Broker) {
     match tokio::time::timeout(Duration::from_secs(2), broker.close()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "closing the broker connection"),
         Err(_) => tracing::warn!(
             "broker unreachable at shutdown; unflushed publishes were not confirmed anyway"
         ),
-    }
-    served?;
-    let fatal = fatal.lock().ok().and_then(|mut slot| slot.take());
-    match fatal {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
     }
 }

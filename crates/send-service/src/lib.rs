@@ -3,23 +3,30 @@
 //!
 //! It serves two APIs on one port: the seed `ChatMessage.SendMessageService`
 //! (room `general`) and `fastchat.v1.SendMessageService`.
+//!
+//! Modules, as layers from the ground up: `config` and `error`; `validate`
+//! (the rules a message must meet); `store` (publishing to the station);
+//! `service` (the two gRPC faces); [`run`] here.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
 mod error;
-mod sender;
 mod service;
+mod store;
 mod validate;
 
 use fastchat_proto::{seed, v1};
-use fastchat_runtime::service::{self as lifecycle, ServeError, Settings};
+use fastchat_runtime::service::{self as lifecycle, ServeError, Spec};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 
 pub use config::Config;
 pub use error::SendError;
+
+type SeedServer = seed::send_message_service_server::SendMessageServiceServer<service::Api>;
+type V1Server = v1::send_message_service_server::SendMessageServiceServer<service::Api>;
 
 /// Serves send-service on `listener` until `cancel` fires.
 ///
@@ -31,23 +38,16 @@ pub async fn run(
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), ServeError> {
-    type SeedServer = seed::send_message_service_server::SendMessageServiceServer<service::Api>;
-    type V1Server = v1::send_message_service_server::SendMessageServiceServer<service::Api>;
-    let settings = Settings {
-        grpc: &config.grpc,
-        nats: &config.nats,
-        station: &config.station,
-        drain_timeout: config.shutdown.drain_timeout,
-        health_services: &[SeedServer::NAME, V1Server::NAME],
+    let spec = Spec {
+        services: &[SeedServer::NAME, V1Server::NAME],
         also_ready: None,
     };
-    let max_request = config.grpc.max_request_bytes;
-    let send = config.send.clone();
-    lifecycle::run(settings, listener, cancel, move |router, context| {
-        let api = service::Api::new(sender::Sender::new(context.station.clone(), send));
+    lifecycle::run(&config, spec, listener, cancel, |router, context| {
+        let store = store::Store::new(context.station.clone(), config.send.timeout);
+        let api = service::Api::new(store, config.send.clone());
         router
-            .add_service(SeedServer::new(api.clone()).max_decoding_message_size(max_request))
-            .add_service(V1Server::new(api).max_decoding_message_size(max_request))
+            .add_service(SeedServer::new(api.clone()))
+            .add_service(V1Server::new(api))
     })
     .await
 }

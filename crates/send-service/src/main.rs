@@ -10,5 +10,5 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    fastchat_runtime::cli::main("send-service", send_service::run)
+    fastchat_runtime::cli::main(fastchat_runtime::binary!(), send_service::run)
 }

@@ -1,44 +1,78 @@
-//! The gRPC faces of the sender: the seed API and fastchat.v1.
+//! The gRPC faces of the store: the seed API and fastchat.v1.
 
 use std::time::Instant;
 
 use fastchat_proto::{seed, v1};
 use tonic::{Request, Response, Status};
 
-use crate::{SendError, sender::Sender, validate::validate};
+use crate::{
+    SendError,
+    config::SendConfig,
+    store::{Store, Stored},
+    validate::validate,
+};
 
-/// Counts the outcome and times the call, per API.
-fn observe<T>(api: &'static str, started: Instant, result: &Result<T, SendError>) {
-    let outcome = match result {
-        Ok(_) => "stored",
-        Err(SendError::Invalid { .. }) => "invalid",
-        Err(SendError::Unavailable(_)) => "unavailable",
-        Err(SendError::Internal(_)) => "internal",
-    };
-    metrics::counter!("fastchat_send_requests_total", "api" => api, "outcome" => outcome)
-        .increment(1);
-    metrics::histogram!("fastchat_send_duration_seconds", "api" => api)
-        .record(started.elapsed().as_secs_f64());
-}
-
-/// Implements both SendMessageService traits over one [`Sender`].
+/// Implements both SendMessageService traits over one [`Store`].
 #[derive(Debug, Clone)]
 pub struct Api {
-    sender: Sender,
+    store: Store,
+    limits: SendConfig,
 }
 
 impl Api {
-    pub fn new(sender: Sender) -> Self {
-        Self { sender }
+    pub fn new(store: Store, limits: SendConfig) -> Self {
+        Self { store, limits }
+    }
+
+    /// Validates and stores one request of either API, counting the outcome
+    /// and timing the call under `api`.
+    async fn send(
+        &self,
+        api: &'static str,
+        request: v1::SendMessageRequest,
+        traceparent: Option<&str>,
+    ) -> Result<Stored, SendError> {
+        let started = Instant::now();
+        let result = match validate(request, &self.limits) {
+            Ok(new) => self.store.store(new, traceparent).await,
+            Err(e) => Err(e),
+        };
+        let outcome = match &result {
+            Ok(stored) if stored.duplicate => {
+                metrics::counter!("fastchat_send_duplicates_total").increment(1);
+                "stored"
+            }
+            Ok(_) => "stored",
+            Err(SendError::Invalid { .. }) => "invalid",
+            Err(SendError::Unavailable { .. }) => "unavailable",
+            Err(SendError::Internal(_)) => "internal",
+        };
+        metrics::counter!("fastchat_send_requests_total", "api" => api, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("fastchat_send_duration_seconds", "api" => api)
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 }
 
 fn traceparent<T>(request: &Request<T>) -> Option<String> {
     request
         .metadata()
-        .get(fastchat_proto::station::HEADER_TRACEPARENT)
+        .get(fastchat_wire::HEADER_TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+/// The seed API's message as a fastchat.v1 request: room `general`, its
+/// `time` as the client's time.
+fn seed_request(message: seed::ChatMessage) -> v1::SendMessageRequest {
+    v1::SendMessageRequest {
+        room: String::new(),
+        author: message.author,
+        text: message.text,
+        client_message_id: String::new(),
+        client_time_ms: message.time,
+    }
 }
 
 #[tonic::async_trait]
@@ -47,26 +81,10 @@ impl v1::send_message_service_server::SendMessageService for Api {
         &self,
         request: Request<v1::SendMessageRequest>,
     ) -> Result<Response<v1::SendMessageResponse>, Status> {
-        let started = Instant::now();
         let trace = traceparent(&request);
-        let r = request.into_inner();
-        let result = async {
-            let new = validate(
-                &r.room,
-                r.author,
-                r.text,
-                &r.client_message_id,
-                r.client_time_ms,
-                &self.sender.limits,
-            )?;
-            self.sender.send(new, trace).await
-        }
-        .await;
-        observe("v1", started, &result);
-        let stored = result?;
-        if stored.duplicate {
-            metrics::counter!("fastchat_send_duplicates_total").increment(1);
-        }
+        let stored = self
+            .send("v1", request.into_inner(), trace.as_deref())
+            .await?;
         Ok(Response::new(v1::SendMessageResponse {
             message: Some(stored.message),
             duplicate: stored.duplicate,
@@ -80,16 +98,14 @@ impl seed::send_message_service_server::SendMessageService for Api {
         &self,
         request: Request<seed::ChatMessage>,
     ) -> Result<Response<seed::Empty>, Status> {
-        let started = Instant::now();
         let trace = traceparent(&request);
-        let m = request.into_inner();
-        let result = async {
-            let new = validate("", m.author, m.text, "", m.time, &self.sender.limits)?;
-            self.sender.send(new, trace).await
-        }
-        .await;
-        observe("seed", started, &result);
-        result?;
+        Api::send(
+            self,
+            "seed",
+            seed_request(request.into_inner()),
+            trace.as_deref(),
+        )
+        .await?;
         Ok(Response::new(seed::Empty {}))
     }
 }

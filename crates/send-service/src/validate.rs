@@ -1,6 +1,9 @@
 //! Rules every message must meet before it is stored.
 
-use fastchat_proto::station::{DEFAULT_ROOM, MAX_ROOM_LEN, is_valid_room};
+use fastchat_proto::{
+    station::{DEFAULT_ROOM, MAX_ROOM_LEN, is_valid_room},
+    v1,
+};
 
 use crate::{SendError, config::SendConfig};
 
@@ -21,20 +24,28 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> SendError {
     }
 }
 
-/// Checks every field against `limits`.
+/// Checks every field of `request` against `limits`.
 ///
 /// # Errors
-/// [`SendError::Invalid`] naming the first offending field and its limit.
+/// [`SendError::Invalid`] naming the first offending field (as in
+/// `fastchat.v1`) and its limit.
 pub fn validate(
-    room: &str,
-    author: String,
-    text: String,
-    client_message_id: &str,
-    client_time_ms: i64,
+    request: v1::SendMessageRequest,
     limits: &SendConfig,
 ) -> Result<NewMessage, SendError> {
-    let room = if room.is_empty() { DEFAULT_ROOM } else { room };
-    if !is_valid_room(room) {
+    let v1::SendMessageRequest {
+        room,
+        author,
+        text,
+        client_message_id,
+        client_time_ms,
+    } = request;
+    let room = if room.is_empty() {
+        DEFAULT_ROOM.to_owned()
+    } else {
+        room
+    };
+    if !is_valid_room(&room) {
         return Err(invalid(
             "room",
             format!("must be 1-{MAX_ROOM_LEN} characters of A-Z, a-z, 0-9, '_' or '-'"),
@@ -92,10 +103,10 @@ pub fn validate(
         ));
     }
     Ok(NewMessage {
-        room: room.to_owned(),
+        room,
         author,
         text,
-        client_message_id: (!client_message_id.is_empty()).then(|| client_message_id.to_owned()),
+        client_message_id: (!client_message_id.is_empty()).then_some(client_message_id),
         client_time_ms,
     })
 }
@@ -111,14 +122,14 @@ mod tests {
         id: &str,
         time: i64,
     ) -> Result<NewMessage, SendError> {
-        validate(
-            room,
-            author.into(),
-            text.into(),
-            id,
-            time,
-            &SendConfig::default(),
-        )
+        let request = v1::SendMessageRequest {
+            room: room.into(),
+            author: author.into(),
+            text: text.into(),
+            client_message_id: id.into(),
+            client_time_ms: time,
+        };
+        validate(request, &SendConfig::default())
     }
 
     #[test]

@@ -1,0 +1,130 @@
+//! gRPC health: the readiness of a service follows its broker, liveness
+//! follows the process, and a small client asks a running service (for the
+//! `healthcheck` subcommand and tests).
+
+use std::{net::SocketAddr, time::Duration};
+
+use broker_client::{Broker, ConnectionState};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+/// Health service name that is SERVING as long as the process runs, for
+/// liveness and startup probes (the overall `""` status follows the broker
+/// and is for readiness).
+pub const LIVENESS: &str = "liveness";
+
+/// The health service of a server, NOT_SERVING until [`follow_broker`]
+/// says otherwise, and its reporter.
+pub async fn service(
+    services: &[&'static str],
+) -> (
+    HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    // tonic-health starts the server as a whole ("") SERVING: say NOT_SERVING
+    // before the first request can be answered, or a probe (or a test) could
+    // see a service as ready before it has a station.
+    for name in services.iter().copied().chain(std::iter::once("")) {
+        reporter
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    // Liveness (process health) never depends on the broker: an orchestrator
+    // restarting pods during a broker outage would only make it worse.
+    reporter
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
+    (reporter, health_service)
+}
+
+/// Keeps the health of `services` (and of the whole server, `""`) SERVING
+/// exactly while the broker is connected and `ready` is true, until `cancel`
+/// fires; then NOT_SERVING, so load balancers stop sending work while we drain.
+pub async fn follow_broker(
+    reporter: HealthReporter,
+    services: &[&'static str],
+    broker: Broker,
+    mut ready: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
+    let mut state = broker.watch_state();
+    let mut last = None;
+    // Once the sender is gone the value is final; stop waiting on it.
+    let mut ready_open = true;
+    let mut state_open = true;
+    loop {
+        let serving = !cancel.is_cancelled()
+            && *ready.borrow_and_update()
+            && broker.state() == ConnectionState::Connected;
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            tracing::info!(?status, "health");
+            metrics::gauge!("fastchat_serving").set(if serving { 1.0 } else { 0.0 });
+            for name in services.iter().copied().chain(std::iter::once("")) {
+                reporter.set_service_status(name, status).await;
+            }
+            last = Some(status);
+        }
+        if cancel.is_cancelled() {
+            return;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            r = state.changed(), if state_open => state_open = r.is_ok(),
+            r = ready.changed(), if ready_open => ready_open = r.is_ok(),
+            // The state channel reports transitions; this also catches a
+            // reconnect that happened while we were busy.
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Asks the gRPC health service at `addr` whether it is SERVING.
+///
+/// # Errors
+/// If the server cannot be reached in `timeout` or answers with an error.
+pub async fn check(addr: SocketAddr, timeout: Duration) -> anyhow::Result<ServingStatus> {
+    check_service(addr, "", timeout).await
+}
+
+/// Asks the gRPC health service at `addr` about `service` (`""` = the
+/// server as a whole, [`LIVENESS`] = the process).
+///
+/// # Errors
+/// If the server cannot be reached in `timeout` or answers with an error.
+pub async fn check_service(
+    addr: SocketAddr,
+    service: &str,
+    timeout: Duration,
+) -> anyhow::Result<ServingStatus> {
+    use anyhow::Context as _;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let host = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{host}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {host}"))?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .with_context(|| format!("health check of {host} failed"))?;
+    Ok(match response.into_inner().status() {
+        tonic_health::pb::health_check_response::ServingStatus::Serving => ServingStatus::Serving,
+        _ => ServingStatus::NotServing,
+    })
+}
