@@ -106,7 +106,11 @@ impl NatsCluster {
                 .nodes
                 .iter_mut()
                 .filter_map(|n| {
-                    (n.is_running() && !n.healthy()).then(|| n.name().unwrap_or("?").to_owned())
+                    if !n.is_running() {
+                        return None;
+                    }
+                    let reason = n.health().err()?;
+                    Some(format!("{}: {reason}", n.name().unwrap_or("?")))
                 })
                 .collect();
             if unhealthy.is_empty() {
@@ -114,7 +118,7 @@ impl NatsCluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "cluster nodes {unhealthy:?} not healthy within {within:?}"
+                "cluster nodes not healthy within {within:?}: {unhealthy:?}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }

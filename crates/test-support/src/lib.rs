@@ -11,19 +11,26 @@
 //! [`NatsCluster`] starts several of them as one JetStream cluster on
 //! loopback, and the monitoring helpers ([`NatsServer::monitor_get`],
 //! [`NatsServer::stream_report`]) let tests see what each server holds.
+//!
+//! The modules, from the ground up:
+//! - `paths`: the workspace root, its binaries, the nats-server to run;
+//! - `ports`: free loopback ports, and a server's ports file;
+//! - `monitor`: HTTP monitoring (`/healthz`, `/varz`, `/jsz`) and [`StreamReport`];
+//! - `server`: one [`NatsServer`] and its [`NatsOptions`];
+//! - `cluster`: [`NatsCluster`], several servers as one JetStream cluster.
+//!
+//! Everything public is re-exported here; the modules are private.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::missing_panics_doc)] // test support: panics are the failure report
 
 mod cluster;
-mod json;
 mod monitor;
 mod paths;
 mod ports;
 mod server;
 
 pub use cluster::NatsCluster;
-pub use json::Json;
 pub use monitor::StreamReport;
 pub use paths::{nats_server_bin, workspace_bin, workspace_root};
 pub use ports::{free_port, free_ports};

@@ -169,7 +169,8 @@ impl NatsServer {
     }
 
     /// `GET path` on the monitoring port (e.g. `/healthz`, `/jsz?streams=true`):
-    /// the HTTP status and body. Blocking, at most a few seconds.
+    /// the HTTP status (any, not only 2xx) and body. Blocking, at most a few
+    /// seconds.
     ///
     /// # Errors
     /// No monitoring port, or the server did not answer.
@@ -181,7 +182,16 @@ impl NatsServer {
     /// enabled and current with the meta group).
     #[must_use]
     pub fn healthy(&self) -> bool {
-        self.monitor_port.is_some_and(monitor::healthy)
+        self.health().is_ok()
+    }
+
+    /// Like [`NatsServer::healthy`], with the reason when not, for a failure
+    /// message.
+    ///
+    /// # Errors
+    /// Not healthy: the server's reason, or why it could not be asked.
+    pub fn health(&self) -> Result<(), String> {
+        monitor::health(self.monitoring()?)
     }
 
     /// What this server holds of `stream` (from its `/jsz?streams=true`), or
