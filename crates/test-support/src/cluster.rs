@@ -3,10 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{NatsOptions, NatsServer, free_ports};
+use crate::{NatsOptions, NatsServer, free_ports, server::is_address_in_use};
+
+/// How many times [`NatsCluster::start_with`] picks new route ports when one
+/// was taken before its node could bind it.
+const START_ATTEMPTS: usize = 5;
 
 /// Several [`NatsServer`]s forming one JetStream cluster on loopback, each
-/// with a fixed cluster port and a monitoring port, killed on drop.
+/// with a fixed cluster port and a monitoring port, killed on drop: the
+/// failover tests kill and restart nodes of it.
 ///
 /// The nodes are configured like the prod overlay
 /// (`deploy/k8s/overlays/prod/nats-server.conf` and `deploy/k8s/base/nats/nats.conf`):
@@ -34,6 +39,27 @@ impl NatsCluster {
     #[must_use]
     pub fn start_with(size: usize, extra_config: &str) -> Self {
         assert!(size >= 1, "a cluster needs at least one node");
+        let mut attempt = 1;
+        let mut cluster = loop {
+            match Self::try_start(size, extra_config) {
+                Ok(cluster) => break cluster,
+                Err(e) if attempt < START_ATTEMPTS && is_address_in_use(&e) => {
+                    eprintln!("cluster start failed ({e}); trying other route ports");
+                    attempt += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        cluster.wait_healthy(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Starts every node once; on failure the ones started are killed.
+    fn try_start(size: usize, extra_config: &str) -> Result<Self, String> {
+        // Route ports, unlike client and monitoring ports, cannot be left to
+        // each server (`-1`): every node's config lists every node's route
+        // before any starts. So they are picked here, and can be taken before
+        // their node binds them: then the caller starts over with new ones.
         let routes: Vec<u16> = free_ports(size);
         let route_list = routes
             .iter()
@@ -52,17 +78,15 @@ impl NatsCluster {
                      routes: [\n{route_list}\n  ]\n}}\n{extra_config}\n",
                     name = Self::NAME,
                 );
-                NatsServer::start_with(NatsOptions {
+                NatsServer::try_start_with(NatsOptions {
                     config: Some(config),
                     server_name: Some(format!("n{i}")),
                     monitor_port: Some(0),
                     ..NatsOptions::default()
                 })
             })
-            .collect();
-        let mut cluster = Self { nodes };
-        cluster.wait_healthy(Duration::from_secs(30));
-        cluster
+            .collect::<Result<_, _>>()?;
+        Ok(Self { nodes })
     }
 
     /// Every node's client URL, comma-separated (what `nats.url` takes).

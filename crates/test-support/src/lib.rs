@@ -1,8 +1,9 @@
 //! Test harness shared by every crate's tests: real `nats-server` processes.
 //!
-//! Each [`NatsServer`] runs on a free loopback port with its own temporary
-//! JetStream store and is killed when dropped, so tests never touch a broker
-//! that happens to run on the machine and never leak one.
+//! Each [`NatsServer`] runs on loopback on ports it picks itself (`-p -1`,
+//! read back from its ports file, kept across restarts), with its own
+//! temporary JetStream store, and is killed when dropped, so tests never
+//! touch a broker that happens to run on the machine and never leak one.
 //!
 //! The binary is found, in order, at `$NATS_SERVER_BIN`, at
 //! `target/tools/nats/bin/nats-server` (where `make test` installs a current
