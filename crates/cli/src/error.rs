@@ -7,7 +7,7 @@ use std::{error::Error as StdError, fmt, io};
 
 use tonic::{Code, Status};
 
-use crate::connect::{ServiceAddr, Target};
+use crate::addr::{ServiceAddr, Target};
 
 /// Exit status when the service refused or failed the request.
 pub const EXIT_FAILED: u8 = 1;

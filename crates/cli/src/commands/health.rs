@@ -7,7 +7,8 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use super::Context;
 use crate::{
-    connect::{self, ServiceAddr, Target, Use},
+    addr::{ServiceAddr, Target},
+    connect::{self, Use},
     error::{CliError, ErrorKind},
     output::{HealthLine, Printer},
 };

@@ -6,8 +6,9 @@ use fastchat_proto::v1::{self, send_message_service_client::SendMessageServiceCl
 
 use super::Context;
 use crate::{
+    addr::Target,
     args::SendArgs,
-    connect::{self, Target, Use},
+    connect::{self, Use},
     error::{CliError, ErrorKind},
     output::Printer,
 };

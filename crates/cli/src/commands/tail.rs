@@ -21,9 +21,10 @@ use tokio::time::Instant;
 
 use super::Context;
 use crate::{
+    addr::Target,
     args::TailArgs,
     backoff::Backoff,
-    connect::{self, Target, Use},
+    connect::{self, Use},
     error::{CliError, code_name, is_retryable},
     output::Printer,
 };
