@@ -100,8 +100,9 @@ Examples:
   fastchat tail --new
 
 When the connection is lost, tail reconnects with back-off (100 ms doubling to
-5 s) and resumes after the last sequence it printed, so no message is printed
-twice. Ctrl-C ends it with exit status 0.")]
+5 s, each delay up to a quarter shorter at random) and resumes after the last
+sequence it printed, so no message is printed twice. Ctrl-C ends it with exit
+status 0.")]
     Tail(TailArgs),
 
     /// Print one page of a room's history, oldest first.

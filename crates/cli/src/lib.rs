@@ -4,7 +4,7 @@
 //! The modules are layers, from the ground up; each uses only layers below
 //! it, so no two modules import each other:
 //!
-//! backoff → addr → error → connect → output → args → commands → `run` (here) → main
+//! addr → error → connect → output → args → commands → `run` (here) → main
 //!
 //! - [`addr`]: which service a call is for, and its address.
 //! - [`error`]: one-line errors and exit statuses.
@@ -12,13 +12,11 @@
 //! - [`output`]: every line printed, as text or JSON.
 //! - [`args`]: the command line (clap), help text and value parsers.
 //! - [`commands`]: `send`, `tail`, `history`, `health`.
-//! - [`backoff`]: `tail`'s reconnect delays.
 
 #![forbid(unsafe_code)]
 
 pub mod addr;
 pub mod args;
-pub mod backoff;
 pub mod commands;
 pub mod connect;
 pub mod error;
@@ -110,7 +108,6 @@ mod layers {
 
     /// The layers from the ground up, each with its sources.
     const LAYERS: &[(&str, &[&str])] = &[
-        ("backoff", &[include_str!("backoff.rs")]),
         ("addr", &[include_str!("addr.rs")]),
         ("error", &[include_str!("error.rs")]),
         ("connect", &[include_str!("connect.rs")]),
