@@ -7,7 +7,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::{
     addr::{ServiceAddr, Target},
-    error::CliError,
+    error::Unreachable,
 };
 
 /// How a channel will be used.
@@ -23,15 +23,15 @@ pub enum Use {
 /// Connects to `target` at `addr`, failing after `timeout`.
 ///
 /// # Errors
-/// [`CliError::unreachable`] when no connection could be made in time.
+/// [`Unreachable`] when no connection could be made in time.
 pub async fn connect(
     target: Target,
     addr: &ServiceAddr,
     timeout: Duration,
     usage: Use,
-) -> Result<Channel, CliError> {
+) -> Result<Channel, Unreachable> {
     let endpoint = Endpoint::from_shared(addr.as_str().to_owned())
-        .map_err(|e| CliError::unreachable(target, addr, &e))?
+        .map_err(|e| Unreachable::new(target, addr, &e))?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
     let endpoint = match usage {
@@ -45,7 +45,7 @@ pub async fn connect(
     // covers the HTTP/2 handshake with a peer that accepts but never answers.
     match tokio::time::timeout(timeout, endpoint.connect()).await {
         Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(e)) => Err(CliError::unreachable(target, addr, &e)),
-        Err(elapsed) => Err(CliError::unreachable(target, addr, &elapsed)),
+        Ok(Err(e)) => Err(Unreachable::new(target, addr, &e)),
+        Err(elapsed) => Err(Unreachable::new(target, addr, &elapsed)),
     }
 }

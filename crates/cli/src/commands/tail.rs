@@ -153,7 +153,7 @@ async fn follow<W: Write>(
     loop {
         let channel = match connect::connect(Target::All, addr, ctx.timeout, Use::Stream).await {
             Ok(channel) => channel,
-            Err(e) if !reached => return Err(e),
+            Err(e) if !reached => return Err(e.into()),
             Err(e) => {
                 pause(&mut backoff, &e.to_string(), "retrying").await;
                 continue;
