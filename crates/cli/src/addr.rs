@@ -79,6 +79,36 @@ impl Target {
             Self::All => ALL_ADDR_ENV,
         }
     }
+
+    /// The other FastChat service.
+    #[must_use]
+    pub fn other(self) -> Self {
+        match self {
+            Self::Send => Self::All,
+            Self::All => Self::Send,
+        }
+    }
+
+    /// Advice for when `tried` turned out not to be this service: where it
+    /// listens by default and how to point the CLI at it, e.g. "send-service
+    /// listens on http://127.0.0.1:50051 by default; set --send-addr or
+    /// `FASTCHAT_SEND_ADDR`". Says so too when `tried` has the other
+    /// service's default port, the usual mix-up.
+    #[must_use]
+    pub fn addr_hint(self, tried: &ServiceAddr) -> String {
+        let other = self.other();
+        let mix_up = if tried.port() == Some(other.default_port()) {
+            format!("port {} is {other}'s default; ", other.default_port())
+        } else {
+            String::new()
+        };
+        format!(
+            "{mix_up}{self} listens on {} by default; set {} or {}",
+            self.default_addr(),
+            self.flag(),
+            self.env()
+        )
+    }
 }
 
 impl fmt::Display for Target {
@@ -173,11 +203,28 @@ mod tests {
         for target in [Target::Send, Target::All] {
             let addr = ServiceAddr::parse(target.default_addr()).expect("valid default");
             assert_eq!(addr.port(), Some(target.default_port()), "{target}");
+            assert_eq!(target.other().other(), target);
         }
         assert_eq!(
             Target::Send.grpc_service(),
             "fastchat.v1.SendMessageService"
         );
         assert_eq!(Target::All.grpc_service(), "fastchat.v1.AllMessagesService");
+    }
+
+    #[test]
+    fn the_hint_names_the_default_the_flag_and_the_variable() {
+        let somewhere = ServiceAddr::parse("10.0.0.5:7000").expect("valid");
+        assert_eq!(
+            Target::Send.addr_hint(&somewhere),
+            "send-service listens on http://127.0.0.1:50051 by default; \
+             set --send-addr or FASTCHAT_SEND_ADDR"
+        );
+        let swapped = ServiceAddr::parse("localhost:50051").expect("valid");
+        assert_eq!(
+            Target::All.addr_hint(&swapped),
+            "port 50051 is send-service's default; all-messages-service listens on \
+             http://127.0.0.1:50052 by default; set --all-addr or FASTCHAT_ALL_ADDR"
+        );
     }
 }

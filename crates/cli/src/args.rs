@@ -120,7 +120,9 @@ Examples:
   fastchat health
   fastchat --send-addr 10.0.0.5:50051 --all-addr 10.0.0.6:50052 health
 
-Exit status 0 only when both services are SERVING.")]
+Each service is asked about its own gRPC service (fastchat.v1.SendMessageService,
+fastchat.v1.AllMessagesService), so an address of the wrong service shows as
+missing. Exit status 0 only when both services are SERVING.")]
     Health,
 }
 

@@ -70,6 +70,16 @@ impl CliError {
                 ErrorKind::Unavailable,
                 format!("{target} at {addr} did not answer in time: {message}"),
             ),
+            // Most likely the other service (or something else) listens
+            // there: say which service was expected and where it usually is.
+            Code::Unimplemented => Self::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "no {target} at {addr}: the server there answered UNIMPLEMENTED for {}; {}",
+                    target.grpc_service(),
+                    target.addr_hint(addr)
+                ),
+            ),
             code => Self::new(
                 ErrorKind::Failed,
                 format!(
@@ -276,6 +286,17 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "all-messages-service at http://127.0.0.1:1 is unavailable: broker down"
+        );
+        assert_eq!(e.exit_code(), EXIT_UNAVAILABLE);
+
+        let wrong = ServiceAddr::parse("127.0.0.1:50052").expect("valid");
+        let e = CliError::status(Target::Send, &wrong, &Status::unimplemented(""));
+        assert_eq!(
+            e.to_string(),
+            "no send-service at http://127.0.0.1:50052: the server there answered UNIMPLEMENTED \
+             for fastchat.v1.SendMessageService; port 50052 is all-messages-service's default; \
+             send-service listens on http://127.0.0.1:50051 by default; set --send-addr or \
+             FASTCHAT_SEND_ADDR"
         );
         assert_eq!(e.exit_code(), EXIT_UNAVAILABLE);
 
