@@ -8,12 +8,7 @@ use fastchat_proto::prost_types::Timestamp;
 use humantime_serde::re::humantime;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::connect::ServiceAddr;
-
-/// Where send-service listens by default (its `grpc.listen` default).
-pub const DEFAULT_SEND_ADDR: &str = "http://127.0.0.1:50051";
-/// Where all-messages-service listens by default (its `grpc.listen` default).
-pub const DEFAULT_ALL_ADDR: &str = "http://127.0.0.1:50052";
+use crate::addr::{ALL_ADDR_ENV, DEFAULT_ALL_ADDR, DEFAULT_SEND_ADDR, SEND_ADDR_ENV, ServiceAddr};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -43,7 +38,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
-        env = "FASTCHAT_SEND_ADDR",
+        env = SEND_ADDR_ENV,
         default_value = DEFAULT_SEND_ADDR,
         value_parser = ServiceAddr::parse,
         value_name = "ADDR"
@@ -54,7 +49,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
-        env = "FASTCHAT_ALL_ADDR",
+        env = ALL_ADDR_ENV,
         default_value = DEFAULT_ALL_ADDR,
         value_parser = ServiceAddr::parse,
         value_name = "ADDR"
@@ -105,8 +100,9 @@ Examples:
   fastchat tail --new
 
 When the connection is lost, tail reconnects with back-off (100 ms doubling to
-5 s) and resumes after the last sequence it printed, so no message is printed
-twice. Ctrl-C ends it with exit status 0.")]
+5 s, each delay up to a quarter shorter at random) and resumes after the last
+sequence it printed, so no message is printed twice. Ctrl-C ends it with exit
+status 0.")]
     Tail(TailArgs),
 
     /// Print one page of a room's history, oldest first.
@@ -124,7 +120,9 @@ Examples:
   fastchat health
   fastchat --send-addr 10.0.0.5:50051 --all-addr 10.0.0.6:50052 health
 
-Exit status 0 only when both services are SERVING.")]
+Each service is asked about its own gRPC service (fastchat.v1.SendMessageService,
+fastchat.v1.AllMessagesService), so an address of the wrong service shows as
+missing. Exit status 0 only when both services are SERVING.")]
     Health,
 }
 
@@ -240,11 +238,28 @@ pub fn parse_since_at(s: &str, now: SystemTime) -> Result<Timestamp, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::Target;
     use clap::CommandFactory as _;
 
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn address_flags_variables_and_defaults_are_those_of_addr() {
+        let command = Cli::command();
+        for (id, target) in [("send_addr", Target::Send), ("all_addr", Target::All)] {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .expect("address argument");
+            let long = arg.get_long().map(|l| format!("--{l}"));
+            assert_eq!(long.as_deref(), Some(target.flag()));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(target.env()));
+            let defaults: Vec<_> = arg.get_default_values().iter().collect();
+            assert_eq!(defaults, [target.default_addr()]);
+        }
     }
 
     #[test]

@@ -1,80 +1,14 @@
-//! Service addresses and gRPC channels: `host:port` gets an `http://`
-//! scheme, connecting is bounded, and a failure names the service it was for.
+//! gRPC channels to the services: connecting is bounded, and a failure
+//! names the service and address it was for.
 
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
-use crate::error::CliError;
-
-/// Which FastChat service a call goes to; named in every error about it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// send-service (`SendMessage`).
-    Send,
-    /// all-messages-service (`Subscribe`, `ListMessages`).
-    All,
-}
-
-impl Target {
-    /// The service's deployment name.
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Send => "send-service",
-            Self::All => "all-messages-service",
-        }
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A validated service URI such as `http://127.0.0.1:50051`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceAddr(String);
-
-impl ServiceAddr {
-    /// Accepts `http://host:port`, `https://host:port` or plain `host:port`
-    /// (which means `http://`).
-    ///
-    /// # Errors
-    /// A message for clap when the address is not a usable URI.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err("the address is empty".into());
-        }
-        let uri = if s.contains("://") {
-            s.to_owned()
-        } else {
-            format!("http://{s}")
-        };
-        if !(uri.starts_with("http://") || uri.starts_with("https://")) {
-            return Err(format!("'{s}': only http:// and https:// are supported"));
-        }
-        let endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| format!("'{s}': {e}"))?;
-        if endpoint.uri().host().is_none_or(str::is_empty) {
-            return Err(format!("'{s}' names no host"));
-        }
-        Ok(Self(uri))
-    }
-
-    /// The URI as text.
-    #[must_use]
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ServiceAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+use crate::{
+    addr::{ServiceAddr, Target},
+    error::Unreachable,
+};
 
 /// How a channel will be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,15 +23,15 @@ pub enum Use {
 /// Connects to `target` at `addr`, failing after `timeout`.
 ///
 /// # Errors
-/// [`CliError::unreachable`] when no connection could be made in time.
+/// [`Unreachable`] when no connection could be made in time.
 pub async fn connect(
     target: Target,
     addr: &ServiceAddr,
     timeout: Duration,
     usage: Use,
-) -> Result<Channel, CliError> {
+) -> Result<Channel, Unreachable> {
     let endpoint = Endpoint::from_shared(addr.as_str().to_owned())
-        .map_err(|e| CliError::unreachable(target, addr, &e))?
+        .map_err(|e| Unreachable::new(target, addr, &e))?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
     let endpoint = match usage {
@@ -111,33 +45,7 @@ pub async fn connect(
     // covers the HTTP/2 handshake with a peer that accepts but never answers.
     match tokio::time::timeout(timeout, endpoint.connect()).await {
         Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(e)) => Err(CliError::unreachable(target, addr, &e)),
-        Err(elapsed) => Err(CliError::unreachable(target, addr, &elapsed)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_get_a_scheme_and_are_validated() {
-        let ok = |s: &str| ServiceAddr::parse(s).map(|a| a.as_str().to_owned());
-        assert_eq!(
-            ok("127.0.0.1:50051").as_deref(),
-            Ok("http://127.0.0.1:50051")
-        );
-        assert_eq!(ok(" localhost:1 ").as_deref(), Ok("http://localhost:1"));
-        assert_eq!(
-            ok("http://[::1]:50052").as_deref(),
-            Ok("http://[::1]:50052")
-        );
-        assert_eq!(
-            ok("https://chat.example:443").as_deref(),
-            Ok("https://chat.example:443")
-        );
-        assert!(ok("").is_err());
-        assert!(ok("ftp://host:1").is_err());
-        assert!(ok("host name:1").is_err());
+        Ok(Err(e)) => Err(Unreachable::new(target, addr, &e)),
+        Err(elapsed) => Err(Unreachable::new(target, addr, &elapsed)),
     }
 }

@@ -7,7 +7,7 @@ use std::{error::Error as StdError, fmt, io};
 
 use tonic::{Code, Status};
 
-use crate::connect::{ServiceAddr, Target};
+use crate::addr::{ServiceAddr, Target};
 
 /// Exit status when the service refused or failed the request.
 pub const EXIT_FAILED: u8 = 1;
@@ -48,14 +48,6 @@ impl CliError {
         }
     }
 
-    /// No connection to `target` at `addr` could be made.
-    pub fn unreachable(target: Target, addr: &ServiceAddr, cause: &dyn StdError) -> Self {
-        Self::new(
-            ErrorKind::Unavailable,
-            format!("cannot reach {target} at {addr}: {}", error_chain(cause)),
-        )
-    }
-
     /// `target` answered a call with `status`.
     pub fn status(target: Target, addr: &ServiceAddr, status: &Status) -> Self {
         let message = status.message().trim();
@@ -77,6 +69,16 @@ impl CliError {
             Code::DeadlineExceeded => Self::new(
                 ErrorKind::Unavailable,
                 format!("{target} at {addr} did not answer in time: {message}"),
+            ),
+            // Most likely the other service (or something else) listens
+            // there: say which service was expected and where it usually is.
+            Code::Unimplemented => Self::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "no {target} at {addr}: the server there answered UNIMPLEMENTED for {}; {}",
+                    target.grpc_service(),
+                    target.addr_hint(addr)
+                ),
             ),
             code => Self::new(
                 ErrorKind::Failed,
@@ -139,6 +141,58 @@ impl From<io::Error> for CliError {
     }
 }
 
+impl From<Unreachable> for CliError {
+    fn from(e: Unreachable) -> Self {
+        Self::new(ErrorKind::Unavailable, e.to_string())
+    }
+}
+
+/// No connection to a service could be made: which service, where, and why,
+/// kept apart so a caller that already names the service and address (such
+/// as `health`) can show only the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreachable {
+    target: Target,
+    addr: ServiceAddr,
+    reason: String,
+}
+
+impl Unreachable {
+    /// `target` at `addr` could not be reached because of `cause`.
+    #[must_use]
+    pub fn new(target: Target, addr: &ServiceAddr, cause: &(dyn StdError + 'static)) -> Self {
+        Self {
+            target,
+            addr: addr.clone(),
+            reason: error_chain(cause),
+        }
+    }
+
+    /// The service that could not be reached.
+    #[must_use]
+    pub fn target(&self) -> Target {
+        self.target
+    }
+
+    /// Why, e.g. `tcp connect error: Connection refused (os error 111)`.
+    #[must_use]
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot reach {} at {}: {}",
+            self.target, self.addr, self.reason
+        )
+    }
+}
+
+impl StdError for Unreachable {}
+
 /// Whether a subscription that ended with `code` is worth opening again:
 /// connection trouble and server restarts are; a refused request is not.
 #[must_use]
@@ -179,21 +233,26 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// `e` and its sources as one line, skipping tonic's content-free
-/// "transport error" and causes already contained in an outer message.
+/// `e` and its sources as one line.
 #[must_use]
-pub fn error_chain(e: &dyn StdError) -> String {
+pub fn error_chain(e: &(dyn StdError + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut current = Some(e);
     while let Some(err) = current {
+        current = err.source();
+        // A tonic transport error's own text only names its kind ("transport
+        // error"); when it has a source, that says what actually went wrong.
+        if current.is_some() && err.downcast_ref::<tonic::transport::Error>().is_some() {
+            continue;
+        }
         let text = err.to_string();
-        if !text.is_empty()
-            && text != "transport error"
-            && !parts.iter().any(|p| p.contains(text.as_str()))
-        {
+        // Text on purpose: some errors print their source in their own
+        // message and also return it from `source()`, and `std::error::Error`
+        // has no way to ask which do. A cause an outer message already
+        // contains would only repeat it.
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(text.as_str())) {
             parts.push(text);
         }
-        current = err.source();
     }
     if parts.is_empty() {
         "unknown error".into()
@@ -227,6 +286,17 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "all-messages-service at http://127.0.0.1:1 is unavailable: broker down"
+        );
+        assert_eq!(e.exit_code(), EXIT_UNAVAILABLE);
+
+        let wrong = ServiceAddr::parse("127.0.0.1:50052").expect("valid");
+        let e = CliError::status(Target::Send, &wrong, &Status::unimplemented(""));
+        assert_eq!(
+            e.to_string(),
+            "no send-service at http://127.0.0.1:50052: the server there answered UNIMPLEMENTED \
+             for fastchat.v1.SendMessageService; port 50052 is all-messages-service's default; \
+             send-service listens on http://127.0.0.1:50051 by default; set --send-addr or \
+             FASTCHAT_SEND_ADDR"
         );
         assert_eq!(e.exit_code(), EXIT_UNAVAILABLE);
 
@@ -264,6 +334,33 @@ mod tests {
         }
         let e = Outer(io::Error::new(io::ErrorKind::ConnectionRefused, "refused"));
         assert_eq!(error_chain(&e), "tcp connect error: refused");
+    }
+
+    #[tokio::test]
+    async fn transport_errors_give_way_to_their_cause() {
+        // Nothing listens on port 1 of the loopback interface.
+        let e = tonic::transport::Endpoint::from_static("http://127.0.0.1:1")
+            .connect()
+            .await
+            .expect_err("refused");
+        assert!(e.source().is_some(), "{e:?}");
+        let chain = error_chain(&e);
+        assert!(!chain.contains("transport error"), "{chain}");
+        assert!(chain.starts_with("tcp connect error: "), "{chain}");
+    }
+
+    #[test]
+    fn unreachable_keeps_its_parts() {
+        let cause = io::Error::new(io::ErrorKind::ConnectionRefused, "refused");
+        let e = Unreachable::new(Target::All, &addr(), &cause);
+        assert_eq!(e.target(), Target::All);
+        assert_eq!(e.reason(), "refused");
+        let e = CliError::from(e);
+        assert_eq!(
+            e.to_string(),
+            "cannot reach all-messages-service at http://127.0.0.1:1: refused"
+        );
+        assert_eq!(e.exit_code(), EXIT_UNAVAILABLE);
     }
 
     #[test]

@@ -1,17 +1,22 @@
 //! `fastchat`, the FastChat command-line client, as a library: the binary
 //! only parses the command line and calls [`run_to_exit`].
 //!
-//! - [`args`]: the command line (clap), help text and value parsers.
-//! - [`connect`]: addresses and gRPC channels.
-//! - [`commands`]: `send`, `tail`, `history`, `health`.
-//! - [`output`]: every line printed, as text or JSON.
+//! The modules are layers, from the ground up; each uses only layers below
+//! it, so no two modules import each other:
+//!
+//! addr → error → connect → output → args → commands → `run` (here) → main
+//!
+//! - [`addr`]: which service a call is for, and its address.
 //! - [`error`]: one-line errors and exit statuses.
-//! - [`backoff`]: `tail`'s reconnect delays.
+//! - [`connect`]: gRPC channels.
+//! - [`output`]: every line printed, as text or JSON.
+//! - [`args`]: the command line (clap), help text and value parsers.
+//! - [`commands`]: `send`, `tail`, `history`, `health`.
 
 #![forbid(unsafe_code)]
 
+pub mod addr;
 pub mod args;
-pub mod backoff;
 pub mod commands;
 pub mod connect;
 pub mod error;
@@ -94,5 +99,120 @@ async fn interrupted() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod layers {
+    //! Keeps the module layers of the crate header true.
+
+    /// The layers from the ground up, each with its sources.
+    const LAYERS: &[(&str, &[&str])] = &[
+        ("addr", &[include_str!("addr.rs")]),
+        ("error", &[include_str!("error.rs")]),
+        ("connect", &[include_str!("connect.rs")]),
+        ("output", &[include_str!("output.rs")]),
+        ("args", &[include_str!("args.rs")]),
+        (
+            "commands",
+            &[
+                include_str!("commands/mod.rs"),
+                include_str!("commands/health.rs"),
+                include_str!("commands/history.rs"),
+                include_str!("commands/send.rs"),
+                include_str!("commands/tail.rs"),
+            ],
+        ),
+    ];
+
+    /// What `source` names right after `crate::` in code (`crate::m::…`,
+    /// `use crate::{m::…, …}`): modules, or items of the crate root; comments
+    /// are skipped.
+    fn uses(source: &str) -> Vec<String> {
+        let code: String = source
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut found = Vec::new();
+        for (at, _) in code.match_indices("crate::") {
+            let rest = &code[at + "crate::".len()..];
+            let names: Vec<&str> = match rest.strip_prefix('{') {
+                // A group: the first name of each top-level item.
+                Some(group) => {
+                    let mut depth = 0_usize;
+                    let end = group
+                        .char_indices()
+                        .find(|&(_, c)| {
+                            match c {
+                                '{' => depth += 1,
+                                '}' if depth == 0 => return true,
+                                '}' => depth -= 1,
+                                _ => {}
+                            }
+                            false
+                        })
+                        .map_or(group.len(), |(i, _)| i);
+                    let mut items = Vec::new();
+                    let (mut depth, mut start) = (0_usize, 0);
+                    for (i, c) in group[..end].char_indices() {
+                        match c {
+                            '{' => depth += 1,
+                            '}' => depth -= 1,
+                            ',' if depth == 0 => {
+                                items.push(&group[start..i]);
+                                start = i + 1;
+                            }
+                            _ => {}
+                        }
+                    }
+                    items.push(&group[start..end]);
+                    items.into_iter().map(str::trim).collect()
+                }
+                None => vec![rest],
+            };
+            // `filter` drops the empty item after a trailing comma.
+            for name in names.into_iter().filter(|n| !n.is_empty()) {
+                let name = name
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .next()
+                    .unwrap_or_default();
+                found.push(name.to_owned());
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn each_module_uses_only_lower_layers() {
+        for (level, (module, sources)) in LAYERS.iter().enumerate() {
+            for source in *sources {
+                for used in uses(source) {
+                    let used_level = LAYERS
+                        .iter()
+                        .position(|(m, _)| *m == used)
+                        .unwrap_or(usize::MAX);
+                    assert!(
+                        used_level < level || used == *module,
+                        "{module} uses crate::{used}, which is not a layer below it"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_header_names_the_layers() {
+        let names: Vec<&str> = LAYERS.iter().map(|(m, _)| *m).collect();
+        let header = include_str!("lib.rs");
+        assert!(header.contains(&names.join(" → ")), "{names:?}");
+    }
+
+    #[test]
+    fn groups_and_paths_are_both_found() {
+        let source = "use crate::{\n    addr::Target,\n    connect::{self, Use},\n};\n\
+                      // crate::args::Cli in a comment\n\
+                      fn f() { crate::error::code_name(c); }";
+        assert_eq!(uses(source), ["addr", "connect", "error"]);
     }
 }

@@ -1,7 +1,7 @@
 //! The real `fastchat` binary, run as a process, against both services
 //! in-process and a real nats-server: send, duplicates, history paging, bad
-//! input, health, and `tail` resuming after all-messages-service restarts on
-//! the same port.
+//! input, health, addresses of the wrong service, and `tail` resuming after
+//! all-messages-service restarts on the same port.
 
 use std::{
     net::SocketAddr,
@@ -397,6 +397,120 @@ async fn health_of_both_services_and_a_dead_address() {
         )),
         "{}",
         stderr(&output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_addresses_name_the_service_that_is_missing() {
+    let system = System::start().await;
+    // Each address given for the other service.
+    let (send_at_all, all_at_send) = (system.all_addr(), system.send_addr());
+
+    // `send` at all-messages-service: one line naming the service expected
+    // and where it usually is, not a bare UNIMPLEMENTED.
+    let output = run(&["--send-addr", &send_at_all, "send", "--author", "ann", "hi"]).await;
+    assert_eq!(output.status.code(), Some(69), "{output:?}");
+    assert!(stdout(&output).is_empty(), "{output:?}");
+    let error = stderr(&output);
+    assert_eq!(error.lines().count(), 1, "one line: {error}");
+    assert!(
+        error.starts_with(&format!("fastchat: no send-service at {send_at_all}: ")),
+        "{error}"
+    );
+    for hint in [
+        "UNIMPLEMENTED for fastchat.v1.SendMessageService",
+        "http://127.0.0.1:50051",
+        "--send-addr",
+        "FASTCHAT_SEND_ADDR",
+    ] {
+        assert!(error.contains(hint), "{hint:?} in {error}");
+    }
+    // Certainly not stored, so no advice about retrying with --id.
+    assert!(!error.contains("--id"), "{error}");
+
+    // `history` and `tail` at send-service say the same of theirs.
+    for args in [
+        &["--all-addr", &all_at_send, "history", "--room", "general"][..],
+        &["--all-addr", &all_at_send, "tail"][..],
+    ] {
+        let output = run(args).await;
+        assert_eq!(output.status.code(), Some(69), "{args:?}: {output:?}");
+        let error = stderr(&output);
+        assert_eq!(error.lines().count(), 1, "{args:?}: {error}");
+        for hint in [
+            "no all-messages-service at ",
+            "fastchat.v1.AllMessagesService",
+            "http://127.0.0.1:50052",
+            "--all-addr",
+            "FASTCHAT_ALL_ADDR",
+        ] {
+            assert!(error.contains(hint), "{args:?}: {hint:?} in {error}");
+        }
+    }
+
+    // `health` no longer calls either SERVING: each line says which service
+    // is missing at that address.
+    let output = run(&[
+        "--send-addr",
+        &send_at_all,
+        "--all-addr",
+        &all_at_send,
+        "--json",
+        "health",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(69), "{output:?}");
+    let lines = json_lines(&output);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (line, service, grpc, flag) in [
+        (
+            &lines[0],
+            "send-service",
+            "no fastchat.v1.SendMessageService here (NOT_FOUND)",
+            "--send-addr",
+        ),
+        (
+            &lines[1],
+            "all-messages-service",
+            "no fastchat.v1.AllMessagesService here (NOT_FOUND)",
+            "--all-addr",
+        ),
+    ] {
+        assert_eq!(line["service"], service, "{line}");
+        assert_eq!(line["status"], "missing", "{line}");
+        let error = line["error"].as_str().expect("an error");
+        assert!(error.starts_with(grpc) && error.contains(flag), "{line}");
+    }
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "fastchat: not serving: send-service (missing at {send_at_all}), \
+             all-messages-service (missing at http://{all_at_send})\n"
+        )
+    );
+
+    // Text output too; and with one address right, only the other is named.
+    let output = run(&[
+        "--send-addr",
+        &all_at_send,
+        "--all-addr",
+        &all_at_send,
+        "health",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(69), "{output:?}");
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].ends_with(" SERVING"), "{text}");
+    assert!(
+        lines[1].starts_with("all-messages-service ")
+            && lines[1].contains(" missing: no fastchat.v1.AllMessagesService here"),
+        "{text}"
+    );
+    assert_eq!(
+        stderr(&output),
+        format!("fastchat: not serving: all-messages-service (missing at http://{all_at_send})\n")
     );
 }
 

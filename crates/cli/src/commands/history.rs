@@ -6,8 +6,9 @@ use fastchat_proto::v1::{self, all_messages_service_client::AllMessagesServiceCl
 
 use super::Context;
 use crate::{
+    addr::Target,
     args::HistoryArgs,
-    connect::{self, Target, Use},
+    connect::{self, Use},
     error::CliError,
     output::Printer,
 };

@@ -9,7 +9,7 @@ pub mod tail;
 
 use std::time::Duration;
 
-use crate::{connect::ServiceAddr, output::Format};
+use crate::{addr::ServiceAddr, output::Format};
 
 /// What every command needs besides its own arguments.
 #[derive(Debug, Clone)]

@@ -3,11 +3,13 @@
 use std::io::Write;
 
 use fastchat_proto::v1::{self, send_message_service_client::SendMessageServiceClient};
+use tonic::Code;
 
 use super::Context;
 use crate::{
+    addr::Target,
     args::SendArgs,
-    connect::{self, Target, Use},
+    connect::{self, Use},
     error::{CliError, ErrorKind},
     output::Printer,
 };
@@ -42,12 +44,15 @@ pub async fn run<W: Write>(
         .await
         .map_err(|status| {
             let error = CliError::status(Target::Send, addr, &status);
-            if error.kind() == ErrorKind::Unavailable && args.id.is_none() {
+            // Only these leave it open whether the message was stored
+            // (UNIMPLEMENTED, also exit 69, means it certainly was not).
+            let maybe_stored = matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded);
+            if maybe_stored && args.id.is_none() {
                 // Without a key, a retry after a lost answer could store twice.
                 error.with_hint(
                     "the message may or may not be stored; retry with --id KEY to be safe",
                 )
-            } else if error.kind() == ErrorKind::Unavailable {
+            } else if maybe_stored {
                 error.with_hint("retry with the same --id; it is stored once")
             } else {
                 error

@@ -4,7 +4,8 @@
 //! connection (or a service restart, which ends subscriptions with
 //! `UNAVAILABLE`), tail connects again with back-off and subscribes with
 //! `after_sequence` = that sequence, so nothing is skipped; it also drops any
-//! message at or below it, so nothing is printed twice.
+//! message at or below it, so nothing is printed twice. The delays between
+//! attempts follow FastChat's one retry policy (`fastchat_backoff`).
 
 use std::{
     future::Future,
@@ -12,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use fastchat_backoff::{Backoff, ExponentialBackoff};
 use fastchat_proto::v1::{
     self, Gap, all_messages_service_client::AllMessagesServiceClient, subscribe_request::Start,
     subscribe_response::Event,
@@ -21,9 +23,9 @@ use tokio::time::Instant;
 
 use super::Context;
 use crate::{
+    addr::Target,
     args::TailArgs,
-    backoff::Backoff,
-    connect::{self, Target, Use},
+    connect::{self, Use},
     error::{CliError, code_name, is_retryable},
     output::Printer,
 };
@@ -31,6 +33,19 @@ use crate::{
 /// A subscription that lasted this long counts as a success, so the next
 /// reconnect starts again from the shortest delay.
 const STABLE_AFTER: Duration = Duration::from_secs(1);
+
+/// First delay after a lost connection.
+pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// Ceiling of the delay, so a returning service is noticed within seconds.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// How long `tail` waits between attempts: doubling from [`RECONNECT_MIN`]
+/// to [`RECONNECT_MAX`], each delay up to a quarter shorter at random, so
+/// many `tail`s do not all come back in the same instant.
+#[must_use]
+pub fn reconnect_policy() -> ExponentialBackoff {
+    ExponentialBackoff::doubling(RECONNECT_MIN, RECONNECT_MAX)
+}
 
 /// Where the subscription starts and how far it has got.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,7 +145,7 @@ async fn follow<W: Write>(
     out: &mut Printer<W>,
 ) -> Result<(), CliError> {
     let addr = &ctx.all_addr;
-    let mut backoff = Backoff::default();
+    let mut backoff = reconnect_policy().stream();
     // Until the service has been reached once, "unreachable" most likely
     // means a wrong address: say so and exit instead of waiting for ever.
     let mut reached = false;
@@ -138,13 +153,9 @@ async fn follow<W: Write>(
     loop {
         let channel = match connect::connect(Target::All, addr, ctx.timeout, Use::Stream).await {
             Ok(channel) => channel,
-            Err(e) if !reached => return Err(e),
+            Err(e) if !reached => return Err(e.into()),
             Err(e) => {
-                notice(&format!(
-                    "{e}; retrying in {}",
-                    format_duration(backoff.peek())
-                ));
-                backoff.wait().await;
+                pause(&mut backoff, &e.to_string(), "retrying").await;
                 continue;
             }
         };
@@ -153,14 +164,12 @@ async fn follow<W: Write>(
         let mut stream = match client.subscribe(cursor.request()).await {
             Ok(response) => response.into_inner(),
             Err(status) if is_retryable(status.code()) => {
-                notice(&format!(
-                    "all-messages-service at {addr} refused the subscription for now ({}: {}); \
-                     retrying in {}",
+                let what = format!(
+                    "all-messages-service at {addr} refused the subscription for now ({}: {})",
                     code_name(status.code()),
                     status.message(),
-                    format_duration(backoff.peek())
-                ));
-                backoff.wait().await;
+                );
+                pause(&mut backoff, &what, "retrying").await;
                 resuming = true;
                 continue;
             }
@@ -190,11 +199,8 @@ async fn follow<W: Write>(
         if opened.elapsed() >= STABLE_AFTER {
             backoff.reset();
         }
-        notice(&format!(
-            "lost all-messages-service at {addr} ({ended}); reconnecting in {}",
-            format_duration(backoff.peek())
-        ));
-        backoff.wait().await;
+        let what = format!("lost all-messages-service at {addr} ({ended})");
+        pause(&mut backoff, &what, "reconnecting").await;
         resuming = true;
     }
 }
@@ -216,6 +222,23 @@ fn print_new<W: Write>(
     }
 }
 
+/// Tells the user `what` happened and when the `next` attempt comes, then
+/// waits for exactly the delay announced.
+async fn pause(backoff: &mut Backoff, what: &str, next: &str) {
+    notice(&retry_note(what, next, backoff.peek()));
+    backoff.wait().await;
+}
+
+/// `what; next in 87ms`. The delay is shown in whole milliseconds: with
+/// jitter it is exact to the nanosecond, which nobody needs to read.
+fn retry_note(what: &str, next: &str, delay: Duration) -> String {
+    let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+    format!(
+        "{what}; {next} in {}",
+        format_duration(Duration::from_millis(millis))
+    )
+}
+
 /// A progress note for people: on stderr, so stdout stays only messages.
 fn notice(text: &str) {
     eprintln!("fastchat: {text}");
@@ -235,6 +258,91 @@ mod tests {
             last: None,
             new: false,
         }
+    }
+
+    /// The delays before jitter: 100 ms doubling, capped at 5 s.
+    const BASES_MS: [u64; 9] = [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000];
+
+    #[test]
+    fn reconnect_delays_stay_within_the_policy_grow_and_reset() {
+        // The jitter is random: look at many sequences.
+        for _ in 0..200 {
+            let mut backoff = reconnect_policy().stream();
+            let delays: Vec<Duration> = BASES_MS.iter().map(|_| backoff.next_delay()).collect();
+            for (delay, base) in delays.iter().zip(BASES_MS) {
+                let base = Duration::from_millis(base);
+                // At most the un-jittered delay, at most a quarter shorter.
+                assert!(
+                    *delay <= base && *delay >= base.mul_f64(0.75),
+                    "{delay:?} for {base:?}"
+                );
+                assert!(*delay <= RECONNECT_MAX);
+            }
+            // Below the ceiling each delay is longer than the one before
+            // (a doubled delay minus a quarter still beats the last one).
+            for pair in delays[..7].windows(2) {
+                assert!(pair[1] > pair[0], "{delays:?}");
+            }
+            assert_eq!(backoff.attempts(), 9);
+            backoff.reset();
+            assert_eq!(backoff.attempts(), 0);
+            let first = backoff.peek();
+            assert!(
+                first <= RECONNECT_MIN && first >= RECONNECT_MIN.mul_f64(0.75),
+                "{first:?}"
+            );
+            assert_eq!(backoff.next_delay(), first, "peek is what comes next");
+        }
+    }
+
+    /// tokio's timer counts whole milliseconds, so a sleep ends on the
+    /// first tick at or after its deadline.
+    const TICK: Duration = Duration::from_millis(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn each_pause_takes_the_announced_delay() {
+        let waited = |before: Instant, delay: Duration| {
+            let elapsed = before.elapsed();
+            assert!(
+                elapsed >= delay && elapsed < delay + TICK,
+                "waited {elapsed:?}, announced {delay:?}"
+            );
+        };
+        let mut backoff = reconnect_policy().stream();
+        let mut announced = Duration::ZERO;
+        for _ in 0..8 {
+            let delay = backoff.peek();
+            let before = Instant::now();
+            pause(&mut backoff, "lost it", "reconnecting").await;
+            waited(before, delay);
+            announced += delay;
+        }
+        // 100 + 200 + 400 + 800 + 1600 + 3200 + 5000 + 5000 ms before
+        // jitter, which takes off at most a quarter of each.
+        let most = Duration::from_millis(16_300);
+        assert!(
+            announced <= most && announced >= most.mul_f64(0.75),
+            "{announced:?}"
+        );
+
+        backoff.reset();
+        let delay = backoff.peek();
+        assert!(delay <= RECONNECT_MIN, "{delay:?}");
+        let before = Instant::now();
+        pause(&mut backoff, "lost it again", "reconnecting").await;
+        waited(before, delay);
+    }
+
+    #[test]
+    fn retry_notes_show_whole_milliseconds() {
+        assert_eq!(
+            retry_note("lost it", "reconnecting", Duration::from_nanos(87_654_321)),
+            "lost it; reconnecting in 87ms"
+        );
+        assert_eq!(
+            retry_note("refused", "retrying", Duration::from_nanos(3_217_900_000)),
+            "refused; retrying in 3s 217ms"
+        );
     }
 
     #[test]
