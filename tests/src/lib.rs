@@ -1,8 +1,11 @@
 //! Helpers for FastChat's end-to-end tests: start the services in-process on
 //! free loopback ports against a test nats-server, and connect gRPC clients.
+//!
+//! Layers: one module on top of everything — `fastchat-test-support` (the
+//! broker), the two service crates (in-process servers), `fastchat-proto`
+//! (clients). The tests in `tests/` use only this and those crates.
 
 #![forbid(unsafe_code)]
-#![allow(clippy::missing_panics_doc)] // test support: a panic is the failure report
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -204,6 +207,16 @@ pub async fn seed_all(
     seed::all_messages_service_client::AllMessagesServiceClient::new(
         channel(service.endpoint()).await,
     )
+}
+
+/// A subscription request for `room` (empty = every room) from `start`
+/// (`None` = every retained message).
+#[must_use]
+pub fn subscribe(room: &str, start: Option<v1::subscribe_request::Start>) -> v1::SubscribeRequest {
+    v1::SubscribeRequest {
+        room: room.into(),
+        start,
+    }
 }
 
 /// A send request.

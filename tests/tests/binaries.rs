@@ -1,6 +1,7 @@
 //! End to end over the real binaries as processes: configuration from the
 //! environment, health checks through the `healthcheck` subcommand, the seed
-//! API, graceful shutdown on SIGTERM, and a bad configuration's exit status.
+//! API, graceful shutdown on SIGTERM, a bad configuration's exit status,
+//! and what the binaries say about themselves.
 
 use std::{
     process::{Child, Command, ExitStatus, Stdio},
@@ -72,20 +73,14 @@ impl Process {
         }
     }
 
-    /// The Prometheus text exposition, fetched with a plain HTTP/1.0 GET.
+    /// The Prometheus text exposition.
     fn metrics(&self) -> String {
-        use std::io::{Read as _, Write as _};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
-            .expect("connect to metrics");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .expect("request");
-        let mut body = String::new();
-        stream.read_to_string(&mut body).expect("response");
-        body
+        ureq::get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .call()
+            .expect("GET /metrics")
+            .body_mut()
+            .read_to_string()
+            .expect("metrics text")
     }
 
     fn endpoint(&self) -> String {
@@ -231,5 +226,67 @@ fn a_bad_configuration_exits_64_with_a_one_line_reason() {
         String::from_utf8_lossy(&output.stderr)
             .to_lowercase()
             .contains("grpc.listen")
+    );
+}
+
+#[test]
+fn binaries_name_themselves() {
+    for (name, about) in [
+        ("send-service", "validates chat messages"),
+        ("all-messages-service", "streams chat history"),
+    ] {
+        let output = Command::new(workspace_bin(name))
+            .arg("--version")
+            .output()
+            .expect("run --version");
+        assert!(output.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            format!("{name} {}", env!("CARGO_PKG_VERSION"))
+        );
+        let output = Command::new(workspace_bin(name))
+            .arg("--help")
+            .output()
+            .expect("run --help");
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(help.contains(about), "{name} --help: {help}");
+        assert!(
+            help.contains(&format!("Usage: {name}")),
+            "{name} --help: {help}"
+        );
+    }
+}
+
+/// A station that exists with another definition is the configuration's
+/// fault: exit 64, naming the field and both values as one would write them.
+#[test]
+fn a_conflicting_station_exits_64_naming_the_field() {
+    let nats = NatsServer::start();
+    let mut first = Process::start("send-service", &nats.url());
+    assert!(first.terminate(Duration::from_secs(10)).success());
+    let output = Command::new(workspace_bin("send-service"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env(
+            "FASTCHAT_GRPC__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("FASTCHAT_METRICS__ENABLED", "false")
+        .env("NATS_URL", nats.url())
+        .env("FASTCHAT_STATION__MAX_AGE", "1h")
+        .output()
+        .expect("run send-service");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The one line for people (logs go to stderr too, around it).
+    let reason = stderr
+        .lines()
+        .find(|line| line.starts_with("send-service: "))
+        .unwrap_or_default();
+    assert!(
+        reason.contains("max_age")
+            && reason.contains("the broker has 7d")
+            && reason.contains("asks for 1h"),
+        "{stderr}"
     );
 }

@@ -17,13 +17,6 @@ use v1::subscribe_response::Event;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn subscribe(room: &str, start: Option<Start>) -> v1::SubscribeRequest {
-    v1::SubscribeRequest {
-        room: room.into(),
-        start,
-    }
-}
-
 async fn send_burst(send: &Service, room: &str, count: usize, workers: usize) -> Vec<u64> {
     let client = v1_send(send).await;
     let mut tasks = tokio::task::JoinSet::new();

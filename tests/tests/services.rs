@@ -13,13 +13,6 @@ use v1::subscribe_response::Event;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn subscribe(room: &str, start: Option<Start>) -> v1::SubscribeRequest {
-    v1::SubscribeRequest {
-        room: room.into(),
-        start,
-    }
-}
-
 #[tokio::test]
 async fn seed_api_round_trip_history_then_live() {
     let nats = NatsServer::start();
@@ -610,4 +603,166 @@ async fn a_service_starts_before_its_broker() {
     }
     cancel.cancel();
     handle.await.expect("task").expect("clean stop");
+}
+
+/// The names reflection lists on a port, asked with `ListServices` over
+/// both reflection protocols (v1 and the older v1alpha).
+async fn reflected_services(addr: std::net::SocketAddr) -> (Vec<String>, Vec<String>) {
+    use tonic_reflection::pb::{v1 as r1, v1alpha as r0};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let request = r1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut v1_client = r1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let mut answers = v1_client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection v1")
+        .into_inner();
+    let v1_names = match answers
+        .message()
+        .await
+        .expect("answer")
+        .and_then(|a| a.message_response)
+    {
+        Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("not a service list: {other:?}"),
+    };
+    let request = r0::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r0::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut alpha_client = r0::server_reflection_client::ServerReflectionClient::new(channel);
+    let mut answers = alpha_client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection v1alpha")
+        .into_inner();
+    let alpha_names = match answers
+        .message()
+        .await
+        .expect("answer")
+        .and_then(|a| a.message_response)
+    {
+        Some(r0::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("not a service list: {other:?}"),
+    };
+    (v1_names, alpha_names)
+}
+
+/// Reflection lists what the port serves (a client browsing the send port
+/// is not invited to call Subscribe there), over v1 and v1alpha; an
+/// operator can turn it off.
+#[tokio::test]
+async fn reflection_lists_only_the_ports_own_services() {
+    let nats = NatsServer::start();
+    let send = start_send(send_config(&nats.url())).await;
+    let all = start_all(all_config(&nats.url())).await;
+    let sorted = |mut names: Vec<String>| {
+        names.sort();
+        names
+    };
+    for (service, own) in [
+        (
+            &send,
+            [
+                "ChatMessage.SendMessageService",
+                "fastchat.v1.SendMessageService",
+            ],
+        ),
+        (
+            &all,
+            [
+                "ChatMessage.AllMessagesService",
+                "fastchat.v1.AllMessagesService",
+            ],
+        ),
+    ] {
+        let (v1_names, alpha_names) = reflected_services(service.addr).await;
+        let want = |reflection: &str| {
+            let mut want: Vec<String> = own.iter().map(|s| (*s).to_owned()).collect();
+            want.push("grpc.health.v1.Health".to_owned());
+            want.push(reflection.to_owned());
+            sorted(want)
+        };
+        assert_eq!(
+            sorted(v1_names),
+            want("grpc.reflection.v1.ServerReflection"),
+            "v1 at {}",
+            service.addr
+        );
+        assert_eq!(
+            sorted(alpha_names),
+            want("grpc.reflection.v1alpha.ServerReflection"),
+            "v1alpha at {}",
+            service.addr
+        );
+    }
+
+    let mut config = send_config(&nats.url());
+    config.grpc.reflection = false;
+    let quiet = start_send(config).await;
+    let channel = tonic::transport::Endpoint::from_shared(quiet.endpoint())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let status =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::iter(Vec::<
+                tonic_reflection::pb::v1::ServerReflectionRequest,
+            >::new()))
+            .await
+            .expect_err("reflection is off");
+    assert_eq!(status.code(), Code::Unimplemented);
+}
+
+/// `grpc.max_request_bytes` bounds every service on the port, health
+/// included (it used to accept 4 MiB requests), before anything is decoded.
+#[tokio::test]
+async fn oversized_requests_are_refused_by_every_service_on_the_port() {
+    let nats = NatsServer::start();
+    let send = start_send(send_config(&nats.url())).await;
+    let channel = tonic::transport::Endpoint::from_shared(send.endpoint())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "x".repeat(100_000),
+        })
+        .await
+        .expect_err("too large");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("grpc.max_request_bytes"),
+        "{}",
+        status.message()
+    );
+    // A normal one still works on the same connection.
+    let ok = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("small request");
+    assert_eq!(
+        ok.into_inner().status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
 }

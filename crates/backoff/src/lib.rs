@@ -9,6 +9,10 @@
 //! derived it from the process id; in containers every service runs as
 //! PID 1, so every replica computed the same delays and, after a broker
 //! restart, all of them reconnected in lockstep.
+//!
+//! Layers: one module — the policy ([`ExponentialBackoff`]) and one retry
+//! loop's position in it ([`Backoff`]), depending only on `rand` and tokio's
+//! timer.
 
 #![forbid(unsafe_code)]
 

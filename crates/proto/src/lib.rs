@@ -5,9 +5,14 @@
 //! - [`v1`]: the `fastchat.v1` API with ids, rooms, cursors and paging.
 //!
 //! [`FILE_DESCRIPTOR_SET`] feeds gRPC server reflection.
+//!
+//! Layers: the generated [`seed`] and [`v1`] modules at the bottom, the
+//! [`codec`] they are generated to use, and [`station`] (room names and
+//! subjects) beside them; nothing here depends on the broker.
 
 /// The seed API (`package ChatMessage`), exactly as the original clients use it.
 pub mod seed {
+    // Generated code: whichever of these it trips is not ours to fix.
     #![allow(
         missing_docs,
         non_camel_case_types,
@@ -20,6 +25,7 @@ pub mod seed {
 
 /// The FastChat API, version 1 (`package fastchat.v1`).
 pub mod v1 {
+    // Generated code: whichever of these it trips is not ours to fix.
     #![allow(
         missing_docs,
         non_camel_case_types,

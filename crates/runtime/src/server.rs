@@ -41,18 +41,19 @@ pub fn add_reflection(
     router: Router,
     services: &[&str],
 ) -> Result<Router, tonic_reflection::server::Error> {
-    let builder = || {
+    let builder = |reflection: &str| {
         services.iter().fold(
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(fastchat_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .with_service_name(HEALTH_SERVICE),
+                .with_service_name(HEALTH_SERVICE)
+                .with_service_name(reflection),
             |builder, name| builder.with_service_name(*name),
         )
     };
     Ok(router
-        .add_service(builder().build_v1()?)
-        .add_service(builder().build_v1alpha()?))
+        .add_service(builder("grpc.reflection.v1.ServerReflection").build_v1()?)
+        .add_service(builder("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?))
 }
 
 /// The standard gRPC health service's name.

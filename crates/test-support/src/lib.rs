@@ -23,7 +23,6 @@
 //! Everything public is re-exported here; the modules are private.
 
 #![forbid(unsafe_code)]
-#![allow(clippy::missing_panics_doc)] // test support: panics are the failure report
 
 mod cluster;
 mod monitor;

@@ -8,6 +8,9 @@
 //! only the station knows), and its headers carry the server-assigned id,
 //! the content type and, when the sender had one, the W3C trace context.
 //! Ordering is per room, by stream sequence.
+//!
+//! Layers: one module, on `fastchat-proto` (the message) and
+//! `broker-client` (headers, what a read yields).
 
 #![forbid(unsafe_code)]
 
