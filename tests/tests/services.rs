@@ -608,59 +608,42 @@ async fn a_service_starts_before_its_broker() {
 /// The names reflection lists on a port, asked with `ListServices` over
 /// both reflection protocols (v1 and the older v1alpha).
 async fn reflected_services(addr: std::net::SocketAddr) -> (Vec<String>, Vec<String>) {
-    use tonic_reflection::pb::{v1 as r1, v1alpha as r0};
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
         .connect()
         .await
         .expect("connect");
-    let request = r1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
-    let mut v1_client = r1::server_reflection_client::ServerReflectionClient::new(channel.clone());
-    let mut answers = v1_client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection v1")
-        .into_inner();
-    let v1_names = match answers
-        .message()
-        .await
-        .expect("answer")
-        .and_then(|a| a.message_response)
-    {
-        Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("not a service list: {other:?}"),
-    };
-    let request = r0::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(r0::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
-    let mut alpha_client = r0::server_reflection_client::ServerReflectionClient::new(channel);
-    let mut answers = alpha_client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection v1alpha")
-        .into_inner();
-    let alpha_names = match answers
-        .message()
-        .await
-        .expect("answer")
-        .and_then(|a| a.message_response)
-    {
-        Some(r0::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("not a service list: {other:?}"),
-    };
-    (v1_names, alpha_names)
+    // The two protocols' generated types are distinct but alike.
+    macro_rules! list {
+        ($pb:ident) => {{
+            use tonic_reflection::pb::$pb as r;
+            let request = r::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(
+                    r::server_reflection_request::MessageRequest::ListServices(String::new()),
+                ),
+            };
+            let mut answers = r::server_reflection_client::ServerReflectionClient::new(
+                channel.clone(),
+            )
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect(stringify!(reflection $pb))
+            .into_inner();
+            match answers
+                .message()
+                .await
+                .expect("answer")
+                .and_then(|a| a.message_response)
+            {
+                Some(r::server_reflection_response::MessageResponse::ListServicesResponse(
+                    list,
+                )) => list.service.into_iter().map(|s| s.name).collect(),
+                other => panic!("not a service list: {other:?}"),
+            }
+        }};
+    }
+    (list!(v1), list!(v1alpha))
 }
 
 /// Reflection lists what the port serves (a client browsing the send port

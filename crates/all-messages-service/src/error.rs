@@ -1,6 +1,7 @@
 //! all-messages-service errors and the one place they become gRPC statuses.
 
 use broker_client::ErrorKind;
+use fastchat_runtime::unavailable::Unavailable;
 use tonic::{Code, Status};
 
 /// Why a request could not be served.
@@ -18,40 +19,24 @@ pub enum ApiError {
     #[error("this instance already serves {0} subscriptions; retry later or on another replica")]
     TooManySubscriptions(usize),
     /// The broker cannot be used right now.
-    #[error(
-        "the message store is unavailable ({}); retry, resuming from the last sequence seen",
-        unavailable_reason(why, source.as_ref())
-    )]
-    Unavailable {
-        /// What happened, when there is no broker error to say it.
-        why: &'static str,
-        /// The broker's error, if it is the reason.
-        #[source]
-        source: Option<broker_client::Error>,
-    },
+    #[error("{0}; retry, resuming from the last sequence seen")]
+    Unavailable(#[from] Unavailable),
     /// Anything else; details are logged, not sent.
     #[error("internal error")]
     Internal(#[source] broker_client::Error),
 }
 
-fn unavailable_reason(why: &str, source: Option<&broker_client::Error>) -> String {
-    source.map_or_else(|| why.to_owned(), ToString::to_string)
-}
-
 impl ApiError {
     /// Unavailable for a reason other than a broker error.
     pub(crate) fn unavailable(why: &'static str) -> Self {
-        Self::Unavailable { why, source: None }
+        Self::Unavailable(Unavailable::because(why))
     }
 }
 
 impl From<broker_client::Error> for ApiError {
     fn from(e: broker_client::Error) -> Self {
         match e.kind() {
-            ErrorKind::Unavailable | ErrorKind::Timeout => Self::Unavailable {
-                why: "broker error",
-                source: Some(e),
-            },
+            ErrorKind::Unavailable | ErrorKind::Timeout => Unavailable::broker(e).into(),
             _ => Self::Internal(e),
         }
     }
@@ -62,7 +47,7 @@ impl From<ApiError> for Status {
         let code = match &e {
             ApiError::Invalid { .. } => Code::InvalidArgument,
             ApiError::TooManySubscriptions(_) => Code::ResourceExhausted,
-            ApiError::Unavailable { .. } => Code::Unavailable,
+            ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Internal(source) => {
                 tracing::error!(error = %source, "request failed");
                 return Status::new(Code::Internal, "internal error");

@@ -5,7 +5,8 @@
 //!
 //! 1. [`config`] (figment layering and the sections every service has),
 //!    [`telemetry`] (tracing), [`shutdown`] (the signal future), `limit`
-//!    (the request-size layer);
+//!    (the request-size layer), [`unavailable`] (the error both services
+//!    answer while the broker cannot be used);
 //! 2. [`health`] (readiness following the broker, liveness, a client) and
 //!    [`server`] (the tonic scaffold: limits, reflection, serve and drain);
 //! 3. [`service`]: the life cycle — broker, station, health, serve, drain;
@@ -17,6 +18,7 @@ pub mod config;
 mod limit;
 pub mod shutdown;
 pub mod telemetry;
+pub mod unavailable;
 
 pub mod health;
 pub mod server;

@@ -1,6 +1,7 @@
 //! send-service's domain errors and the one place they become gRPC statuses.
 
 use broker_client::ErrorKind;
+use fastchat_runtime::unavailable::Unavailable;
 use tonic::{Code, Status};
 
 /// Why a message was not stored.
@@ -16,40 +17,24 @@ pub enum SendError {
     },
     /// The broker could not be reached or did not answer in time. The
     /// message may be retried with the same `client_message_id`.
-    #[error(
-        "the message store is unavailable ({}); retry with the same client_message_id",
-        unavailable_reason(why, source.as_ref())
-    )]
-    Unavailable {
-        /// What happened, when there is no broker error to say it.
-        why: &'static str,
-        /// The broker's error, if it is the reason.
-        #[source]
-        source: Option<broker_client::Error>,
-    },
+    #[error("{0}; retry with the same client_message_id")]
+    Unavailable(#[from] Unavailable),
     /// Anything else; details are logged, not sent.
     #[error("internal error")]
     Internal(#[source] broker_client::Error),
 }
 
-fn unavailable_reason(why: &str, source: Option<&broker_client::Error>) -> String {
-    source.map_or_else(|| why.to_owned(), ToString::to_string)
-}
-
 impl SendError {
     /// Unavailable for a reason other than a broker error.
     pub(crate) fn unavailable(why: &'static str) -> Self {
-        Self::Unavailable { why, source: None }
+        Self::Unavailable(Unavailable::because(why))
     }
 }
 
 impl From<broker_client::Error> for SendError {
     fn from(e: broker_client::Error) -> Self {
         match e.kind() {
-            ErrorKind::Unavailable | ErrorKind::Timeout => Self::Unavailable {
-                why: "broker error",
-                source: Some(e),
-            },
+            ErrorKind::Unavailable | ErrorKind::Timeout => Unavailable::broker(e).into(),
             _ => Self::Internal(e),
         }
     }
@@ -59,7 +44,7 @@ impl From<SendError> for Status {
     fn from(e: SendError) -> Self {
         match &e {
             SendError::Invalid { .. } => Status::new(Code::InvalidArgument, e.to_string()),
-            SendError::Unavailable { .. } => Status::new(Code::Unavailable, e.to_string()),
+            SendError::Unavailable(_) => Status::new(Code::Unavailable, e.to_string()),
             SendError::Internal(source) => {
                 tracing::error!(error = %source, "send failed");
                 Status::new(
