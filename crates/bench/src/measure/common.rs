@@ -19,6 +19,7 @@ use fastchat_proto::v1::{
     subscribe_response::Event,
 };
 use futures::{StreamExt as _, future::BoxFuture, stream::FuturesUnordered};
+use hdrhistogram::Histogram;
 use prost::Message as _;
 use tonic::transport::Channel;
 
@@ -191,26 +192,43 @@ pub async fn publish_raw(
     Ok(started.elapsed())
 }
 
-/// Latency samples in milliseconds.
-#[derive(Debug, Clone, Default)]
-pub struct Latencies(Vec<f64>);
+/// Microseconds: latencies are recorded to the microsecond (the report's
+/// milliseconds have three decimals).
+const MICROS_PER_MS: f64 = 1000.0;
+
+/// Latency samples in microseconds, three significant figures, up to
+/// [`LIMIT`] (longer ones count as [`LIMIT`]).
+#[derive(Debug, Clone)]
+pub struct Latencies(Histogram<u64>);
+
+impl Default for Latencies {
+    fn default() -> Self {
+        let highest = u64::try_from(LIMIT.as_micros()).unwrap_or(u64::MAX);
+        Self(Histogram::new_with_bounds(1, highest, 3).expect("constant, valid bounds"))
+    }
+}
 
 impl Latencies {
-    /// Records one sample.
+    /// Records one sample, rounded to the microsecond.
     pub fn record(&mut self, latency: Duration) {
-        self.0.push(latency.as_secs_f64() * 1000.0);
+        let micros = latency.as_nanos().saturating_add(500) / 1000;
+        self.0
+            .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
     }
 
     /// Adds `other`'s samples.
-    #[allow(clippy::unnecessary_wraps)]
     pub fn add(&mut self, other: &Self) -> anyhow::Result<()> {
-        self.0.extend_from_slice(&other.0);
+        self.0.add(&other.0)?;
         Ok(())
     }
 
     /// The `percentile` (0–100) in milliseconds; NaN without samples.
+    #[allow(clippy::cast_precision_loss)]
     pub fn ms(&self, percentile: f64) -> f64 {
-        crate::report::percentile(&mut self.0.clone(), percentile)
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        self.0.value_at_percentile(percentile) as f64 / MICROS_PER_MS
     }
 }
 
@@ -226,5 +244,35 @@ impl Percentiles {
     pub fn push(&mut self, latencies: &Latencies) {
         self.p50.push(latencies.ms(50.0));
         self.p99.push(latencies.ms(99.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_percentiles_in_ms() {
+        let mut latencies = Latencies::default();
+        assert!(latencies.ms(50.0).is_nan());
+        for micros in 1..=100 {
+            latencies.record(Duration::from_micros(micros));
+        }
+        assert_eq!(latencies.ms(50.0), 0.050);
+        assert_eq!(latencies.ms(99.0), 0.099);
+        assert_eq!(latencies.ms(100.0), 0.100);
+        // Rounded to the microsecond; three significant figures beyond.
+        let mut rounded = Latencies::default();
+        rounded.record(Duration::from_nanos(1_499));
+        rounded.record(Duration::from_nanos(1_500));
+        assert_eq!((rounded.ms(50.0), rounded.ms(100.0)), (0.001, 0.002));
+        let mut long = Latencies::default();
+        long.record(Duration::from_micros(26_312));
+        assert!((long.ms(50.0) - 26.312).abs() <= 26.312 / 1000.0);
+        let mut both = Latencies::default();
+        both.add(&latencies).expect("same bounds");
+        both.add(&long).expect("same bounds");
+        assert_eq!(both.ms(99.0), 0.100);
+        assert!((both.ms(100.0) - 26.312).abs() <= 26.312 / 1000.0);
     }
 }
