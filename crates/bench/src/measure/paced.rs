@@ -1,7 +1,7 @@
-//! Measures nothing itself: the paced run that `latency` and `slow` share,
-//! sends at a fixed rate through SendMessage (FastChat or the bare relay)
-//! while fast subscribers record send → receive latency and slow ones must
-//! receive every message in order.
+//! The paced run that `latency` and `slow` measure with, against whichever
+//! endpoints they pass (FastChat's or the bare relay's): SendMessage at a
+//! fixed rate while fast subscribers record send → receive latency and slow
+//! ones must receive every message in order.
 
 use std::time::{Duration, Instant};
 
