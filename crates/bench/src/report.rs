@@ -1,4 +1,5 @@
-//! Statistics over repeated runs, and the markdown/JSON report.
+//! Statistics over repeated runs (percentiles within a run come from the
+//! measurements' histograms), and the markdown/JSON report.
 
 use std::{path::Path, time::Duration};
 
@@ -36,21 +37,6 @@ impl Stats {
             max: sorted[n - 1],
         }
     }
-}
-
-/// Percentile (0–100) of unsorted samples.
-pub fn percentile(samples: &mut [f64], p: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    samples.sort_by(f64::total_cmp);
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let index = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
-    samples[index.min(samples.len() - 1)]
 }
 
 struct Row {
@@ -170,13 +156,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stats_and_percentiles() {
+    fn stats() {
         let s = Stats::of(&[3.0, 1.0, 2.0]);
         assert_eq!((s.min, s.median, s.max), (1.0, 2.0, 3.0));
         assert_eq!(Stats::of(&[1.0, 2.0, 3.0, 10.0]).median, 2.5);
-        let mut samples: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&mut samples, 50.0), 51.0);
-        assert_eq!(percentile(&mut samples, 99.0), 99.0);
-        assert_eq!(percentile(&mut samples, 100.0), 100.0);
     }
 }

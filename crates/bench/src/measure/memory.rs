@@ -1,0 +1,104 @@
+//! Memory: all-messages-service's RSS growth per idle subscriber, 10,000
+//! subscribers each on its own connection, against the raw tonic server's
+//! per idle stream (own connection).
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use fastchat_proto::v1::{
+    self, all_messages_service_client::AllMessagesServiceClient, subscribe_request::Start,
+};
+use futures::StreamExt as _;
+
+use super::common::{LIMIT, channel};
+use crate::{report::Report, system::Process};
+
+/// (4) RSS growth of all-messages-service per idle subscriber, 10,000
+/// subscribers each on its own connection.
+pub async fn memory(report: &mut Report) -> anyhow::Result<()> {
+    const SUBSCRIBERS: usize = 10_000;
+    let nats = fastchat_test_support::NatsServer::start();
+    let idle = || v1::SubscribeRequest {
+        room: "idle".into(),
+        start: Some(Start::NewOnly(true)),
+    };
+    let mut per = Vec::new();
+    for run in 1..=report.runs {
+        eprintln!("[memory] run {run}/{}", report.runs);
+        let all = Process::service("all-messages-service", &nats.url(), &[])?;
+        per.push(idle_rss_per_stream(&all, SUBSCRIBERS, idle, true).await?);
+    }
+    // The same with the raw tonic server: what a connection and a stream
+    // cost before FastChat adds anything (a round that never starts).
+    let never = || v1::SubscribeRequest {
+        room: "round:1000000000:1".into(),
+        start: None,
+    };
+    let mut raw_per = Vec::new();
+    for run in 1..=report.runs {
+        eprintln!("[memory] raw run {run}/{}", report.runs);
+        let raw = Process::raw_server()?;
+        raw_per.push(idle_rss_per_stream(&raw, SUBSCRIBERS, never, false).await?);
+    }
+    let raw = report.figure(
+        "memory",
+        "raw tonic server RSS per idle stream (own connection)",
+        "KiB",
+        &raw_per,
+    );
+    report.summary("raw_mem_per_stream_kib", raw.median);
+    let stats = report.figure(
+        "memory",
+        "all-messages-service RSS per idle subscriber (own connection)",
+        "KiB",
+        &per,
+    );
+    report.summary("mem_per_subscriber_kib", stats.median);
+    Ok(())
+}
+
+/// RSS growth of `server` (KiB) per idle stream when `streams` clients each
+/// open one on their own connection. One stream is opened first so the
+/// baseline includes the first-connection set-up; `count_metric` waits for
+/// FastChat's own gauge to confirm every subscription is open.
+async fn idle_rss_per_stream(
+    server: &Process,
+    streams: usize,
+    request: impl Fn() -> v1::SubscribeRequest + Copy,
+    count_metric: bool,
+) -> anyhow::Result<f64> {
+    let mut first = AllMessagesServiceClient::new(channel(&server.endpoint()).await?);
+    let _first = first.subscribe(request()).await?.into_inner();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.rss_kib()?;
+    let endpoint = server.endpoint();
+    let mut opened = futures::stream::iter(0..streams)
+        .map(|_| {
+            let endpoint = endpoint.clone();
+            async move {
+                let mut client = AllMessagesServiceClient::new(channel(&endpoint).await?);
+                let stream = client.subscribe(request()).await?.into_inner();
+                anyhow::Ok((client, stream))
+            }
+        })
+        .buffer_unordered(128);
+    let mut clients = Vec::with_capacity(streams);
+    while let Some(opened) = tokio::time::timeout(LIMIT, opened.next()).await? {
+        clients.push(opened?);
+    }
+    if count_metric {
+        let deadline = Instant::now() + LIMIT;
+        #[allow(clippy::cast_precision_loss)]
+        while server.metric("fastchat_subscriptions_active")? < (streams + 1) as f64 {
+            if Instant::now() > deadline {
+                bail!("subscriptions did not all open");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = server.rss_kib()?;
+    eprintln!("[memory] RSS {before} KiB → {after} KiB");
+    #[allow(clippy::cast_precision_loss)]
+    Ok(after.saturating_sub(before) as f64 / streams as f64)
+}

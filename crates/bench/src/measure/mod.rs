@@ -1,0 +1,21 @@
+//! The measurements, one module each: each repeats `report.runs` times,
+//! bounded in count and time, and records FastChat next to its raw baseline
+//! measured in the same run.
+
+mod catchup;
+mod common;
+mod fanout;
+mod history;
+mod latency;
+mod memory;
+mod paced;
+mod send;
+mod slow;
+
+pub use catchup::catchup;
+pub use fanout::fanout;
+pub use history::history;
+pub use latency::latency;
+pub use memory::memory;
+pub use send::send;
+pub use slow::slow;
