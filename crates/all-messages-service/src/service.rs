@@ -4,7 +4,7 @@
 use std::{pin::Pin, sync::Arc};
 
 use broker_client::{OffsetDateTime, StartPosition, Station};
-use fastchat_proto::{seed, station, v1};
+use fastchat_proto::{prost_types, seed, station, v1};
 use futures::Stream;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
@@ -125,17 +125,31 @@ fn start_of(start: Option<v1::subscribe_request::Start>) -> Result<Start, ApiErr
     Ok(match start {
         None => Start::All,
         Some(S::AfterSequence(after)) => Start::After(after),
-        Some(S::Since(ts)) => {
-            let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
-            let since = OffsetDateTime::from_unix_timestamp_nanos(nanos)
-                .map_err(|_| invalid("since", "is not a valid timestamp"))?;
-            Start::Since(since)
-        }
+        Some(S::Since(ts)) => Start::Since(since(&ts)?),
         Some(S::Last(0)) => Start::New,
         Some(S::Last(n)) => Start::Last(n),
         Some(S::NewOnly(true)) => Start::New,
         Some(S::NewOnly(false)) => Start::All,
     })
+}
+
+/// A `since` as the broker can use it. nats-server keeps times as i64
+/// nanoseconds since the Unix epoch, so only 1677-09-21 to 2262-04-11 can be
+/// asked for (async-nats also panics formatting a year before 0).
+fn since(ts: &prost_types::Timestamp) -> Result<OffsetDateTime, ApiError> {
+    const RANGE: &str = "must be between 1677-09-21T00:12:45Z and 2262-04-11T23:47:15Z (what \
+                         the broker can represent)";
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(invalid("since", "nanos must be between 0 and 999,999,999"));
+    }
+    let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
+    // One second inside i64's range at each end, so the broker's own
+    // arithmetic on it cannot overflow.
+    let limit = i128::from(i64::MAX) - 1_000_000_000;
+    if !(-limit..=limit).contains(&nanos) {
+        return Err(invalid("since", RANGE));
+    }
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| invalid("since", RANGE))
 }
 
 fn to_v1(event: Event) -> Option<v1::SubscribeResponse> {

@@ -64,6 +64,10 @@ pub type Item = Result<Event, Box<Status>>;
 const CATCH_UP_BATCH: usize = 256;
 
 /// Sends events to the client, stopping on shutdown or when it hangs up.
+///
+/// A stream must never end with OK by accident: if the sink is dropped
+/// without [`Sink::close`] or [`Sink::client_gone`] (the task panicked, or a
+/// path forgot to say why), the client gets INTERNAL with its resume cursor.
 #[derive(Debug)]
 pub struct Sink {
     tx: mpsc::Sender<Item>,
@@ -71,6 +75,8 @@ pub struct Sink {
     /// Sequence up to which everything matching was sent: the resume cursor.
     cursor: u64,
     delivered: metrics::Counter,
+    /// Whether the end was reported (or nobody is left to tell).
+    ended: bool,
 }
 
 impl Sink {
@@ -81,6 +87,7 @@ impl Sink {
             cancel,
             cursor: 0,
             delivered: metrics::counter!("fastchat_messages_delivered_total"),
+            ended: false,
         }
     }
 
@@ -101,8 +108,26 @@ impl Sink {
 
     /// Ends the stream with `status` (best effort: a client gone has no
     /// use for it).
-    fn close(&self, status: Status) {
+    fn close(&mut self, status: Status) {
+        self.ended = true;
         let _ = self.tx.try_send(Err(Box::new(status)));
+    }
+
+    /// The client hung up: nothing to report.
+    fn client_gone(&mut self) {
+        self.ended = true;
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if !self.ended {
+            tracing::error!(cursor = self.cursor, "subscription ended without a status");
+            let _ = self.tx.try_send(Err(Box::new(Status::internal(format!(
+                "the subscription stopped unexpectedly; resubscribe with after_sequence = {}",
+                self.cursor
+            )))));
+        }
     }
 }
 
@@ -178,7 +203,10 @@ impl Subscription {
         let outcome = self.serve(joined).await;
         let cursor = self.sink.cursor;
         let status = match outcome {
-            Ok(()) | Err(End::Stopped) if !self.sink.cancel.is_cancelled() => return,
+            Ok(()) | Err(End::Stopped) if !self.sink.cancel.is_cancelled() => {
+                self.sink.client_gone();
+                return;
+            }
             Ok(()) | Err(End::Stopped) => Status::unavailable(format!(
                 "server shutting down; resubscribe with after_sequence = {cursor}"
             )),
@@ -338,5 +366,45 @@ impl Subscription {
             self.sink.cursor = to;
         }
         Ok(state.last_sequence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// However a subscription task ends without saying why (a panic, a
+    /// forgotten path), its client gets a status, not a clean end.
+    #[tokio::test]
+    async fn a_sink_dropped_without_an_end_reports_internal() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut sink = Sink::new(tx, CancellationToken::new());
+        sink.cursor = 41;
+        let task = tokio::spawn(async move {
+            let _sink = sink;
+            panic!("a bug in the subscription task");
+        });
+        assert!(task.await.is_err(), "the task panicked");
+        match rx.recv().await {
+            Some(Err(status)) => {
+                assert_eq!(status.code(), tonic::Code::Internal);
+                assert!(
+                    status.message().contains("after_sequence = 41"),
+                    "{status:?}"
+                );
+            }
+            other => panic!("expected a status, got {other:?}"),
+        }
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_sink_that_reported_its_end_adds_nothing() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut sink = Sink::new(tx, CancellationToken::new());
+        sink.close(Status::unavailable("shutting down"));
+        drop(sink);
+        assert!(matches!(rx.recv().await, Some(Err(s)) if s.code() == tonic::Code::Unavailable));
+        assert!(rx.recv().await.is_none());
     }
 }

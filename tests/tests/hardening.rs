@@ -1,0 +1,69 @@
+//! The hostile-client audit (`AUDIT.md`, B1–B11) as tests: each reproduces
+//! what a client could do to the services, and asserts what must happen
+//! instead. Real services, a real nats-server, real sockets.
+
+use std::time::Duration;
+
+use fastchat_e2e::*;
+use fastchat_proto::{prost_types::Timestamp, v1};
+use tonic::Code;
+use v1::subscribe_request::Start;
+
+/// B1, B2: a `since` the broker cannot represent (it keeps times as i64
+/// nanoseconds: 1677-09-21 to 2262-04-11) is INVALID_ARGUMENT naming the
+/// range. Before, a year before 0 panicked the subscription task and ended
+/// the stream with OK; 9999-12-31 returned every message, 1653 none.
+#[tokio::test]
+async fn a_since_the_broker_cannot_represent_is_invalid() {
+    let nats = NatsServer::start();
+    let send = start_send(send_config(&nats.url())).await;
+    let all = start_all(all_config(&nats.url())).await;
+    v1_send(&send)
+        .await
+        .send_message(message("r", "ann", "hello"))
+        .await
+        .expect("send");
+    let mut client = v1_all(&all).await;
+    for (seconds, what) in [
+        (-62_200_000_000, "a year before 0"),
+        (-9_999_999_999, "1653"),
+        (253_402_300_799, "9999-12-31"),
+        (9_300_000_000, "2264"),
+    ] {
+        let request = subscribe("r", Some(Start::Since(Timestamp { seconds, nanos: 0 })));
+        let status = match client.subscribe(request).await {
+            Err(status) => status,
+            Ok(stream) => match stream.into_inner().message().await {
+                Err(status) => status,
+                Ok(event) => panic!("{what}: a stream instead of an error: {event:?}"),
+            },
+        };
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(
+            status.message().starts_with("since: ") && status.message().contains("1677"),
+            "{what}: {}",
+            status.message()
+        );
+    }
+    // Nanoseconds out of range are a malformed Timestamp.
+    let request = subscribe(
+        "r",
+        Some(Start::Since(Timestamp {
+            seconds: 1_700_000_000,
+            nanos: -1,
+        })),
+    );
+    let status = client.subscribe(request).await.expect_err("bad nanos");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    // A time the broker can represent works.
+    let request = subscribe(
+        "r",
+        Some(Start::Since(Timestamp {
+            seconds: 1_000_000_000,
+            nanos: 0,
+        })),
+    );
+    let mut stream = client.subscribe(request).await.expect("valid").into_inner();
+    let events = take(&mut stream, 1, Duration::from_secs(10)).await;
+    assert_eq!(sequences(&events), [1]);
+}
