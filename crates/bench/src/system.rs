@@ -47,7 +47,13 @@ impl Process {
                 format!("127.0.0.1:{metrics_port}"),
             )
             .env("FASTCHAT_NATS__URL", nats_url)
+            // The bench measures capacity, not the fair-share limits: one
+            // load client on 127.0.0.1 opens up to 10,000 connections and
+            // 1,000 streams on one connection.
             .env("FASTCHAT_SUBSCRIPTIONS__MAX", "20000")
+            .env("FASTCHAT_GRPC__MAX_CONNECTIONS", "20000")
+            .env("FASTCHAT_GRPC__MAX_CONNECTIONS_PER_ADDRESS", "20000")
+            .env("FASTCHAT_GRPC__MAX_CONCURRENT_STREAMS", "2048")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

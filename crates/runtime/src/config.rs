@@ -239,20 +239,45 @@ fn describe(error: &figment::Error) -> String {
 }
 
 /// The gRPC listener and server limits. No `Default`: each service has its
-/// own port ([`GrpcConfig::with_port`]).
+/// own port ([`GrpcConfig::with_port`]). What each limit protects, and the
+/// status a client gets when it hits one, is in the README (Operations).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Largest request message accepted, in bytes; larger ones are refused
-    /// before they are decoded.
+    /// Largest request message accepted, in bytes, for every service on the
+    /// port; larger ones are refused from their frame header, before they
+    /// are read.
     pub max_request_bytes: usize,
+    /// A request whose body has not fully arrived this long after it began
+    /// is refused (a client cannot hold buffers by sending slowly).
+    #[serde(with = "humantime_serde")]
+    pub request_body_timeout: Duration,
+    /// A new connection must send its first bytes (the HTTP/2 preface)
+    /// within this, or it is closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Open connections allowed per instance; more are closed on accept.
+    pub max_connections: usize,
+    /// Open connections allowed from one client address.
+    pub max_connections_per_address: usize,
     /// Concurrent HTTP/2 streams allowed per client connection.
     pub max_concurrent_streams: u32,
+    /// A connection is asked to go away (GOAWAY) after this long, so load
+    /// spreads over new replicas and no connection lives for ever.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
+    /// After that, open calls get this long to finish before the connection
+    /// closes (subscribers resume from their cursor on a new one).
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age_grace: Duration,
     /// Interval of HTTP/2 keep-alive pings to clients (detects dead peers).
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
+    /// Health `Watch` streams allowed per instance (each is a long-lived
+    /// stream like a subscription).
+    pub max_health_watches: usize,
     /// Serve gRPC reflection (v1 and v1alpha) for the port's own services.
     pub reflection: bool,
 }
@@ -264,8 +289,15 @@ impl GrpcConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], port)),
             max_request_bytes: 64 * 1024,
-            max_concurrent_streams: 1024,
+            request_body_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            max_connections: 4096,
+            max_connections_per_address: 256,
+            max_concurrent_streams: 256,
+            max_connection_age: Duration::from_secs(30 * 60),
+            max_connection_age_grace: Duration::from_secs(5 * 60),
             keepalive_interval: Duration::from_secs(30),
+            max_health_watches: 64,
             reflection: true,
         }
     }
@@ -278,10 +310,42 @@ impl GrpcConfig {
         if self.max_request_bytes < 1024 {
             return Err("grpc.max_request_bytes must be at least 1024".into());
         }
-        if self.max_concurrent_streams == 0 {
-            return Err("grpc.max_concurrent_streams must be at least 1".into());
+        for (key, value) in [
+            (
+                "grpc.max_concurrent_streams",
+                self.max_concurrent_streams as usize,
+            ),
+            ("grpc.max_connections", self.max_connections),
+            (
+                "grpc.max_connections_per_address",
+                self.max_connections_per_address,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        for (key, value) in [
+            ("grpc.request_body_timeout", self.request_body_timeout),
+            ("grpc.handshake_timeout", self.handshake_timeout),
+            ("grpc.max_connection_age", self.max_connection_age),
+            ("grpc.keepalive_interval", self.keepalive_interval),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{key} must be greater than zero"));
+            }
         }
         Ok(())
+    }
+
+    /// What the accept loop enforces on this port.
+    #[must_use]
+    pub fn connection_limits(&self) -> crate::listener::Limits {
+        crate::listener::Limits {
+            max_connections: self.max_connections,
+            max_per_address: self.max_connections_per_address,
+            handshake_timeout: self.handshake_timeout,
+        }
     }
 }
 

@@ -4,8 +4,9 @@
 //! Modules, as layers from the ground up (each uses only those below it):
 //!
 //! 1. [`config`] (figment layering and the sections every service has),
-//!    [`telemetry`] (tracing), [`shutdown`] (the signal future), `limit`
-//!    (the request-size layer), [`unavailable`] (the error both services
+//!    [`telemetry`] (tracing), [`shutdown`] (the signal future), `throttle`
+//!    (rate-limited logs), `limit` (the request size and body deadline),
+//!    [`listener`] (the accept loop: connection caps, handshake deadline), [`unavailable`] (the error both services
 //!    answer while the broker cannot be used);
 //! 2. [`health`] (readiness following the broker, liveness, a client) and
 //!    [`server`] (the tonic scaffold: limits, reflection, serve and drain);
@@ -16,8 +17,10 @@
 
 pub mod config;
 mod limit;
+pub mod listener;
 pub mod shutdown;
 pub mod telemetry;
+mod throttle;
 pub mod unavailable;
 
 pub mod health;

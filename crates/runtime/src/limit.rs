@@ -1,34 +1,47 @@
-//! The request-size limit, for every gRPC service on a port (health and
-//! reflection included): each length-prefixed gRPC message of a request is
-//! checked against `grpc.max_request_bytes` from its 5-byte frame header, as
-//! the body arrives, before any of it is buffered or decoded. A larger one
-//! ends the call with RESOURCE_EXHAUSTED (what clients treat as "too big,
-//! don't retry as is"; tonic's own check answers OUT_OF_RANGE, and only for
-//! the services it is configured on).
+//! Request bounds, for every gRPC service on a port (health and reflection
+//! included):
+//!
+//! - size: each length-prefixed gRPC message of a request is checked
+//!   against `grpc.max_request_bytes` from its 5-byte frame header, as the
+//!   body arrives, before any of it is buffered or decoded. A larger one
+//!   ends the call with RESOURCE_EXHAUSTED (what clients treat as "too big,
+//!   don't retry as is"; tonic's own check answers OUT_OF_RANGE, and only
+//!   for the services it is configured on);
+//! - time: a body that has not fully arrived `grpc.request_body_timeout`
+//!   after the request began ends the call with DEADLINE_EXCEEDED, so a
+//!   client sending slowly (or never finishing) cannot hold buffers.
 
 use std::{
     pin::Pin,
     task::{Context, Poll, ready},
 };
 
+use std::time::Duration;
+
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::time::Sleep;
 use tonic::{Status, body::Body, codegen::http};
 
 /// A gRPC frame header: compression flag, then the length as u32 big-endian.
 const HEADER_LEN: usize = 5;
 
-/// Tower layer that bounds every gRPC request message (see the module docs).
+/// Tower layer that bounds every gRPC request (see the module docs).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestLimitLayer {
     max_message_bytes: usize,
+    body_timeout: Duration,
 }
 
 impl RequestLimitLayer {
-    /// Request messages longer than `max_message_bytes` are refused.
+    /// Request messages longer than `max_message_bytes` are refused, and so
+    /// is a body not complete within `body_timeout`.
     #[must_use]
-    pub fn new(max_message_bytes: usize) -> Self {
-        Self { max_message_bytes }
+    pub fn new(max_message_bytes: usize, body_timeout: Duration) -> Self {
+        Self {
+            max_message_bytes,
+            body_timeout,
+        }
     }
 }
 
@@ -38,7 +51,7 @@ impl<S> tower::Layer<S> for RequestLimitLayer {
     fn layer(&self, inner: S) -> Self::Service {
         RequestLimit {
             inner,
-            max_message_bytes: self.max_message_bytes,
+            limits: *self,
         }
     }
 }
@@ -47,7 +60,7 @@ impl<S> tower::Layer<S> for RequestLimitLayer {
 #[derive(Debug, Clone)]
 pub struct RequestLimit<S> {
     inner: S,
-    max_message_bytes: usize,
+    limits: RequestLimitLayer,
 }
 
 impl<S> tower::Service<http::Request<Body>> for RequestLimit<S>
@@ -70,17 +83,25 @@ where
         if !grpc {
             return self.inner.call(request);
         }
-        let max = self.max_message_bytes;
-        self.inner
-            .call(request.map(|body| Body::new(FrameLimited::new(body, max))))
+        let limits = self.limits;
+        self.inner.call(request.map(|body| {
+            Body::new(
+                FrameLimited::new(body, limits.max_message_bytes)
+                    .with_deadline(limits.body_timeout),
+            )
+        }))
     }
 }
 
-/// A gRPC request body whose messages may not exceed a length.
+/// A gRPC request body whose messages may not exceed a length, and which
+/// must end in time.
 #[derive(Debug)]
 struct FrameLimited {
     inner: Body,
     max: usize,
+    /// Fires when the body has taken too long; `None` once it ended (or
+    /// for none at all).
+    deadline: Option<(Pin<Box<Sleep>>, Duration)>,
     /// The frame header being read (it may span data chunks).
     header: [u8; HEADER_LEN],
     have: usize,
@@ -93,10 +114,18 @@ impl FrameLimited {
         Self {
             inner,
             max,
+            deadline: None,
             header: [0; HEADER_LEN],
             have: 0,
             remaining: 0,
         }
+    }
+
+    fn with_deadline(mut self, timeout: Duration) -> Self {
+        if !self.inner.is_end_stream() {
+            self.deadline = Some((Box::pin(tokio::time::sleep(timeout)), timeout));
+        }
+        self
     }
 
     /// Follows the frames through `data`, refusing a header that announces
@@ -141,7 +170,28 @@ impl http_body::Body for FrameLimited {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if let Some((sleep, timeout)) = &mut this.deadline {
+                    ready!(sleep.as_mut().poll(cx));
+                    let timeout = *timeout;
+                    this.deadline = None;
+                    return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                        "the request body did not arrive within {timeout:?} \
+                         (grpc.request_body_timeout)"
+                    )))));
+                }
+                return Poll::Pending;
+            }
+        };
+        if frame.is_none()
+            || frame
+                .as_ref()
+                .is_some_and(|f| f.as_ref().is_ok_and(Frame::is_trailers))
+        {
+            this.deadline = None;
+        }
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
             && let Err(status) = this.scan(data)
@@ -163,6 +213,7 @@ impl http_body::Body for FrameLimited {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::{BodyExt as _, StreamBody};
 
     fn frame(length: u32) -> Vec<u8> {
         let mut bytes = vec![0];
@@ -200,5 +251,32 @@ mod tests {
             "{}",
             status.message()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_does_not_end_in_time_is_refused() {
+        // A body that sends one chunk and then nothing.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Status>>(1);
+        tx.send(Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 10, 1]))))
+            .await
+            .expect("send");
+        let body = Body::new(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ));
+        let mut limited = FrameLimited::new(body, 100).with_deadline(Duration::from_secs(10));
+        assert!(
+            limited.frame().await.is_some_and(|f| f.is_ok()),
+            "the first chunk passes"
+        );
+        let started = tokio::time::Instant::now();
+        let status = limited
+            .frame()
+            .await
+            .expect("an error, not the end")
+            .expect_err("too slow");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(status.message().contains("grpc.request_body_timeout"));
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        drop(tx);
     }
 }

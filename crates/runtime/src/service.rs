@@ -132,7 +132,7 @@ where
     }
     let router = routes(router, &context);
     let drain = config.shutdown().drain_timeout;
-    let served = server::serve(router, listener, cancel.clone(), drain).await;
+    let served = server::serve(router, listener, config.grpc(), cancel.clone(), drain).await;
 
     cancel.cancel();
     let fatal = station_outcome(preparing).await;
