@@ -75,12 +75,24 @@ impl Process {
 
     /// The Prometheus text exposition.
     fn metrics(&self) -> String {
-        ureq::get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+        let (status, body) = self.metrics_get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// `GET path` on the metrics port: status and body.
+    fn metrics_get(&self, path: &str) -> (u16, String) {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .new_agent();
+        let mut response = agent
+            .get(&format!("http://127.0.0.1:{}{path}", self.metrics_port))
             .call()
-            .expect("GET /metrics")
-            .body_mut()
-            .read_to_string()
-            .expect("metrics text")
+            .expect("an HTTP answer");
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().expect("text"))
     }
 
     fn endpoint(&self) -> String {
@@ -171,6 +183,10 @@ async fn binaries_chat_through_the_seed_api_and_stop_gracefully() {
         send_metrics.contains("fastchat_send_requests_total{service=\"send-service\",api=\"seed\",outcome=\"stored\"} 2"),
         "{send_metrics}"
     );
+    // The metrics port serves /metrics and /healthz, nothing else.
+    assert_eq!(send.metrics_get("/healthz").0, 200);
+    let (status, body) = send.metrics_get("/anything");
+    assert_eq!(status, 404, "{body}");
     let all_metrics = all.metrics();
     assert!(
         all_metrics.contains("fastchat_subscriptions_active{service=\"all-messages-service\"} 1"),

@@ -131,21 +131,22 @@ where
             .await
             .with_context(|| format!("cannot listen on {addr} (grpc.listen)"))?;
         tracing::info!(%addr, version = binary.version, "{name} listening");
+        let cancel = CancellationToken::new();
         let metrics = config.metrics();
         if metrics.enabled {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .with_http_listener(metrics.listen)
+            let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
                 .add_global_label("service", name)
-                .install()
-                .with_context(|| {
-                    format!(
-                        "cannot serve metrics on {} (metrics.listen)",
-                        metrics.listen
-                    )
-                })?;
+                .install_recorder()
+                .context("cannot install the metrics recorder")?;
+            let listener = TcpListener::bind(metrics.listen).await.with_context(|| {
+                format!(
+                    "cannot serve metrics on {} (metrics.listen)",
+                    metrics.listen
+                )
+            })?;
+            tokio::spawn(crate::exporter::serve(listener, handle, cancel.clone()));
             tracing::info!(addr = %metrics.listen, "metrics at /metrics");
         }
-        let cancel = CancellationToken::new();
         let on_signal = cancel.clone();
         tokio::spawn(async move {
             crate::shutdown::signal().await;

@@ -8,8 +8,9 @@
 //!    (rate-limited logs), `limit` (the request size and body deadline),
 //!    [`listener`] (the accept loop: connection caps, handshake deadline), [`unavailable`] (the error both services
 //!    answer while the broker cannot be used);
-//! 2. [`health`] (readiness following the broker, liveness, a client) and
-//!    [`server`] (the tonic scaffold: limits, reflection, serve and drain);
+//! 2. [`health`] (readiness following the broker, liveness, a client),
+//!    [`server`] (the tonic scaffold: limits, reflection, serve and drain)
+//!    and `exporter` (the metrics port);
 //! 3. [`service`]: the life cycle — broker, station, health, serve, drain;
 //! 4. [`cli`]: the binaries' `main` — arguments, config, logging, signals.
 
@@ -23,6 +24,7 @@ pub mod telemetry;
 mod throttle;
 pub mod unavailable;
 
+mod exporter;
 pub mod health;
 pub mod server;
 
