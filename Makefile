@@ -38,9 +38,8 @@ $(NATS_STAMP):
 setup: $(NATS_STAMP) ## install the broker and fetch every crate (no system protoc needed)
 	$(CARGO) fetch --locked
 
-run: $(NATS_STAMP) ## run the whole system locally: nats-server + send-service + all-messages-service
-	$(CARGO) build --locked --release -p send-service -p all-messages-service
-	NATS_SERVER_BIN=$(NATS_SERVER_BIN) deploy/local/run.sh
+run: $(NATS_STAMP) ## build (release) and run the whole system: nats-server + send-service + 2 all-messages-service
+	@CARGO=$(CARGO) deploy/local/run.sh
 
 test: $(NATS_STAMP) ## install what the tests need, then run them all
 	$(CARGO) build --locked --workspace --bins
