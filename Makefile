@@ -69,7 +69,7 @@ bench: $(NATS_STAMP) ## measure FastChat against raw tonic/JetStream baselines (
 	target/release/fastchat-bench --out target/bench
 
 $(SHEAR_STAMP):
-	@echo "installing cargo-shear $(CARGO_SHEAR_VERSION) into $(CARGO_TOOLS) (built from crates.io: ~2 minutes on 2 cores, once)"
+	@echo "installing cargo-shear $(CARGO_SHEAR_VERSION) into $(CARGO_TOOLS) (built from crates.io: ~1-2 minutes on 2 cores, once)"
 	$(CARGO) install --locked --quiet --version $(CARGO_SHEAR_VERSION) --root $(CARGO_TOOLS) cargo-shear
 	@touch $@
 
