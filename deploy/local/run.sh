@@ -34,6 +34,7 @@ if [[ -t 0 && -z "${FASTCHAT_RUN_AS_JOB:-}" ]]; then
     exec bash -m -c '"$0" "$@"' "$0" "$@"
   fi
 fi
+unset FASTCHAT_RUN_AS_JOB # the services read FASTCHAT_* variables: keep it from them
 
 mkdir -p "$state"
 exec 9<>"$lock"
