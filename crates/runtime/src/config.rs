@@ -139,6 +139,23 @@ where
     load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
 }
 
+/// Loads `T` from its defaults and `file` only (no environment), e.g. to
+/// check that an example file says what the defaults are.
+///
+/// # Errors
+/// [`ConfigError`] as [`load`].
+pub fn load_file<T>(file: &Path) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default + Validate,
+{
+    let config: T = Figment::from(Serialized::defaults(T::default()))
+        .merge(Toml::file_exact(file))
+        .extract()
+        .map_err(|e| ConfigError::Load(Box::new(e)))?;
+    config.validate().map_err(ConfigError::Invalid)?;
+    Ok(config)
+}
+
 fn load_from<T>(file: Option<&Path>, env: Env) -> Result<Loaded<T>, ConfigError>
 where
     T: Serialize + DeserializeOwned + Default + Validate,
@@ -350,13 +367,22 @@ impl GrpcConfig {
 }
 
 /// Log output.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `text` for people, `json` for log collectors.
     pub format: LogFormat,
-    /// Filter directives when `RUST_LOG` is not set, e.g. `info,async_nats=warn`.
-    pub filter: Option<String>,
+    /// Filter directives when `RUST_LOG` is not set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            filter: "info,async_nats=warn".to_owned(),
+        }
+    }
 }
 
 /// Log line format.

@@ -14,7 +14,7 @@ use crate::config::{LogConfig, LogFormat};
 pub fn init(config: &LogConfig) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(value) if !value.is_empty() => EnvFilter::try_new(value)?,
-        _ => EnvFilter::try_new(config.filter.as_deref().unwrap_or("info,async_nats=warn"))?,
+        _ => EnvFilter::try_new(&config.filter)?,
     };
     let registry = tracing_subscriber::registry().with(filter);
     match config.format {
