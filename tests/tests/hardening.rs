@@ -67,3 +67,33 @@ async fn a_since_the_broker_cannot_represent_is_invalid() {
     let events = take(&mut stream, 1, Duration::from_secs(10)).await;
     assert_eq!(sequences(&events), [1]);
 }
+
+/// B9: readiness follows whether the broker answers, not only whether the
+/// TCP connection to it is up. Before, both services stayed SERVING 6.5 s
+/// into a SIGSTOP of the broker while sends failed.
+#[tokio::test]
+async fn readiness_turns_not_serving_when_the_broker_stops_answering() {
+    use tonic_health::ServingStatus;
+    let nats = NatsServer::start();
+    let send = start_send(send_config(&nats.url())).await;
+    let all = start_all(all_config(&nats.url())).await;
+    nats.pause();
+    let frozen = tokio::time::Instant::now();
+    send.wait_health(ServingStatus::NotServing, Duration::from_secs(10))
+        .await;
+    all.wait_health(ServingStatus::NotServing, Duration::from_secs(10))
+        .await;
+    let noticed = frozen.elapsed();
+    nats.resume();
+    send.wait_health(ServingStatus::Serving, Duration::from_secs(20))
+        .await;
+    all.wait_health(ServingStatus::Serving, Duration::from_secs(20))
+        .await;
+    eprintln!("a frozen broker was noticed after {noticed:?}");
+    // Sending works again.
+    v1_send(&send)
+        .await
+        .send_message(message("r", "ann", "after the freeze"))
+        .await
+        .expect("send after resume");
+}

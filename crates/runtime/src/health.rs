@@ -1,10 +1,10 @@
-//! gRPC health: the readiness of a service follows its broker, liveness
-//! follows the process, and a small client asks a running service (for the
+//! gRPC health: the readiness of a service follows its broker (connected
+//! and answering), liveness follows the process, and a small client asks a running service (for the
 //! `healthcheck` subcommand and tests).
 
 use std::{net::SocketAddr, time::Duration};
 
-use broker_client::{Broker, ConnectionState};
+use broker_client::{Broker, ConnectionState, Station};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -39,24 +39,77 @@ pub async fn service(
     (reporter, health_service)
 }
 
+/// How often readiness asks the broker something, and how long it waits
+/// for the answer: a broker that is frozen (or overloaded) keeps its TCP
+/// connections open, so the connection state alone does not tell.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the broker answers: a station state request (cheap, answered
+/// from the broker's memory, allowed to every service's broker user) every
+/// [`PROBE_INTERVAL`], once the station is ensured.
+async fn probe_broker(
+    mut station: watch::Receiver<Option<Station>>,
+    answering: watch::Sender<bool>,
+    cancel: CancellationToken,
+) {
+    let Some(Ok(_)) = cancel
+        .run_until_cancelled(station.wait_for(Option::is_some))
+        .await
+    else {
+        return;
+    };
+    let Some(station) = station.borrow().clone() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while cancel.run_until_cancelled(tick.tick()).await.is_some() {
+        if station.broker().state() != ConnectionState::Connected {
+            // Reported by the connection state already; nothing to ask.
+            continue;
+        }
+        let answered = match tokio::time::timeout(PROBE_TIMEOUT, station.state()).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the broker's answer to the readiness probe was an error");
+                !e.is_transient()
+            }
+            Err(_) => {
+                if *answering.borrow() {
+                    tracing::warn!(timeout = ?PROBE_TIMEOUT, "the broker does not answer; NOT_SERVING until it does");
+                }
+                false
+            }
+        };
+        answering.send_if_modified(|was| std::mem::replace(was, answered) != answered);
+    }
+}
+
 /// Keeps the health of `services` (and of the whole server, `""`) SERVING
-/// exactly while the broker is connected and `ready` is true, until `cancel`
-/// fires; then NOT_SERVING, so load balancers stop sending work while we drain.
+/// exactly while the broker is connected and answering and `ready` is true,
+/// until `cancel` fires; then NOT_SERVING, so load balancers stop sending
+/// work while we drain.
 pub async fn follow_broker(
     reporter: HealthReporter,
     services: &[&'static str],
     broker: Broker,
+    station: watch::Receiver<Option<Station>>,
     mut ready: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
+    let (answering_tx, mut answering) = watch::channel(true);
+    let probe = tokio::spawn(probe_broker(station, answering_tx, cancel.clone()));
     let mut state = broker.watch_state();
     let mut last = None;
     // Once the sender is gone the value is final; stop waiting on it.
     let mut ready_open = true;
     let mut state_open = true;
+    let mut answering_open = true;
     loop {
         let serving = !cancel.is_cancelled()
             && *ready.borrow_and_update()
+            && *answering.borrow_and_update()
             && broker.state() == ConnectionState::Connected;
         let status = if serving {
             ServingStatus::Serving
@@ -72,12 +125,14 @@ pub async fn follow_broker(
             last = Some(status);
         }
         if cancel.is_cancelled() {
+            probe.abort();
             return;
         }
         tokio::select! {
             () = cancel.cancelled() => {}
             r = state.changed(), if state_open => state_open = r.is_ok(),
             r = ready.changed(), if ready_open => ready_open = r.is_ok(),
+            r = answering.changed(), if answering_open => answering_open = r.is_ok(),
             // The state channel reports transitions; this also catches a
             // reconnect that happened while we were busy.
             () = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -116,6 +116,7 @@ where
         reporter,
         spec.services,
         broker.clone(),
+        station_rx.clone(),
         ready_rx,
         cancel.clone(),
     ));

@@ -335,6 +335,27 @@ impl NatsServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): its sockets stay open but it answers
+    /// nothing, as a hung or overloaded broker would. [`NatsServer::resume`]
+    /// undoes it; dropping the server kills it either way.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the server is running");
+        let status = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
         self.child
