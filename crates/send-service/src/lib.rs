@@ -14,6 +14,7 @@ pub mod config;
 mod error;
 mod service;
 mod store;
+pub mod trace;
 mod validate;
 
 use fastchat_proto::{seed, v1};
