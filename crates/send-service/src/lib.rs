@@ -15,6 +15,7 @@ mod error;
 mod service;
 mod store;
 pub mod trace;
+mod unicode;
 mod validate;
 
 use fastchat_proto::{seed, v1};
