@@ -102,7 +102,7 @@ impl fmt::Display for Refusal {
             ),
             Self::Separator(c) => write!(
                 f,
-                "must not contain line or paragraph separators (found {}); use a line feed",
+                "must not contain line or paragraph separators (found {})",
                 U(*c)
             ),
             Self::Bidi(c) => write!(

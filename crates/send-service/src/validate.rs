@@ -56,8 +56,11 @@
 //!   as `David דוד` or `Ivan Иван`.
 //!
 //! Not covered, on purpose: whole-script confusables (an all-Cyrillic name
-//! that looks Latin, `раура1`) and look-alikes within one script (`rn` and
-//! `m`, `l` and `I`, `0` and `O`), and names that differ only in spacing.
+//! that looks Latin, `раура1`), look-alikes within one script (`rn` and
+//! `m`, `l` and `I`, `0` and `O`), letters of no script (the mathematical
+//! alphanumerics, `𝐚dmin`, are Common like digits; only NFKC would fold
+//! them, and it would also rewrite fullwidth and other forms people use),
+//! and names that differ only in spacing.
 //! Catching those needs the UTS #39 confusable skeletons compared against
 //! the names already in use, and FastChat has no registry of names: an
 //! author is free text on each message, not an account. A client that
@@ -76,10 +79,12 @@
 //!   carriage return would let a terminal client overwrite the line), then
 //!   NFC. The limit of `send.max_text_bytes` bytes of UTF-8 applies to the
 //!   normalised text, and the normalised text is stored.
-//! - **Kept**: `\n` and `\t`; the bidi marks U+200E, U+200F and U+061C,
-//!   which only give neutral characters next to them a direction, reorder
-//!   no run of text, and are what mixed Hebrew or Arabic and Latin
-//!   sentences need to show their punctuation and numbers right.
+//! - **Kept**: `\n` and `\t`; the bidi marks U+200E, U+200F and U+061C:
+//!   they are invisible strong characters that set the direction of the
+//!   spaces, punctuation and numbers next to them, never of letters, so
+//!   they cannot make a run of text read in another order; and they are
+//!   what mixed Hebrew or Arabic and Latin sentences need to show their
+//!   punctuation and numbers in the right place.
 //! - **Refused** if it contains:
 //!   - any other control character, C0 or C1 (NUL, ESC, which drives
 //!     terminals, U+0085 NEL, ...): they draw nothing or act on the
