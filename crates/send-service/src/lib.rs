@@ -14,6 +14,8 @@ pub mod config;
 mod error;
 mod service;
 mod store;
+pub mod trace;
+mod unicode;
 mod validate;
 
 use fastchat_proto::{seed, v1};
