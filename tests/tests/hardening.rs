@@ -97,3 +97,69 @@ async fn readiness_turns_not_serving_when_the_broker_stops_answering() {
         .await
         .expect("send after resume");
 }
+
+/// The stored headers of message `sequence` of the `chat` station.
+async fn stored_headers(nats: &NatsServer, sequence: u64) -> async_nats::HeaderMap {
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    async_nats::jetstream::new(client)
+        .get_stream_no_info("chat")
+        .await
+        .expect("stream")
+        .direct_get(sequence)
+        .await
+        .expect("stored message")
+        .headers
+}
+
+/// Display safety and trace context: an author with a bidi override is
+/// refused naming the code point; a valid `traceparent` is stored with the
+/// message, a malformed one (16 KB of junk used to be stored; the header
+/// list limit now refuses more than 16 KiB of headers) is dropped while the
+/// send itself succeeds.
+#[tokio::test]
+async fn what_people_and_tracers_see_is_validated() {
+    let nats = NatsServer::start();
+    let send = start_send(send_config(&nats.url())).await;
+    let mut client = v1_send(&send).await;
+    let status = client
+        .send_message(message("r", "ann\u{202e}nimda", "hi"))
+        .await
+        .expect_err("a bidi override in an author");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("author: ") && status.message().contains("U+202E"),
+        "{}",
+        status.message()
+    );
+
+    let good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut request = tonic::Request::new(message("r", "ann", "traced"));
+    request
+        .metadata_mut()
+        .insert("traceparent", good.parse().expect("ascii"));
+    let sequence = client
+        .send_message(request)
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message")
+        .sequence;
+    let headers = stored_headers(&nats, sequence).await;
+    assert_eq!(headers.get("traceparent").map(|v| v.as_str()), Some(good));
+
+    let mut request = tonic::Request::new(message("r", "ann", "junk trace"));
+    request
+        .metadata_mut()
+        .insert("traceparent", "x".repeat(4_000).parse().expect("ascii"));
+    let sequence = client
+        .send_message(request)
+        .await
+        .expect("a bad trace context does not fail the send")
+        .into_inner()
+        .message
+        .expect("message")
+        .sequence;
+    let headers = stored_headers(&nats, sequence).await;
+    assert!(headers.get("traceparent").is_none(), "{headers:?}");
+}

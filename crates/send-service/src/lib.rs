@@ -14,7 +14,7 @@ pub mod config;
 mod error;
 mod service;
 mod store;
-pub mod trace;
+mod trace;
 mod unicode;
 mod validate;
 

@@ -55,11 +55,14 @@ impl Api {
     }
 }
 
+/// The request's W3C trace context, if it has a valid one (anything else is
+/// dropped, not stored: it is only trace context, never a reason to refuse).
 fn traceparent<T>(request: &Request<T>) -> Option<String> {
     request
         .metadata()
         .get(fastchat_wire::HEADER_TRACEPARENT)
         .and_then(|v| v.to_str().ok())
+        .and_then(crate::trace::traceparent)
         .map(str::to_owned)
 }
 
