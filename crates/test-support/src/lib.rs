@@ -1,4 +1,5 @@
-//! Test harness shared by every crate's tests: real `nats-server` processes.
+//! Test harness shared by every crate's tests: real `nats-server` processes,
+//! and a raw HTTP/2 client for attack tests.
 //!
 //! Each [`NatsServer`] runs on loopback on ports it picks itself (`-p -1`,
 //! read back from its ports file, kept across restarts), with its own
@@ -18,13 +19,18 @@
 //! - `ports`: free loopback ports, and a server's ports file;
 //! - `monitor`: HTTP monitoring (`/healthz`, `/varz`, `/jsz`) and [`StreamReport`];
 //! - `server`: one [`NatsServer`] and its [`NatsOptions`];
-//! - `cluster`: [`NatsCluster`], several servers as one JetStream cluster.
+//! - `cluster`: [`NatsCluster`], several servers as one JetStream cluster;
+//! - [`h2raw`]: a blocking raw HTTP/2 client (std only, no other layer) that
+//!   writes any frame, malformed or abusive, and reads frames back.
 //!
-//! Everything public is re-exported here; the modules are private.
+//! Everything public is re-exported here and those modules are private,
+//! except [`h2raw`]: public as a namespace of its own (frame types, flags,
+//! error codes), used as `h2raw::Conn`, `h2raw::code::ENHANCE_YOUR_CALM`.
 
 #![forbid(unsafe_code)]
 
 mod cluster;
+pub mod h2raw;
 mod monitor;
 mod paths;
 mod ports;
