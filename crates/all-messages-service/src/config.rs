@@ -36,6 +36,7 @@ impl Default for Config {
             grpc: GrpcConfig::with_port(DEFAULT_PORT),
             nats: BrokerConfig {
                 name: Some("all-messages-service".into()),
+                inbox_prefix: "_INBOX.all".into(),
                 ..BrokerConfig::default()
             },
             station: StationConfig::default(),

@@ -17,6 +17,11 @@ pub struct BrokerConfig {
     pub url: String,
     /// Connection name shown in the broker's monitoring.
     pub name: Option<String>,
+    /// Prefix of this client's reply subjects (`<prefix>.<unique>`): give
+    /// each service its own, so a broker user can be allowed to subscribe
+    /// only to its own replies (with the default `_INBOX`, every user that
+    /// may read replies may read everyone's).
+    pub inbox_prefix: String,
     /// User for user/password authentication.
     pub user: Option<String>,
     /// Password for user/password authentication.
@@ -44,6 +49,7 @@ impl Default for BrokerConfig {
         Self {
             url: "nats://127.0.0.1:4222".to_owned(),
             name: None,
+            inbox_prefix: "_INBOX".to_owned(),
             user: None,
             password: None,
             token: None,
@@ -63,6 +69,7 @@ impl fmt::Debug for BrokerConfig {
         f.debug_struct("BrokerConfig")
             .field("url", &self.url)
             .field("name", &self.name)
+            .field("inbox_prefix", &self.inbox_prefix)
             .field("user", &self.user)
             .field("password", &redact(&self.password))
             .field("token", &redact(&self.token))
@@ -83,6 +90,20 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.urls().is_empty() {
             return Err("nats.url: at least one broker URL is required".into());
+        }
+        if self.inbox_prefix.is_empty()
+            || self
+                .inbox_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || matches!(c, '*' | '>'))
+            || self.inbox_prefix.starts_with('.')
+            || self.inbox_prefix.ends_with('.')
+        {
+            return Err(format!(
+                "nats.inbox_prefix `{}` must be a subject without spaces, wildcards or a \
+                 leading or trailing '.'",
+                self.inbox_prefix
+            ));
         }
         if self.user.is_some() != self.password.is_some() {
             return Err("nats.user and nats.password must be set together".into());

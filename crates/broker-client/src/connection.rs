@@ -207,6 +207,7 @@ async fn options(
     let reconnect = ExponentialBackoff::doubling(RECONNECT_MIN, config.max_reconnect_delay);
     let role = role.unwrap_or("main").to_owned();
     Ok(options
+        .custom_inbox_prefix(config.inbox_prefix.clone())
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.request_timeout))
         .retry_on_initial_connect()

@@ -38,6 +38,7 @@ impl Default for Config {
             grpc: GrpcConfig::with_port(DEFAULT_PORT),
             nats: BrokerConfig {
                 name: Some("send-service".into()),
+                inbox_prefix: "_INBOX.send".into(),
                 ..BrokerConfig::default()
             },
             station: StationConfig::default(),
