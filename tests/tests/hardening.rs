@@ -163,3 +163,87 @@ async fn what_people_and_tracers_see_is_validated() {
     let headers = stored_headers(&nats, sequence).await;
     assert!(headers.get("traceparent").is_none(), "{headers:?}");
 }
+
+/// B7: a broker whose store is full. With a station limited in bytes below
+/// the broker's store (the default is below what deploy/ gives the broker),
+/// old messages make room and every send succeeds; a station without a
+/// byte limit on a full store answers RESOURCE_EXHAUSTED naming the limit,
+/// never INTERNAL, and nothing acknowledged is lost.
+#[tokio::test]
+async fn a_full_broker_store_is_resource_exhausted_and_a_bounded_station_never_fills_it() {
+    let nats = NatsServer::start_with(NatsOptions {
+        config: Some("jetstream { max_file_store: 2MB }\n".into()),
+        ..NatsOptions::default()
+    });
+    let text = "x".repeat(4000);
+    // Bounded below the store: 1 MiB of a 2 MB store.
+    let mut config = send_config(&nats.url());
+    config.station.max_bytes = 1024 * 1024;
+    let send = start_send(config).await;
+    let mut client = v1_send(&send).await;
+    for i in 0..1500 {
+        client
+            .send_message(message("r", "ann", &format!("{i} {text}")))
+            .await
+            .unwrap_or_else(|s| panic!("send {i} into a bounded station: {s:?}"));
+    }
+    drop(client);
+    send.stop().await.expect("stop");
+
+    // The same broker, a second station with no byte limit, fills the rest.
+    let mut config = send_config(&nats.url());
+    config.station.name = "unbounded".into();
+    config.station.subjects = vec!["elsewhere.>".into()];
+    config.station.max_bytes = 0;
+    let refused = tokio::time::timeout(Duration::from_secs(30), async {
+        let nats_url = nats.url();
+        let client = async_nats::connect(nats_url).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "unbounded".into(),
+            subjects: vec!["elsewhere.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+        let mut acked = 0u32;
+        loop {
+            match js.publish("elsewhere.x", text.clone().into()).await {
+                Ok(ack) => match ack.await {
+                    Ok(_) => acked += 1,
+                    Err(e) => return (acked, e.to_string()),
+                },
+                Err(e) => return (acked, e.to_string()),
+            }
+        }
+    })
+    .await
+    .expect("the store fills");
+    eprintln!(
+        "store full after {} more messages: {}",
+        refused.0, refused.1
+    );
+
+    // Now a send into the bounded station: the broker has no room at all.
+    let send = start_send(send_config_with_max_bytes(&nats.url())).await;
+    let status = v1_send(&send)
+        .await
+        .send_message(message("r", "ann", "one more"))
+        .await
+        .expect_err("the store is full");
+    assert!(
+        matches!(status.code(), Code::ResourceExhausted | Code::Unavailable),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("station.max_bytes"),
+        "{}",
+        status.message()
+    );
+}
+
+fn send_config_with_max_bytes(url: &str) -> send_service::Config {
+    let mut config = send_config(url);
+    config.station.max_bytes = 1024 * 1024;
+    config
+}

@@ -49,7 +49,7 @@ impl From<ApiError> for Status {
             ApiError::TooManySubscriptions(_) => Code::ResourceExhausted,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Internal(source) => {
-                tracing::error!(error = %source, "request failed");
+                tracing::error!(error = %source.report(), "request failed");
                 return Status::new(Code::Internal, "internal error");
             }
         };

@@ -125,7 +125,7 @@ impl Hub {
                 Some(Ok(started)) => break started,
                 Some(Err(e)) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, ?delay, "live feed not started; retrying");
+                    tracing::warn!(error = %e.report(), ?delay, "live feed not started; retrying");
                     if context
                         .cancel
                         .run_until_cancelled(tokio::time::sleep(delay))

@@ -196,6 +196,9 @@ pub struct StationConfig {
     /// At most this many messages are kept (oldest removed first). 0 = no limit.
     pub max_messages: u64,
     /// At most this many bytes are kept (oldest removed first). 0 = no limit.
+    /// Keep it below the broker's store (`max_file_store`) with room for the
+    /// dead-letter station and consumers: then old messages make room and
+    /// the store never fills; a full store refuses every publish.
     pub max_bytes: u64,
     /// At most this many messages per subject (per chat room). 0 = no limit.
     pub max_messages_per_subject: u64,
@@ -218,7 +221,8 @@ impl Default for StationConfig {
             subjects: vec!["chat.messages.>".to_owned()],
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_messages: 0,
-            max_bytes: 0,
+            // Half the 8 GB store the deploy/ broker gets (base overlay).
+            max_bytes: 4 * 1024 * 1024 * 1024,
             max_messages_per_subject: 0,
             storage: Storage::File,
             replicas: 1,

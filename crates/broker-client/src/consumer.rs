@@ -172,7 +172,7 @@ impl FanOut {
                     }
                     Err(e) => {
                         let delay = self.backoff.next_delay();
-                        tracing::warn!(error = %e, ?delay, "fan-out consumer not available; retrying");
+                        tracing::warn!(error = %e.report(), ?delay, "fan-out consumer not available; retrying");
                         tokio::time::sleep(delay).await;
                         continue;
                     }
@@ -210,7 +210,7 @@ impl FanOut {
                     // async-nats recreates ordered consumers itself on most
                     // errors; we only step in when they keep coming.
                     let e = Error::nats(format!("fan-out consumer on `{}`", self.filter), e);
-                    tracing::warn!(error = %e, "fan-out consumer error");
+                    tracing::warn!(error = %e.report(), "fan-out consumer error");
                     self.errors += 1;
                     if self.errors > 3 {
                         self.recreate_later();

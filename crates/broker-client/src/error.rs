@@ -39,6 +39,10 @@ pub enum ErrorKind {
     InvalidInput,
     /// The broker refused for lack of permission.
     PermissionDenied,
+    /// The broker is out of a resource: its store is full, or a limit
+    /// (consumers, streams, memory) is reached. Retrying at once will not
+    /// help; retrying later, once space is made, may.
+    ResourceExhausted,
     /// Anything else the broker reported.
     Other,
 }
@@ -52,6 +56,7 @@ impl fmt::Display for ErrorKind {
             Self::NotFound => "not found",
             Self::InvalidInput => "invalid input",
             Self::PermissionDenied => "permission denied",
+            Self::ResourceExhausted => "broker out of resources",
             Self::Other => "broker error",
         };
         f.write_str(text)
@@ -112,6 +117,14 @@ impl Error {
         matches!(self.kind(), ErrorKind::Unavailable | ErrorKind::Timeout)
     }
 
+    /// The error with every source down its chain, for logs: what a
+    /// person needs to see the broker's own words (its `Display` alone says
+    /// only the operation and the kind, which is what clients may see).
+    #[must_use]
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
+    }
+
     /// `operation` failed with the async-nats error `source`, classified by
     /// its typed kind.
     pub(crate) fn nats<E: Classify>(operation: impl Into<String>, source: E) -> Self {
@@ -156,6 +169,30 @@ impl Error {
             kind: ErrorKind::Unavailable,
             source: None,
         }
+    }
+}
+
+/// [`Error::report`]: the error and its sources, `: `-separated.
+#[derive(Debug)]
+pub struct Report<'a>(&'a Error);
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        // async-nats errors print their own source after their kind; a
+        // source already shown that way is not repeated (presentation only:
+        // nothing decides by this text).
+        let mut shown = String::new();
+        let mut source = StdError::source(self.0);
+        while let Some(e) = source {
+            let text = e.to_string();
+            if !shown.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            shown = text;
+            source = e.source();
+        }
+        Ok(())
     }
 }
 
@@ -225,10 +262,17 @@ fn api_kind(err: &jetstream::Error) -> ErrorKind {
     let code = err.error_code();
     if code == C::STREAM_NOT_FOUND || code == C::CONSUMER_NOT_FOUND || code == C::NO_MESSAGE_FOUND {
         ErrorKind::NotFound
+    } else if code == C::INSUFFICIENT_RESOURCES
+        || code == C::STORAGE_RESOURCES_EXCEEDED
+        || code == C::MEMORY_RESOURCES_EXCEEDED
+        || code == C::ACCOUNT_RESOURCES_EXCEEDED
+        || code == C::MAXIMUM_CONSUMERS_LIMIT
+        || code == C::MAXIMUM_STREAMS_LIMIT
+    {
+        ErrorKind::ResourceExhausted
     } else if code == C::CLUSTER_NOT_AVAILABLE
         || code == C::STREAM_OFFLINE
         || code == C::JETSTREAM_NOT_ENABLED
-        || code == C::INSUFFICIENT_RESOURCES
         || code == C::CLUSTER_NO_PEERS
     {
         ErrorKind::Unavailable
@@ -450,7 +494,8 @@ mod tests {
     fn api_errors_are_classified_by_code() {
         assert_eq!(api(404, 10059).classify(), ErrorKind::NotFound); // stream not found
         assert_eq!(api(404, 10014).classify(), ErrorKind::NotFound); // consumer not found
-        assert_eq!(api(503, 10023).classify(), ErrorKind::Unavailable); // insufficient resources
+        assert_eq!(api(503, 10023).classify(), ErrorKind::ResourceExhausted); // insufficient resources
+        assert_eq!(api(400, 10026).classify(), ErrorKind::ResourceExhausted); // max consumers
         assert_eq!(api(503, 10008).classify(), ErrorKind::Unavailable); // cluster not available
         assert_eq!(api(400, 10058).classify(), ErrorKind::InvalidInput); // stream name in use
         assert_eq!(api(500, 10999).classify(), ErrorKind::Other);
@@ -461,7 +506,7 @@ mod tests {
         // A publish the broker answered with an error: the API error is the
         // source of an `Other` publish error.
         let full = PublishError::with_source(PublishErrorKind::Other, api(503, 10023));
-        assert_eq!(full.classify(), ErrorKind::Unavailable);
+        assert_eq!(full.classify(), ErrorKind::ResourceExhausted);
         // A consumer creation whose request timed out.
         let timed_out = ConsumerError::with_source(
             ConsumerErrorKind::Request,
@@ -515,10 +560,15 @@ mod tests {
     fn errors_keep_their_source() {
         let err = Error::nats(
             "publish to `chat.messages.general`",
-            PublishError::with_source(PublishErrorKind::Other, api(503, 10023)),
+            PublishError::with_source(PublishErrorKind::Other, api(503, 10008)),
         );
         assert_eq!(err.kind(), ErrorKind::Unavailable);
         assert!(err.is_transient());
+        assert_eq!(
+            err.report().to_string(),
+            "publish to `chat.messages.general`: broker unavailable: publish failed: from the \
+             broker (code 503, error code 10008)"
+        );
         let source = StdError::source(&err).expect("the async-nats error is kept");
         assert!(source.is::<PublishError>());
         let api = source.source().expect("and its own source");

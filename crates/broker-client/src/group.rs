@@ -179,7 +179,9 @@ impl Station {
             subjects: vec![format!("{}-dls.>", own.name)],
             max_age: Duration::from_secs(30 * 24 * 3600),
             max_messages: 0,
-            max_bytes: 0,
+            // An eighth of the station's room, so dead letters cannot fill
+            // the broker's store either.
+            max_bytes: own.max_bytes / 8,
             max_messages_per_subject: 0,
             storage: own.storage,
             replicas: own.replicas,

@@ -47,7 +47,7 @@ pub use async_nats::HeaderMap;
 pub use config::{BrokerConfig, StationConfig, Storage, TlsConfig};
 pub use connection::{Broker, ConnectionState};
 pub use consumer::{FanOut, Read};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Report, Result};
 pub use group::{
     DeadLetter, Group, GroupConfig, GroupMessage, HEADER_DLS_DELIVERIES, HEADER_DLS_GROUP,
     HEADER_DLS_REASON, HEADER_DLS_SEQUENCE, HEADER_DLS_SUBJECT,

@@ -106,7 +106,7 @@ impl Broker {
                 Ok(station) => return Ok(station),
                 Err(e) if e.is_transient() => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, ?delay, "station not ready; retrying");
+                    tracing::warn!(error = %e.report(), ?delay, "station not ready; retrying");
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(e),
@@ -455,7 +455,7 @@ mod tests {
     fn zero_limits_mean_unlimited() {
         let config = stream_config(&StationConfig::default());
         assert_eq!(config.max_messages, -1);
-        assert_eq!(config.max_bytes, -1);
+        assert_eq!(config.max_bytes, 4 << 30);
         assert_eq!(config.max_message_size, 64 * 1024);
     }
 }

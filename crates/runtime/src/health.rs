@@ -72,7 +72,7 @@ async fn probe_broker(
         let answered = match tokio::time::timeout(PROBE_TIMEOUT, station.state()).await {
             Ok(Ok(_)) => true,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "the broker's answer to the readiness probe was an error");
+                tracing::warn!(error = %e.report(), "the broker's answer to the readiness probe was an error");
                 !e.is_transient()
             }
             Err(_) => {

@@ -4,7 +4,7 @@
 //! Modules, as layers from the ground up (each uses only those below it):
 //!
 //! 1. [`config`] (figment layering and the sections every service has),
-//!    [`telemetry`] (tracing), [`shutdown`] (the signal future), `throttle`
+//!    [`telemetry`] (tracing), [`shutdown`] (the signal future), [`throttle`]
 //!    (rate-limited logs), `limit` (the request size and body deadline),
 //!    [`listener`] (the accept loop: connection caps, handshake deadline), [`unavailable`] (the error both services
 //!    answer while the broker cannot be used);
@@ -21,7 +21,7 @@ mod limit;
 pub mod listener;
 pub mod shutdown;
 pub mod telemetry;
-mod throttle;
+pub mod throttle;
 pub mod unavailable;
 
 mod exporter;

@@ -161,7 +161,7 @@ async fn prepare_station(
     match ensured {
         None => return Ok(()),
         Some(Err(e)) => {
-            tracing::error!(error = %e, "cannot use the station; stopping");
+            tracing::error!(error = %e.report(), "cannot use the station; stopping");
             cancel.cancel();
             return Err(e);
         }
@@ -208,7 +208,7 @@ async fn stop_tasks(tracker: &TaskTracker, drain: Duration) {
 async fn close(broker: &Broker) {
     match tokio::time::timeout(Duration::from_secs(2), broker.close()).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(error = %e, "closing the broker connection"),
+        Ok(Err(e)) => tracing::debug!(error = %e.report(), "closing the broker connection"),
         Err(_) => tracing::warn!(
             "broker unreachable at shutdown; unflushed publishes were not confirmed anyway"
         ),

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::throttle::Throttled;
+
 /// The message store cannot be used right now; the caller should retry.
 #[derive(Debug, thiserror::Error)]
 pub struct Unavailable {
@@ -21,9 +23,16 @@ impl Unavailable {
         Self { why, source: None }
     }
 
-    /// Unavailable because of `error` (a transient broker error).
+    /// Unavailable because of `error` (a transient broker error), which is
+    /// logged with its whole source chain (at most once per 5 s: during an
+    /// outage every request fails the same way).
     #[must_use]
     pub fn broker(error: broker_client::Error) -> Self {
+        static LOG: std::sync::LazyLock<Throttled> =
+            std::sync::LazyLock::new(|| Throttled::new(std::time::Duration::from_secs(5)));
+        if let Some(suppressed) = LOG.check() {
+            tracing::warn!(error = %error.report(), suppressed, "the broker cannot be used; answering UNAVAILABLE");
+        }
         Self {
             why: "broker error",
             source: Some(error),

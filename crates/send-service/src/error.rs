@@ -19,12 +19,50 @@ pub enum SendError {
     /// message may be retried with the same `client_message_id`.
     #[error("{0}; retry with the same client_message_id")]
     Unavailable(#[from] Unavailable),
+    /// The broker has no room: its store is full (or a broker limit is
+    /// reached). Nothing was stored.
+    #[error(
+        "the broker has no room for the message ({source}); the station keeps at most {} \
+         (station.max_bytes), which must stay below the broker's store (max_file_store) so that \
+         old messages make room; retry later with the same client_message_id",
+        limit(*max_bytes)
+    )]
+    StoreFull {
+        /// The station's byte limit, if known (0 = none).
+        max_bytes: Option<u64>,
+        /// What the broker said.
+        #[source]
+        source: broker_client::Error,
+    },
     /// Anything else; details are logged, not sent.
     #[error("internal error")]
     Internal(#[source] broker_client::Error),
 }
 
+fn limit(max_bytes: Option<u64>) -> String {
+    match max_bytes {
+        Some(0) => "no byte limit".to_owned(),
+        Some(bytes) => format!("{bytes} bytes"),
+        None => "its configured bytes".to_owned(),
+    }
+}
+
 impl SendError {
+    /// A broker error while using a station limited to `max_bytes`.
+    pub(crate) fn broker(e: broker_client::Error, max_bytes: Option<u64>) -> Self {
+        match e.kind() {
+            ErrorKind::Unavailable | ErrorKind::Timeout => Unavailable::broker(e).into(),
+            ErrorKind::ResourceExhausted => {
+                tracing::warn!(error = %e.report(), "the broker has no room; answering RESOURCE_EXHAUSTED");
+                Self::StoreFull {
+                    max_bytes,
+                    source: e,
+                }
+            }
+            _ => Self::Internal(e),
+        }
+    }
+
     /// Unavailable for a reason other than a broker error.
     pub(crate) fn unavailable(why: &'static str) -> Self {
         Self::Unavailable(Unavailable::because(why))
@@ -33,10 +71,7 @@ impl SendError {
 
 impl From<broker_client::Error> for SendError {
     fn from(e: broker_client::Error) -> Self {
-        match e.kind() {
-            ErrorKind::Unavailable | ErrorKind::Timeout => Unavailable::broker(e).into(),
-            _ => Self::Internal(e),
-        }
+        Self::broker(e, None)
     }
 }
 
@@ -45,8 +80,9 @@ impl From<SendError> for Status {
         match &e {
             SendError::Invalid { .. } => Status::new(Code::InvalidArgument, e.to_string()),
             SendError::Unavailable(_) => Status::new(Code::Unavailable, e.to_string()),
+            SendError::StoreFull { .. } => Status::new(Code::ResourceExhausted, e.to_string()),
             SendError::Internal(source) => {
-                tracing::error!(error = %source, "send failed");
+                tracing::error!(error = %source.report(), "send failed");
                 Status::new(
                     Code::Internal,
                     "internal error; the message was not confirmed",

@@ -45,6 +45,7 @@ impl Api {
             Ok(_) => "stored",
             Err(SendError::Invalid { .. }) => "invalid",
             Err(SendError::Unavailable(_)) => "unavailable",
+            Err(SendError::StoreFull { .. }) => "store_full",
             Err(SendError::Internal(_)) => "internal",
         };
         metrics::counter!("fastchat_send_requests_total", "api" => api, "outcome" => outcome)

@@ -128,14 +128,16 @@ async fn publish_retrying(
         let error = match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(ack)) => return Ok(ack),
             Ok(Err(e)) if e.is_transient() => e,
-            Ok(Err(e)) => return Err(e.into()),
+            Ok(Err(e)) => {
+                return Err(SendError::broker(e, Some(station.config().max_bytes)));
+            }
             Err(_) => return Err(SendError::unavailable("the broker did not confirm in time")),
         };
         let delay = backoff.next_delay();
         if Instant::now() + delay >= deadline {
             return Err(error.into());
         }
-        tracing::debug!(error = %error, ?delay, "publish not confirmed; retrying with the same id");
+        tracing::debug!(error = %error.report(), ?delay, "publish not confirmed; retrying with the same id");
         tokio::time::sleep(delay).await;
     }
 }
