@@ -231,11 +231,15 @@ async fn killing_the_stream_leader_under_load_loses_no_acknowledged_message() {
     let urls = cluster.urls();
     eprintln!("cluster of 3 up in {:?}: {urls}", test_started.elapsed());
 
+    // The test nodes have a 1 GB store (the station's 4 GiB default would not
+    // fit; the prod overlay's nodes have 40 GB).
     let mut config = send_config(&urls);
     config.station.replicas = 3;
+    config.station.max_bytes = 256 << 20;
     let send = start_send(config).await;
     let mut config = all_config(&urls);
     config.station.replicas = 3;
+    config.station.max_bytes = 256 << 20;
     let replicas = [start_all(config.clone()).await, start_all(config).await];
     block_in_place(|| cluster.wait_stream_leader(STATION, Duration::from_secs(15)));
 

@@ -2,6 +2,8 @@
 
 use broker_client::{BrokerConfig, StationConfig};
 use fastchat_runtime::config::{GrpcConfig, LogConfig, MetricsConfig, ShutdownConfig, Validate};
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// Default Prometheus metrics port of all-messages-service.
@@ -22,6 +24,8 @@ pub struct Config {
     pub station: StationConfig,
     /// Subscription limits and buffers.
     pub subscriptions: SubscriptionsConfig,
+    /// Limits on reading history (pages and subscription replays).
+    pub history: HistoryConfig,
     /// Logging.
     pub log: LogConfig,
     /// Prometheus metrics.
@@ -41,6 +45,7 @@ impl Default for Config {
             },
             station: StationConfig::default(),
             subscriptions: SubscriptionsConfig::default(),
+            history: HistoryConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::with_port(DEFAULT_METRICS_PORT),
             shutdown: ShutdownConfig::default(),
@@ -55,19 +60,67 @@ impl Default for Config {
 pub struct SubscriptionsConfig {
     /// Open subscriptions allowed per instance; more get RESOURCE_EXHAUSTED.
     pub max: usize,
+    /// Open subscriptions allowed on one client connection.
+    pub max_per_connection: usize,
+    /// Open subscriptions allowed from one client address.
+    pub max_per_address: usize,
     /// Messages of the in-process live feed kept for subscribers that are
     /// momentarily behind. One further behind catches up from the station.
     pub live_buffer: usize,
     /// Messages queued per subscriber towards its gRPC stream.
     pub client_buffer: usize,
+    /// Bytes of messages queued per subscriber (beyond them it waits, like
+    /// a full queue).
+    pub max_queued_bytes: usize,
+    /// A subscriber whose queue stays full this long (it reads nothing) is
+    /// ended with RESOURCE_EXHAUSTED naming this key.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
 }
 
 impl Default for SubscriptionsConfig {
     fn default() -> Self {
         Self {
             max: 10_000,
+            max_per_connection: 100,
+            max_per_address: 1_000,
             live_buffer: 4096,
             client_buffer: 128,
+            max_queued_bytes: 256 * 1024,
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How much history reading may run at once. A history read is a
+/// `ListMessages` page or the replay a subscription starts with; each costs
+/// broker requests and consumers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// History reads at once per instance; more wait their turn.
+    pub max_concurrent: usize,
+    /// At once on one client connection; more get RESOURCE_EXHAUSTED.
+    pub max_concurrent_per_connection: usize,
+    /// At once from one client address; more get RESOURCE_EXHAUSTED.
+    pub max_concurrent_per_address: usize,
+    /// A `ListMessages` waits at most this long for its turn, then gets
+    /// RESOURCE_EXHAUSTED (subscription replays wait as long as it takes).
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// A page stops before this many bytes of messages (below the 4 MiB
+    /// every default gRPC client accepts) and says where to continue.
+    pub max_page_bytes: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 16,
+            max_concurrent_per_connection: 4,
+            max_concurrent_per_address: 16,
+            queue_timeout: Duration::from_secs(10),
+            max_page_bytes: 1024 * 1024,
         }
     }
 }
@@ -78,12 +131,44 @@ impl Validate for Config {
         self.nats.validate()?;
         self.station.validate()?;
         let s = &self.subscriptions;
-        if s.max == 0 || s.live_buffer == 0 || s.client_buffer == 0 {
+        let h = &self.history;
+        for (key, value) in [
+            ("subscriptions.max", s.max),
+            ("subscriptions.max_per_connection", s.max_per_connection),
+            ("subscriptions.max_per_address", s.max_per_address),
+            ("subscriptions.live_buffer", s.live_buffer),
+            ("subscriptions.client_buffer", s.client_buffer),
+            ("history.max_concurrent", h.max_concurrent),
+            (
+                "history.max_concurrent_per_connection",
+                h.max_concurrent_per_connection,
+            ),
+            (
+                "history.max_concurrent_per_address",
+                h.max_concurrent_per_address,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        if s.max_queued_bytes < 64 * 1024 {
+            return Err("subscriptions.max_queued_bytes must be at least 65536".into());
+        }
+        if h.max_page_bytes < 64 * 1024 || h.max_page_bytes > 4 * 1024 * 1024 - 4096 {
             return Err(
-                "subscriptions.max, subscriptions.live_buffer and subscriptions.client_buffer \
-                 must be at least 1"
+                "history.max_page_bytes must be between 65536 and 4190208 (below the 4 MiB a \
+                 default gRPC client accepts)"
                     .into(),
             );
+        }
+        for (key, value) in [
+            ("subscriptions.stall_timeout", s.stall_timeout),
+            ("history.queue_timeout", h.queue_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{key} must be greater than zero"));
+            }
         }
         Ok(())
     }

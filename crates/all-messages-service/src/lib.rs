@@ -6,7 +6,8 @@
 //! replays its history from the station and then follows the live feed
 //! (`subscription`).
 //!
-//! Modules, as layers from the ground up: `config` and `error`; `hub` (the
+//! Modules, as layers from the ground up: `config`, `shares` (fair shares
+//! per instance, connection and address) and `error`; `hub` (the
 //! live feed); `subscription` (one subscriber's replay, live and catch-up);
 //! `service` (the gRPC faces, history pages); [`run`] here.
 
@@ -16,6 +17,7 @@ pub mod config;
 mod error;
 mod hub;
 mod service;
+mod shares;
 mod subscription;
 
 use fastchat_proto::{seed, v1};
@@ -54,6 +56,7 @@ pub async fn run(
             hub,
             context.station.clone(),
             config.subscriptions.clone(),
+            config.history.clone(),
             context.cancel.clone(),
             context.tracker.clone(),
         );

@@ -1,21 +1,24 @@
 //! The gRPC faces: the seed `all` stream and fastchat.v1 Subscribe /
 //! ListMessages.
 
-use std::{pin::Pin, sync::Arc};
+use std::{net::SocketAddr, pin::Pin, sync::Arc};
 
 use broker_client::{OffsetDateTime, StartPosition, Station};
 use fastchat_proto::{prost_types, seed, station, v1};
+use fastchat_runtime::held::Held;
 use futures::Stream;
-use tokio::sync::{Semaphore, mpsc, watch};
+use prost::Message as _;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    config::SubscriptionsConfig,
-    error::ApiError,
+    config::{HistoryConfig, SubscriptionsConfig},
+    error::{ApiError, Scarce},
     hub::{self, Hub},
-    subscription::{self, Event, Sink, Start, Subscription},
+    shares::{self, Shares},
+    subscription::{self, Event, Queue, Sink, Start, Subscription},
 };
 
 /// `ListMessages` page size when the request gives none.
@@ -28,8 +31,10 @@ pub const MAX_PAGE: u32 = 1000;
 pub struct Api {
     hub: Arc<Hub>,
     station: watch::Receiver<Option<Station>>,
-    permits: Arc<Semaphore>,
+    subscriptions: Arc<Shares>,
+    history: Arc<Shares>,
     limits: SubscriptionsConfig,
+    history_limits: HistoryConfig,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -41,14 +46,25 @@ impl Api {
         hub: Arc<Hub>,
         station: watch::Receiver<Option<Station>>,
         limits: SubscriptionsConfig,
+        history_limits: HistoryConfig,
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
         Self {
             hub,
             station,
-            permits: Arc::new(Semaphore::new(limits.max)),
+            subscriptions: Shares::new(shares::Limits {
+                total: limits.max,
+                per_connection: limits.max_per_connection,
+                per_address: limits.max_per_address,
+            }),
+            history: Shares::new(shares::Limits {
+                total: history_limits.max_concurrent,
+                per_connection: history_limits.max_concurrent_per_connection,
+                per_address: history_limits.max_concurrent_per_address,
+            }),
             limits,
+            history_limits,
             cancel,
             tracker,
         }
@@ -62,19 +78,26 @@ impl Api {
     }
 
     /// Starts a subscription task feeding a bounded channel, which becomes
-    /// the response stream.
+    /// the response stream. `peer` is the client's connection (for its fair
+    /// share).
     async fn open<T: Send + 'static>(
         &self,
         request: subscription::Request,
+        peer: Option<SocketAddr>,
         map: fn(Event) -> Option<T>,
     ) -> Result<EventStream<T>, ApiError> {
         let station = self.station()?;
         if !self.hub.is_started() {
             return Err(ApiError::unavailable("live feed not started yet"));
         }
-        let permit = Arc::clone(&self.permits)
-            .try_acquire_owned()
-            .map_err(|_| ApiError::TooManySubscriptions(self.limits.max))?;
+        let share = self
+            .subscriptions
+            .try_take(peer)
+            .map_err(|refused| ApiError::OverCap {
+                what: Scarce::Subscriptions,
+                refused,
+                queue_timeout: None,
+            })?;
         let (tx, rx) = mpsc::channel(self.limits.client_buffer);
         let mut joined = self.hub.join();
         if matches!(request.start, Start::New) {
@@ -82,15 +105,30 @@ impl Api {
             // may not have passed it on yet.
             joined.after = joined.after.max(station.state().await?.last_sequence);
         }
-        let sink = Sink::new(tx, self.cancel.clone());
-        let subscription = Subscription::new(Arc::clone(&self.hub), station, request, sink);
+        let queue = Queue::new(self.limits.max_queued_bytes);
+        let sink = Sink::new(
+            tx,
+            Arc::clone(&queue),
+            self.limits.stall_timeout,
+            self.cancel.clone(),
+        );
+        let subscription = Subscription::new(
+            Arc::clone(&self.hub),
+            station,
+            Arc::clone(&self.history),
+            request,
+            sink,
+        );
         self.tracker.spawn(async move {
             subscription.run(joined).await;
-            drop(permit);
+            drop(share);
         });
         // Responses are built here, as tonic pulls them off the stream.
         let responses = ReceiverStream::new(rx).filter_map(move |item| match item {
-            Ok(event) => map(event).map(Ok),
+            Ok(event) => {
+                queue.took(&event);
+                map(event).map(Ok)
+            }
             Err(status) => Some(Err(*status)),
         });
         Ok(Box::pin(responses))
@@ -196,12 +234,13 @@ impl v1::all_messages_service_server::AllMessagesService for Api {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let peer = request.remote_addr();
         let r = request.into_inner();
         let request = subscription::Request {
             room: room_filter(&r.room)?,
             start: start_of(r.start)?,
         };
-        Ok(Response::new(self.open(request, to_v1).await?))
+        Ok(Response::new(self.open(request, peer, to_v1).await?))
     }
 
     #[tracing::instrument(skip_all, fields(room = %request.get_ref().room))]
@@ -209,6 +248,7 @@ impl v1::all_messages_service_server::AllMessagesService for Api {
         &self,
         request: Request<v1::ListMessagesRequest>,
     ) -> Result<Response<v1::ListMessagesResponse>, Status> {
+        let peer = request.remote_addr();
         let r = request.into_inner();
         if r.room.is_empty() {
             return Err(invalid("room", "is required").into());
@@ -219,12 +259,37 @@ impl v1::all_messages_service_server::AllMessagesService for Api {
             n => n.min(MAX_PAGE),
         };
         let before = (r.before_sequence != 0).then_some(r.before_sequence);
-        let page = list(&self.station()?, &room, limit, before).await?;
-        Ok(Response::new(page))
+        let station = self.station()?;
+        let queue_timeout = self.history_limits.queue_timeout;
+        let share = self
+            .history
+            .take(peer, Some(queue_timeout))
+            .await
+            .map_err(|refused| ApiError::OverCap {
+                what: Scarce::HistoryReads,
+                refused,
+                queue_timeout: Some(queue_timeout),
+            })?;
+        let page = list(
+            &station,
+            &room,
+            limit,
+            before,
+            self.history_limits.max_page_bytes,
+        )
+        .await?;
+        let mut response = Response::new(page);
+        // The slot is given back once the page has gone out, not when it is
+        // built: a client that does not read would otherwise let any number
+        // of pages wait in the transport.
+        Held::attach(&mut response, share);
+        Ok(response)
     }
 }
 
-/// One page of a room's history, oldest first, ending before `before`.
+/// One page of a room's history, oldest first, ending before `before`:
+/// the newest `limit` messages there, or fewer if they would take more than
+/// `max_bytes` (then `next_before_sequence` says where to continue).
 ///
 /// Looks for `limit + 1` messages: the extra, oldest one only tells whether
 /// older messages exist (and is not returned).
@@ -233,6 +298,7 @@ async fn list(
     room: &str,
     limit: u32,
     before: Option<u64>,
+    max_bytes: usize,
 ) -> Result<v1::ListMessagesResponse, ApiError> {
     let filter = station::subject(room);
     let wanted = limit as usize + 1;
@@ -250,8 +316,28 @@ async fn list(
             messages.push(message);
         }
     }
-    let next_before_sequence = if messages.len() > limit as usize {
+    let mut older = messages.len() > limit as usize;
+    if older {
         messages.remove(0);
+    }
+    // Keep the newest messages that fit the byte budget (an encoded page
+    // carries a few bytes of framing per message too).
+    let mut bytes = 0;
+    let fit = messages
+        .iter()
+        .rev()
+        .take_while(|m| {
+            bytes += m.encoded_len() + 8;
+            bytes <= max_bytes
+        })
+        .count()
+        .max(1)
+        .min(messages.len());
+    if fit < messages.len() {
+        messages.drain(..messages.len() - fit);
+        older = true;
+    }
+    let next_before_sequence = if older {
         messages.first().map_or(0, |m| m.sequence)
     } else {
         0
@@ -268,12 +354,13 @@ impl seed::all_messages_service_server::AllMessagesService for Api {
 
     async fn all(
         &self,
-        _request: Request<seed::Empty>,
+        request: Request<seed::Empty>,
     ) -> Result<Response<Self::allStream>, Status> {
+        let peer = request.remote_addr();
         let request = subscription::Request {
             room: None,
             start: Start::All,
         };
-        Ok(Response::new(self.open(request, to_seed).await?))
+        Ok(Response::new(self.open(request, peer, to_seed).await?))
     }
 }

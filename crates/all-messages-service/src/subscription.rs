@@ -3,11 +3,19 @@
 //! the station again and rejoin. Messages go out in sequence order, each
 //! exactly once, never skipped.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use broker_client::{OffsetDateTime, StartPosition, Station};
 use fastchat_proto::station;
+use prost::Message as _;
 use tokio::sync::{
+    Notify,
     broadcast::{self, error::RecvError},
     mpsc,
 };
@@ -17,6 +25,7 @@ use tonic::Status;
 use crate::{
     error::ApiError,
     hub::{self, Hub, Joined, Shared},
+    shares::Shares,
 };
 
 /// Where a subscription starts.
@@ -41,6 +50,61 @@ pub enum Event {
     Message(Shared),
     /// Sequences asked for but no longer retained.
     Gap { from: u64, to: u64 },
+}
+
+impl Event {
+    /// What the event weighs in a subscriber's queue (its encoded size).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Message(message) => message.encoded_len(),
+            Self::Gap { .. } => 16,
+        }
+    }
+}
+
+/// A subscriber's queue, counted in bytes as well as in items: the sink
+/// adds what it queues, the response stream takes off what it hands to the
+/// transport.
+#[derive(Debug)]
+pub struct Queue {
+    bytes: AtomicUsize,
+    taken: Notify,
+    budget: usize,
+}
+
+impl Queue {
+    /// A queue that holds at most `budget` bytes (always at least one event).
+    pub fn new(budget: usize) -> Arc<Self> {
+        Arc::new(Self {
+            bytes: AtomicUsize::new(0),
+            taken: Notify::new(),
+            budget,
+        })
+    }
+
+    /// The response stream took `event` off the queue.
+    pub fn took(&self, event: &Event) {
+        self.bytes.fetch_sub(event.bytes(), Ordering::AcqRel);
+        self.taken.notify_one();
+    }
+
+    /// Waits until `bytes` more fit (or the queue is empty), then counts them.
+    async fn reserve(&self, bytes: usize) {
+        loop {
+            let queued = self.bytes.load(Ordering::Acquire);
+            if queued == 0 || queued + bytes <= self.budget {
+                self.bytes.fetch_add(bytes, Ordering::AcqRel);
+                return;
+            }
+            // `notify_one` keeps a permit if nobody waits yet, so a take
+            // between the check and here is not lost.
+            self.taken.notified().await;
+        }
+    }
+
+    fn unreserve(&self, bytes: usize) {
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
 }
 
 /// A subscription request, validated.
@@ -68,9 +132,15 @@ const CATCH_UP_BATCH: usize = 256;
 /// A stream must never end with OK by accident: if the sink is dropped
 /// without [`Sink::close`] or [`Sink::client_gone`] (the task panicked, or a
 /// path forgot to say why), the client gets INTERNAL with its resume cursor.
+///
+/// A subscriber that reads nothing while its queue is full (in items or in
+/// bytes) for `stall_timeout` is ended with RESOURCE_EXHAUSTED: it would
+/// otherwise hold its queue and the transport's buffers for ever.
 #[derive(Debug)]
 pub struct Sink {
     tx: mpsc::Sender<Item>,
+    queue: Arc<Queue>,
+    stall_timeout: Duration,
     cancel: CancellationToken,
     /// Sequence up to which everything matching was sent: the resume cursor.
     cursor: u64,
@@ -80,10 +150,18 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// A sink into `tx` that stops when `cancel` fires.
-    pub fn new(tx: mpsc::Sender<Item>, cancel: CancellationToken) -> Self {
+    /// A sink into `tx` (counted in `queue`) that stops when `cancel`
+    /// fires and gives up on a reader stalled for `stall_timeout`.
+    pub fn new(
+        tx: mpsc::Sender<Item>,
+        queue: Arc<Queue>,
+        stall_timeout: Duration,
+        cancel: CancellationToken,
+    ) -> Self {
         Self {
             tx,
+            queue,
+            stall_timeout,
             cancel,
             cursor: 0,
             delivered: metrics::counter!("fastchat_messages_delivered_total"),
@@ -92,10 +170,35 @@ impl Sink {
     }
 
     async fn send(&mut self, event: Event) -> Result<(), End> {
-        tokio::select! {
-            () = self.cancel.cancelled() => Err(End::Stopped),
-            sent = self.tx.send(Ok(event)) => sent.map_err(|_| End::Stopped),
+        let bytes = event.bytes();
+        let deadline = tokio::time::Instant::now() + self.stall_timeout;
+        let reserved = tokio::select! {
+            () = self.cancel.cancelled() => return Err(End::Stopped),
+            reserved = tokio::time::timeout_at(deadline, self.queue.reserve(bytes)) => reserved,
+        };
+        if reserved.is_err() {
+            return Err(self.stalled());
         }
+        let sent = tokio::select! {
+            () = self.cancel.cancelled() => Err(End::Stopped),
+            sent = tokio::time::timeout_at(deadline, self.tx.send(Ok(event))) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::Stopped),
+                Err(_) => Err(self.stalled()),
+            },
+        };
+        if sent.is_err() {
+            self.queue.unreserve(bytes);
+        }
+        sent
+    }
+
+    fn stalled(&self) -> End {
+        metrics::counter!("fastchat_subscriptions_stalled_total").increment(1);
+        End::Failed(ApiError::Stalled {
+            after: self.stall_timeout,
+            cursor: self.cursor,
+        })
     }
 
     async fn message(&mut self, message: Shared) -> Result<(), End> {
@@ -168,6 +271,8 @@ impl Drop for Active {
 pub struct Subscription {
     hub: Arc<Hub>,
     station: Station,
+    /// Slots for history reads: the first replay waits for one.
+    history: Arc<Shares>,
     /// `None` = every room.
     room: Option<String>,
     /// The station subject filter for `room`.
@@ -178,7 +283,13 @@ pub struct Subscription {
 
 impl Subscription {
     /// A subscription of `request` on `station`, sending into `sink`.
-    pub fn new(hub: Arc<Hub>, station: Station, request: Request, sink: Sink) -> Self {
+    pub fn new(
+        hub: Arc<Hub>,
+        station: Station,
+        history: Arc<Shares>,
+        request: Request,
+        sink: Sink,
+    ) -> Self {
         let filter = request
             .room
             .as_deref()
@@ -186,6 +297,7 @@ impl Subscription {
         Self {
             hub,
             station,
+            history,
             room: request.room,
             filter,
             start: request.start,
@@ -229,8 +341,20 @@ impl Subscription {
     // subscription's future then holds only the live loop's state (1.6 KiB
     // instead of 11 KiB per subscriber; make bench measures memory).
     async fn serve(&mut self, joined: Joined) -> Result<(), End> {
-        if let Some(start) = Box::pin(self.first_position(joined.after)).await? {
-            Box::pin(self.replay(start, joined.after, None)).await?;
+        if self.start != Start::New {
+            // A history read: wait for a slot (every subscriber gets its
+            // history, a burst of joiners just takes turns), but not past
+            // shutdown or the client leaving.
+            let history = Arc::clone(&self.history);
+            let share = tokio::select! {
+                () = self.sink.cancel.cancelled() => return Err(End::Stopped),
+                () = self.sink.tx.closed() => return Err(End::Stopped),
+                share = history.take(None, None) => share,
+            };
+            let _share = share.map_err(|_| End::Stopped)?;
+            if let Some(start) = Box::pin(self.first_position(joined.after)).await? {
+                Box::pin(self.replay(start, joined.after, None)).await?;
+            }
         }
         self.sink.cursor = self.sink.cursor.max(joined.after);
         self.live(joined.receiver).await
@@ -378,7 +502,12 @@ mod tests {
     #[tokio::test]
     async fn a_sink_dropped_without_an_end_reports_internal() {
         let (tx, mut rx) = mpsc::channel(4);
-        let mut sink = Sink::new(tx, CancellationToken::new());
+        let mut sink = Sink::new(
+            tx,
+            Queue::new(64 * 1024),
+            Duration::from_secs(30),
+            CancellationToken::new(),
+        );
         sink.cursor = 41;
         let task = tokio::spawn(async move {
             let _sink = sink;
@@ -398,10 +527,62 @@ mod tests {
         assert!(rx.recv().await.is_none());
     }
 
+    /// A reader that takes nothing is ended once its queue has stayed full
+    /// for the stall timeout, with a status that says why and where to
+    /// resume; the queue is bounded in bytes, not only in items.
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_takes_nothing_is_ended_after_the_stall_timeout() {
+        use fastchat_proto::v1;
+        let (tx, mut rx) = mpsc::channel(100);
+        let queue = Queue::new(10_000);
+        let mut sink = Sink::new(
+            tx,
+            Arc::clone(&queue),
+            Duration::from_secs(30),
+            CancellationToken::new(),
+        );
+        let message = |sequence| {
+            Arc::new(v1::ChatMessage {
+                text: "x".repeat(3000),
+                sequence,
+                ..v1::ChatMessage::default()
+            })
+        };
+        // Three 3 KB messages fit in 10,000 bytes; the fourth waits.
+        for sequence in 1..=3 {
+            sink.message(message(sequence))
+                .await
+                .map_err(|_| "sent")
+                .expect("fits");
+        }
+        let started = tokio::time::Instant::now();
+        match sink.message(message(4)).await {
+            Err(End::Failed(ApiError::Stalled { cursor, .. })) => assert_eq!(cursor, 3),
+            Err(_) => panic!("ended for another reason"),
+            Ok(()) => panic!("a fourth message fitted the byte budget"),
+        }
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        // Taking one makes room again.
+        let Some(Ok(first)) = rx.recv().await else {
+            panic!("the first message is queued");
+        };
+        queue.took(&first);
+        sink.message(message(4))
+            .await
+            .map_err(|_| "sent")
+            .expect("room again");
+        sink.client_gone();
+    }
+
     #[tokio::test]
     async fn a_sink_that_reported_its_end_adds_nothing() {
         let (tx, mut rx) = mpsc::channel(4);
-        let mut sink = Sink::new(tx, CancellationToken::new());
+        let mut sink = Sink::new(
+            tx,
+            Queue::new(64 * 1024),
+            Duration::from_secs(30),
+            CancellationToken::new(),
+        );
         sink.close(Status::unavailable("shutting down"));
         drop(sink);
         assert!(matches!(rx.recv().await, Some(Err(s)) if s.code() == tonic::Code::Unavailable));

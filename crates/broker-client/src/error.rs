@@ -95,6 +95,24 @@ pub enum Error {
         /// Value in the configuration.
         wanted: String,
     },
+    /// The broker cannot hold the station as defined: it refused to reserve
+    /// its byte limit (its store or the account's limit is smaller).
+    #[error(
+        "the broker cannot reserve station.max_bytes = {max_bytes} bytes ({replicas} replica(s)) \
+         for station `{station}`: its store (max_file_store) or the account's limit is smaller; \
+         lower station.max_bytes or give the broker more room"
+    )]
+    StationDoesNotFit {
+        /// Station (stream) name.
+        station: String,
+        /// The byte limit asked for.
+        max_bytes: u64,
+        /// Replicas asked for.
+        replicas: usize,
+        /// What the broker said.
+        #[source]
+        source: Box<Error>,
+    },
     /// The configuration is unusable (bad URL, unreadable credentials...).
     #[error("invalid broker configuration: {0}")]
     Config(String),
@@ -107,6 +125,7 @@ impl Error {
         match self {
             Self::Broker { kind, .. } => *kind,
             Self::StationConflict { .. } => ErrorKind::Conflict,
+            Self::StationDoesNotFit { .. } => ErrorKind::InvalidInput,
             Self::Config(_) => ErrorKind::InvalidInput,
         }
     }

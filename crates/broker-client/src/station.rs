@@ -81,7 +81,18 @@ impl Broker {
                         .config
                         .clone()
                 }
-                Err(e) => return Err(Error::nats(op(), e)),
+                Err(e) => {
+                    let e = Error::nats(op(), e);
+                    if e.kind() == ErrorKind::ResourceExhausted {
+                        return Err(Error::StationDoesNotFit {
+                            station: config.name.clone(),
+                            max_bytes: config.max_bytes,
+                            replicas: config.replicas,
+                            source: Box::new(e),
+                        });
+                    }
+                    return Err(e);
+                }
             },
         };
         compare(&config.name, &existing, &wanted)?;

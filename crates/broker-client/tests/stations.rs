@@ -398,3 +398,36 @@ async fn broker_refusals_carry_their_kind_and_source() {
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
     assert!(!err.is_transient());
 }
+
+/// A station whose byte limit the broker cannot reserve is a configuration
+/// error naming the key, not a retry loop.
+#[tokio::test]
+async fn a_station_larger_than_the_broker_store_is_refused_naming_max_bytes() {
+    let server = NatsServer::start_with(fastchat_test_support::NatsOptions {
+        config: Some("jetstream { max_file_store: 10MB }\n".into()),
+        ..fastchat_test_support::NatsOptions::default()
+    });
+    let broker = connect(&server).await;
+    let config = StationConfig {
+        max_bytes: 100 << 20,
+        ..station_config()
+    };
+    let err = broker
+        .ensure_station(&config)
+        .await
+        .expect_err("does not fit");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err:?}");
+    assert!(!err.is_transient());
+    assert!(
+        err.to_string().contains("station.max_bytes = 104857600"),
+        "{err}"
+    );
+    let fits = StationConfig {
+        max_bytes: 5 << 20,
+        ..station_config()
+    };
+    broker
+        .ensure_station(&fits)
+        .await
+        .expect("a station that fits");
+}

@@ -33,6 +33,7 @@ pub const KNOWN_SECTIONS: &[&str] = &[
     "station",
     "send",
     "subscriptions",
+    "history",
     "log",
     "metrics",
     "shutdown",

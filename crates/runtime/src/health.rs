@@ -183,3 +183,86 @@ pub async fn check_service(
         _ => ServingStatus::NotServing,
     })
 }
+
+/// Path of the health service's streaming method.
+const WATCH_PATH: &str = "/grpc.health.v1.Health/Watch";
+
+/// Counts health `Watch` streams (each a long-lived stream, like a
+/// subscription): beyond `max` per instance a new one gets
+/// RESOURCE_EXHAUSTED; a slot is given back when its stream ends.
+#[derive(Debug, Clone)]
+pub struct WatchLimitLayer {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl WatchLimitLayer {
+    /// At most `max` open `Watch` streams.
+    #[must_use]
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for WatchLimitLayer {
+    type Service = WatchLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WatchLimit {
+            inner,
+            limits: self.clone(),
+        }
+    }
+}
+
+/// The service of [`WatchLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct WatchLimit<S> {
+    inner: S,
+    limits: WatchLimitLayer,
+}
+
+type Http<B> = tonic::codegen::http::Request<B>;
+type Answer = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl<S, B> tower::Service<Http<B>> for WatchLimit<S>
+where
+    S: tower::Service<Http<B>, Response = Answer>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Answer;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Answer, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Http<B>) -> Self::Future {
+        if request.uri().path() != WATCH_PATH {
+            let future = self.inner.call(request);
+            return Box::pin(future);
+        }
+        let Ok(permit) = std::sync::Arc::clone(&self.limits.permits).try_acquire_owned() else {
+            let status = tonic::Status::resource_exhausted(format!(
+                "this instance already serves {} health Watch streams \
+                 (grpc.max_health_watches); use Check, or retry later",
+                self.limits.max
+            ));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        };
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            Ok(crate::held::Held::new(permit).wrap(response))
+        })
+    }
+}

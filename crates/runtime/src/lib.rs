@@ -6,6 +6,7 @@
 //! 1. [`config`] (figment layering and the sections every service has),
 //!    [`telemetry`] (tracing), [`shutdown`] (the signal future), [`throttle`]
 //!    (rate-limited logs), `limit` (the request size and body deadline),
+//!    [`held`] (resources held until a response is sent),
 //!    [`listener`] (the accept loop: connection caps, handshake deadline), [`unavailable`] (the error both services
 //!    answer while the broker cannot be used);
 //! 2. [`health`] (readiness following the broker, liveness, a client),
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod held;
 mod limit;
 pub mod listener;
 pub mod shutdown;

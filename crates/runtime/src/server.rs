@@ -10,10 +10,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tower::layer::util::{Identity, Stack};
 
-use crate::{config::GrpcConfig, limit::RequestLimitLayer, listener};
+use crate::{
+    config::GrpcConfig, health::WatchLimitLayer, held::HoldLayer, limit::RequestLimitLayer,
+    listener,
+};
 
 /// The layers [`builder`] puts around every service.
-pub type Layers = Stack<RequestLimitLayer, Identity>;
+pub type Layers = Stack<WatchLimitLayer, Stack<HoldLayer, Stack<RequestLimitLayer, Identity>>>;
 
 /// The router a service adds its gRPC services to.
 pub type Router = tonic::transport::server::Router<Layers>;
@@ -71,6 +74,8 @@ pub fn builder(config: &GrpcConfig) -> Server<Layers> {
             config.max_request_bytes,
             config.request_body_timeout,
         ))
+        .layer(HoldLayer)
+        .layer(WatchLimitLayer::new(config.max_health_watches))
 }
 
 /// Adds gRPC reflection (both `grpc.reflection.v1` and the older
