@@ -247,3 +247,345 @@ fn send_config_with_max_bytes(url: &str) -> send_service::Config {
     config.station.max_bytes = 1024 * 1024;
     config
 }
+
+/// Opens a raw HTTP/2 connection that asks for one ListMessages page of
+/// `room` and never lets the answer through (initial window 0, no
+/// WINDOW_UPDATE): a client that does not read.
+fn non_reading_list(addr: std::net::SocketAddr, room: &str) -> fastchat_test_support::h2raw::Conn {
+    use fastchat_test_support::h2raw::{self, Frame, setting};
+    use prost::Message as _;
+    let mut conn = h2raw::Conn::connect(addr, Duration::from_secs(5)).expect("connect");
+    conn.send_preface().expect("preface");
+    conn.send(&Frame::settings(&[(setting::INITIAL_WINDOW_SIZE, 0)]))
+        .expect("settings");
+    let headers = h2raw::encode_headers(&h2raw::grpc_request_headers(
+        &addr.to_string(),
+        "/fastchat.v1.AllMessagesService/ListMessages",
+    ));
+    for frame in h2raw::header_frames(1, &headers, false, h2raw::DEFAULT_MAX_FRAME_SIZE) {
+        conn.send(&frame).expect("headers");
+    }
+    let request = v1::ListMessagesRequest {
+        room: room.into(),
+        before_sequence: 0,
+        limit: 1000,
+    };
+    conn.send(&Frame::data(
+        1,
+        h2raw::grpc_message(&request.encode_to_vec()),
+        true,
+    ))
+    .expect("request");
+    conn
+}
+
+/// B5: pages are bounded in bytes (a stock grpcio client could not read a
+/// full page of maximum-size messages: 4.49 MB over its 4 MiB), and a page
+/// nobody reads keeps its history slot until it is sent, so unread pages
+/// cannot pile up (40 of them pinned 216 MiB): past the per-address cap the
+/// next one waits its turn and, its queue time over, is refused with
+/// RESOURCE_EXHAUSTED naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_are_bounded_in_bytes_and_unread_ones_hold_their_slot() {
+    let nats = NatsServer::start();
+    let send = start_send(send_config(&nats.url())).await;
+    let mut config = all_config(&nats.url());
+    config.history.max_concurrent_per_address = 2;
+    config.history.queue_timeout = Duration::from_secs(1);
+    let all = start_all(config).await;
+    let mut sender = v1_send(&send).await;
+    let text = "y".repeat(4096);
+    for i in 0..600 {
+        sender
+            .send_message(message("big", &format!("author{i}"), &text))
+            .await
+            .expect("send");
+    }
+    let mut client = v1_all(&all).await;
+    let page = client
+        .list_messages(v1::ListMessagesRequest {
+            room: "big".into(),
+            before_sequence: 0,
+            limit: 1000,
+        })
+        .await
+        .expect("a page")
+        .into_inner();
+    let bytes: usize = page.messages.iter().map(prost::Message::encoded_len).sum();
+    assert!(bytes <= 1024 * 1024, "{bytes} bytes");
+    assert!(
+        page.messages.len() > 200 && page.messages.len() < 600,
+        "{}",
+        page.messages.len()
+    );
+    let oldest = page.messages.first().expect("messages").sequence;
+    assert_eq!(page.next_before_sequence, oldest, "says where to continue");
+    let newest = page.messages.last().expect("messages").sequence;
+    assert_eq!(newest, 600);
+    // The rest comes in the next page, with no gap.
+    let next = client
+        .list_messages(v1::ListMessagesRequest {
+            room: "big".into(),
+            before_sequence: page.next_before_sequence,
+            limit: 1000,
+        })
+        .await
+        .expect("the next page")
+        .into_inner();
+    assert_eq!(next.messages.last().map(|m| m.sequence), Some(oldest - 1));
+
+    // Two pages that nobody reads hold both of this address's slots.
+    let addr = all.addr;
+    let held = tokio::task::spawn_blocking(move || {
+        let held = [non_reading_list(addr, "big"), non_reading_list(addr, "big")];
+        std::thread::sleep(Duration::from_millis(500));
+        held
+    })
+    .await
+    .expect("raw clients");
+    let status = client
+        .list_messages(v1::ListMessagesRequest {
+            room: "big".into(),
+            before_sequence: 0,
+            limit: 10,
+        })
+        .await
+        .expect_err("over the per-address cap");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("history.max_concurrent_per_address"),
+        "{}",
+        status.message()
+    );
+    drop(held);
+    // Once those clients are gone, their slots come back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = client
+            .list_messages(v1::ListMessagesRequest {
+                room: "big".into(),
+                before_sequence: 0,
+                limit: 10,
+            })
+            .await;
+        match answer {
+            Ok(page) => {
+                assert_eq!(page.into_inner().messages.len(), 10);
+                break;
+            }
+            Err(status) if tokio::time::Instant::now() < deadline => {
+                assert_eq!(status.code(), Code::ResourceExhausted);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("slots never came back: {status:?}"),
+        }
+    }
+}
+
+/// B8: a burst of 2,000 concurrent history reads from one client no longer
+/// fails everyone's (1,829 INTERNAL before, and other clients' reads failed
+/// meanwhile): the burst takes turns (what cannot be served within the
+/// queue time gets RESOURCE_EXHAUSTED, never INTERNAL), and a bystander's
+/// read during the burst succeeds. 2,000 `Subscribe(last = 10)` at once (all
+/// INTERNAL before) each get their 10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_history_reads_is_queued_or_refused_never_internal() {
+    let nats = NatsServer::start();
+    let send = start_send(send_config(&nats.url())).await;
+    let mut config = all_config(&nats.url());
+    config.subscriptions.max_per_address = 5_000;
+    config.subscriptions.max_per_connection = 200;
+    let all = start_all(config).await;
+    let mut sender = v1_send(&send).await;
+    for i in 0..50 {
+        sender
+            .send_message(message(&format!("room{}", i % 5), "ann", &format!("m{i}")))
+            .await
+            .expect("send");
+    }
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(v1_all(&all).await);
+    }
+    let mut pages = tokio::task::JoinSet::new();
+    for i in 0..2_000 {
+        let mut client = clients[i % clients.len()].clone();
+        pages.spawn(async move {
+            client
+                .list_messages(v1::ListMessagesRequest {
+                    room: format!("room{}", i % 5),
+                    before_sequence: 0,
+                    limit: 5,
+                })
+                .await
+                .map(|page| page.into_inner().messages.len())
+        });
+    }
+    let mut bystander = v1_all(&all).await;
+    let meanwhile = bystander
+        .list_messages(v1::ListMessagesRequest {
+            room: "room1".into(),
+            before_sequence: 0,
+            limit: 5,
+        })
+        .await;
+    let (mut served, mut refused) = (0, 0);
+    while let Some(answer) = pages.join_next().await {
+        match answer.expect("task") {
+            Ok(n) => {
+                assert_eq!(n, 5);
+                served += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("2,000 pages at once: {served} served, {refused} RESOURCE_EXHAUSTED");
+    assert!(served > 0);
+    // The burst's connections each hold at most their own share of the
+    // instance's slots, so the bystander's turn comes soon.
+    assert_eq!(
+        meanwhile
+            .expect("the bystander's page")
+            .into_inner()
+            .messages
+            .len(),
+        5
+    );
+
+    let mut streams = tokio::task::JoinSet::new();
+    for i in 0..2_000 {
+        let mut client = clients[i % clients.len()].clone();
+        streams.spawn(async move {
+            let mut stream = client
+                .subscribe(subscribe(&format!("room{}", i % 5), Some(Start::Last(10))))
+                .await
+                .expect("subscribe")
+                .into_inner();
+            sequences(&take(&mut stream, 10, Duration::from_secs(120)).await)
+        });
+    }
+    let mut complete = 0;
+    while let Some(got) = streams.join_next().await {
+        assert_eq!(got.expect("subscriber").len(), 10);
+        complete += 1;
+    }
+    assert_eq!(complete, 2_000);
+}
+
+/// Fair shares of subscriptions and health Watch streams: one connection
+/// cannot take every slot (one client took all 10,000 in 2.8 s), and health
+/// Watch streams are counted too.
+#[tokio::test]
+async fn one_client_cannot_take_every_stream() {
+    let nats = NatsServer::start();
+    let mut config = all_config(&nats.url());
+    config.subscriptions.max_per_connection = 2;
+    config.grpc.max_health_watches = 2;
+    let all = start_all(config).await;
+    let mut client = v1_all(&all).await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        open.push(
+            client
+                .subscribe(subscribe("", None))
+                .await
+                .expect("subscribe"),
+        );
+    }
+    let status = client
+        .subscribe(subscribe("", None))
+        .await
+        .expect_err("over the per-connection cap");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status
+            .message()
+            .contains("subscriptions.max_per_connection"),
+        "{}",
+        status.message()
+    );
+    // Another connection still may.
+    let _other = v1_all(&all)
+        .await
+        .subscribe(subscribe("", None))
+        .await
+        .expect("another connection");
+
+    let channel = tonic::transport::Endpoint::from_shared(all.endpoint())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let watch = || tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    let first = health.watch(watch()).await.expect("watch 1");
+    let second = health.watch(watch()).await.expect("watch 2");
+    let status = health
+        .watch(watch())
+        .await
+        .expect_err("over grpc.max_health_watches");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("grpc.max_health_watches"),
+        "{}",
+        status.message()
+    );
+    drop((first, second));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    health.watch(watch()).await.expect("slots come back");
+}
+
+/// A subscriber that reads nothing while messages pile up is ended, with a
+/// status naming why and where to resume (a non-reading subscriber used to
+/// be held for ever, about 0.5 MB each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_reads_nothing_is_ended_after_the_stall_timeout() {
+    let nats = NatsServer::start();
+    let send = start_send(send_config(&nats.url())).await;
+    let mut config = all_config(&nats.url());
+    config.subscriptions.stall_timeout = Duration::from_secs(2);
+    let all = start_all(config).await;
+    let mut stream = v1_all_small_window(&all)
+        .await
+        .subscribe(subscribe("stall", Some(Start::NewOnly(true))))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut sender = v1_send(&send).await;
+    let text = "z".repeat(4000);
+    for i in 0..400 {
+        sender
+            .send_message(message("stall", "ann", &format!("{i} {text}")))
+            .await
+            .expect("send");
+    }
+    // Read nothing for longer than the stall timeout, then drain.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut got = 0;
+    let status = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => got += 1,
+                Ok(None) => panic!("ended with OK after {got} messages"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    assert!(got < 400, "all {got} delivered: it never stalled");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("subscriptions.stall_timeout")
+            && status.message().contains("after_sequence = "),
+        "{}",
+        status.message()
+    );
+}

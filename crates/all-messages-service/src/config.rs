@@ -100,12 +100,15 @@ impl Default for SubscriptionsConfig {
 pub struct HistoryConfig {
     /// History reads at once per instance; more wait their turn.
     pub max_concurrent: usize,
-    /// At once on one client connection; more get RESOURCE_EXHAUSTED.
+    /// At once for one client connection; its further pages wait for one
+    /// of these first, so a busy connection holds at most this many of the
+    /// instance's.
     pub max_concurrent_per_connection: usize,
-    /// At once from one client address; more get RESOURCE_EXHAUSTED.
+    /// At once for one client address, likewise.
     pub max_concurrent_per_address: usize,
     /// A `ListMessages` waits at most this long for its turn, then gets
-    /// RESOURCE_EXHAUSTED (subscription replays wait as long as it takes).
+    /// RESOURCE_EXHAUSTED naming the cap it waited on (subscription replays
+    /// wait as long as it takes, taking turns on the instance's slots).
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
     /// A page stops before this many bytes of messages (below the 4 MiB

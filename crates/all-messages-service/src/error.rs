@@ -38,12 +38,16 @@ fn over_cap(what: Scarce, refused: Refused, queue_timeout: Option<Duration>) -> 
             queue_timeout.unwrap_or_default()
         ),
         (Scarce::HistoryReads, Cap::Connection) => format!(
-            "this connection already has {limit} history reads running \
-             (history.max_concurrent_per_connection); wait for one to finish"
+            "this connection kept {limit} history reads running \
+             (history.max_concurrent_per_connection) for {:?} (history.queue_timeout); read \
+             fewer pages at once",
+            queue_timeout.unwrap_or_default()
         ),
         (Scarce::HistoryReads, Cap::Address) => format!(
-            "your address already has {limit} history reads running \
-             (history.max_concurrent_per_address); wait for one to finish"
+            "your address kept {limit} history reads running \
+             (history.max_concurrent_per_address) for {:?} (history.queue_timeout); read fewer \
+             pages at once",
+            queue_timeout.unwrap_or_default()
         ),
     }
 }

@@ -1,9 +1,10 @@
 //! The gRPC faces: the seed `all` stream and fastchat.v1 Subscribe /
 //! ListMessages.
 
-use std::{net::SocketAddr, pin::Pin, sync::Arc};
+use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use broker_client::{OffsetDateTime, StartPosition, Station};
+use fastchat_backoff::ExponentialBackoff;
 use fastchat_proto::{prost_types, seed, station, v1};
 use fastchat_runtime::held::Held;
 use futures::Stream;
@@ -270,14 +271,30 @@ impl v1::all_messages_service_server::AllMessagesService for Api {
                 refused,
                 queue_timeout: Some(queue_timeout),
             })?;
-        let page = list(
-            &station,
-            &room,
-            limit,
-            before,
-            self.history_limits.max_page_bytes,
-        )
-        .await?;
+        // A broker at its consumer limit frees consumers within seconds:
+        // retry while the request's turn lasts.
+        let deadline = tokio::time::Instant::now() + queue_timeout;
+        let mut backoff =
+            ExponentialBackoff::doubling(Duration::from_millis(50), Duration::from_secs(1))
+                .stream();
+        let page = loop {
+            let page = list(
+                &station,
+                &room,
+                limit,
+                before,
+                self.history_limits.max_page_bytes,
+            )
+            .await;
+            match page {
+                Err(ApiError::BrokerBusy(_))
+                    if tokio::time::Instant::now() + backoff.peek() < deadline =>
+                {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                page => break page?,
+            }
+        };
         let mut response = Response::new(page);
         // The slot is given back once the page has gone out, not when it is
         // built: a client that does not read would otherwise let any number

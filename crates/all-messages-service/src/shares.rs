@@ -43,46 +43,44 @@ pub struct Refused {
     pub limit: usize,
 }
 
-/// Counts per key; a std mutex: held for one map update, never across an
-/// await.
+/// One semaphore per key (a connection, an address), created when first
+/// used and removed when nobody holds or waits for it. A std mutex: held
+/// for one map update, never across an await.
 #[derive(Debug)]
-struct Counts<K>(Mutex<HashMap<K, usize>>);
+struct PerKey<K> {
+    max: usize,
+    map: Mutex<HashMap<K, (Arc<Semaphore>, usize)>>,
+}
 
-impl<K: Hash + Eq> Counts<K> {
-    fn new() -> Self {
-        Self(Mutex::new(HashMap::new()))
-    }
-
-    fn try_add(&self, key: K, max: usize) -> bool {
-        let mut counts = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = counts.entry(key).or_insert(0);
-        if *count >= max {
-            return false;
+impl<K: Hash + Eq + Copy> PerKey<K> {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            map: Mutex::new(HashMap::new()),
         }
-        *count += 1;
-        true
     }
 
-    fn get(&self, key: &K) -> usize {
-        let counts = self
-            .0
+    fn enter(&self, key: K) -> Arc<Semaphore> {
+        let mut map = self
+            .map
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        counts.get(key).copied().unwrap_or(0)
+        let entry = map
+            .entry(key)
+            .or_insert_with(|| (Arc::new(Semaphore::new(self.max)), 0));
+        entry.1 += 1;
+        Arc::clone(&entry.0)
     }
 
-    fn remove(&self, key: &K) {
-        let mut counts = self
-            .0
+    fn leave(&self, key: &K) {
+        let mut map = self
+            .map
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(key) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(key);
+        if let Some(entry) = map.get_mut(key) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                map.remove(key);
             }
         }
     }
@@ -93,24 +91,45 @@ impl<K: Hash + Eq> Counts<K> {
 pub struct Shares {
     limits: Limits,
     total: Arc<Semaphore>,
-    connections: Counts<SocketAddr>,
-    addresses: Counts<IpAddr>,
+    connections: PerKey<SocketAddr>,
+    addresses: PerKey<IpAddr>,
 }
 
-/// One held share, given back on drop.
+/// One held share, given back on drop (permits first, then the per-key
+/// places, so an entry is removed only once its permit is back).
 #[derive(Debug)]
 pub struct Share {
-    _permit: OwnedSemaphorePermit,
-    peer: Option<SocketAddr>,
+    _permits: Vec<OwnedSemaphorePermit>,
+    _places: Option<(Place<SocketAddr>, Place<IpAddr>)>,
+}
+
+/// A held place in one of the per-key maps.
+#[derive(Debug)]
+struct Place<K: Hash + Eq + Copy + Keyed> {
+    key: K,
     shares: Arc<Shares>,
 }
 
-impl Drop for Share {
+/// Which map of [`Shares`] a key lives in.
+trait Keyed: Sized {
+    fn map(shares: &Shares) -> &PerKey<Self>;
+}
+
+impl Keyed for SocketAddr {
+    fn map(shares: &Shares) -> &PerKey<Self> {
+        &shares.connections
+    }
+}
+
+impl Keyed for IpAddr {
+    fn map(shares: &Shares) -> &PerKey<Self> {
+        &shares.addresses
+    }
+}
+
+impl<K: Hash + Eq + Copy + Keyed> Drop for Place<K> {
     fn drop(&mut self) {
-        if let Some(peer) = self.peer {
-            self.shares.connections.remove(&peer);
-            self.shares.addresses.remove(&peer.ip());
-        }
+        K::map(&self.shares).leave(&self.key);
     }
 }
 
@@ -120,68 +139,88 @@ impl Shares {
         Arc::new(Self {
             limits,
             total: Arc::new(Semaphore::new(limits.total)),
-            connections: Counts::new(),
-            addresses: Counts::new(),
+            connections: PerKey::new(limits.per_connection),
+            addresses: PerKey::new(limits.per_address),
         })
+    }
+
+    fn place<K: Hash + Eq + Copy + Keyed>(self: &Arc<Self>, key: K) -> (Place<K>, Arc<Semaphore>) {
+        let semaphore = K::map(self).enter(key);
+        (
+            Place {
+                key,
+                shares: Arc::clone(self),
+            },
+            semaphore,
+        )
     }
 
     /// A share for `peer` now, or why not.
     pub fn try_take(self: &Arc<Self>, peer: Option<SocketAddr>) -> Result<Share, Refused> {
-        let permit = Arc::clone(&self.total)
-            .try_acquire_owned()
-            .map_err(|_| self.refused(Cap::Total))?;
-        self.for_peer(permit, peer)
+        let mut permits = Vec::with_capacity(3);
+        let places = match peer {
+            Some(peer) => {
+                let (connection, semaphore) = self.place(peer);
+                permits.push(
+                    semaphore
+                        .try_acquire_owned()
+                        .map_err(|_| self.refused(Cap::Connection))?,
+                );
+                let (address, semaphore) = self.place(peer.ip());
+                permits.push(
+                    semaphore
+                        .try_acquire_owned()
+                        .map_err(|_| self.refused(Cap::Address))?,
+                );
+                Some((connection, address))
+            }
+            None => None,
+        };
+        permits.push(
+            Arc::clone(&self.total)
+                .try_acquire_owned()
+                .map_err(|_| self.refused(Cap::Total))?,
+        );
+        Ok(Share {
+            _permits: permits,
+            _places: places,
+        })
     }
 
-    /// A share for `peer`, waiting up to `wait` (for ever if `None`) for the
-    /// instance to have one; the per-client caps refuse at once.
+    /// A share for `peer`, waiting in turn — first for the connection's
+    /// share, then the address's, then the instance's — up to `wait` in all
+    /// (for ever if `None`). One busy connection thus holds at most its own
+    /// cap of the instance's slots, however many requests it queues.
     pub async fn take(
         self: &Arc<Self>,
         peer: Option<SocketAddr>,
         wait: Option<Duration>,
     ) -> Result<Share, Refused> {
-        // Checked first so a client over its cap does not queue at all.
-        self.check_peer(peer)?;
-        let acquire = Arc::clone(&self.total).acquire_owned();
-        let permit = match wait {
-            Some(wait) => tokio::time::timeout(wait, acquire)
-                .await
-                .map_err(|_| self.refused(Cap::Total))?,
-            None => acquire.await,
-        }
-        .map_err(|_| self.refused(Cap::Total))?;
-        self.for_peer(permit, peer)
-    }
-
-    fn check_peer(&self, peer: Option<SocketAddr>) -> Result<(), Refused> {
-        let Some(peer) = peer else { return Ok(()) };
-        if self.connections.get(&peer) >= self.limits.per_connection {
-            return Err(self.refused(Cap::Connection));
-        }
-        if self.addresses.get(&peer.ip()) >= self.limits.per_address {
-            return Err(self.refused(Cap::Address));
-        }
-        Ok(())
-    }
-
-    fn for_peer(
-        self: &Arc<Self>,
-        permit: OwnedSemaphorePermit,
-        peer: Option<SocketAddr>,
-    ) -> Result<Share, Refused> {
-        if let Some(peer) = peer {
-            if !self.connections.try_add(peer, self.limits.per_connection) {
-                return Err(self.refused(Cap::Connection));
+        let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
+        let acquire = |semaphore: Arc<Semaphore>, cap| async move {
+            let acquired = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, semaphore.acquire_owned())
+                    .await
+                    .ok(),
+                None => Some(semaphore.acquire_owned().await),
+            };
+            acquired.and_then(Result::ok).ok_or(self.refused(cap))
+        };
+        let mut permits = Vec::with_capacity(3);
+        let places = match peer {
+            Some(peer) => {
+                let (connection, semaphore) = self.place(peer);
+                permits.push(acquire(semaphore, Cap::Connection).await?);
+                let (address, semaphore) = self.place(peer.ip());
+                permits.push(acquire(semaphore, Cap::Address).await?);
+                Some((connection, address))
             }
-            if !self.addresses.try_add(peer.ip(), self.limits.per_address) {
-                self.connections.remove(&peer);
-                return Err(self.refused(Cap::Address));
-            }
-        }
+            None => None,
+        };
+        permits.push(acquire(Arc::clone(&self.total), Cap::Total).await?);
         Ok(Share {
-            _permit: permit,
-            peer,
-            shares: Arc::clone(self),
+            _permits: permits,
+            _places: places,
         })
     }
 
@@ -241,7 +280,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn taking_waits_for_the_instance_but_not_past_its_deadline() {
+    async fn taking_waits_in_turn_but_not_past_its_deadline() {
         let shares = Shares::new(Limits {
             total: 1,
             per_connection: 1,
@@ -259,7 +298,7 @@ mod tests {
                 limit: 1
             })
         );
-        // The holder's own connection is refused at once, without waiting.
+        // The holder's own connection waits for its own share first, then gives up.
         let started = tokio::time::Instant::now();
         let refused = shares
             .take(peer(1, 1), Some(Duration::from_secs(2)))
@@ -272,7 +311,7 @@ mod tests {
                 limit: 1
             })
         );
-        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
         let waiting = {
             let shares = Arc::clone(&shares);
             tokio::spawn(async move { shares.take(peer(2, 1), None).await.is_ok() })
@@ -280,5 +319,28 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(held);
         assert!(waiting.await.expect("task"));
+    }
+
+    /// Entries for connections and addresses go away with their last user,
+    /// so a long-running instance does not keep one per client ever seen.
+    #[test]
+    fn per_key_entries_are_removed_with_their_last_share() {
+        let shares = Shares::new(Limits {
+            total: 100,
+            per_connection: 10,
+            per_address: 10,
+        });
+        let shares_held: Vec<Share> = (0..5)
+            .map(|port| {
+                shares
+                    .try_take(Some(SocketAddr::from(([10, 0, 0, 1], port))))
+                    .expect("share")
+            })
+            .collect();
+        assert_eq!(shares.connections.map.lock().expect("lock").len(), 5);
+        assert_eq!(shares.addresses.map.lock().expect("lock").len(), 1);
+        drop(shares_held);
+        assert!(shares.connections.map.lock().expect("lock").is_empty());
+        assert!(shares.addresses.map.lock().expect("lock").is_empty());
     }
 }

@@ -12,6 +12,7 @@ use std::{
 };
 
 use broker_client::{OffsetDateTime, StartPosition, Station};
+use fastchat_backoff::ExponentialBackoff;
 use fastchat_proto::station;
 use prost::Message as _;
 use tokio::sync::{
@@ -352,12 +353,35 @@ impl Subscription {
                 share = history.take(None, None) => share,
             };
             let _share = share.map_err(|_| End::Stopped)?;
-            if let Some(start) = Box::pin(self.first_position(joined.after)).await? {
-                Box::pin(self.replay(start, joined.after, None)).await?;
+            // A broker at its consumer limit frees consumers within seconds:
+            // wait and go on from the cursor rather than fail the subscriber.
+            let mut backoff =
+                ExponentialBackoff::doubling(Duration::from_millis(100), Duration::from_secs(2))
+                    .stream();
+            loop {
+                match Box::pin(self.history(joined.after)).await {
+                    Err(End::Failed(ApiError::BrokerBusy(_))) => {
+                        let delay = backoff.next_delay();
+                        tokio::select! {
+                            () = self.sink.cancel.cancelled() => return Err(End::Stopped),
+                            () = self.sink.tx.closed() => return Err(End::Stopped),
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                    done => break done?,
+                }
             }
         }
         self.sink.cursor = self.sink.cursor.max(joined.after);
         self.live(joined.receiver).await
+    }
+
+    /// The history up to `joined_at`, from the start position.
+    async fn history(&mut self, joined_at: u64) -> Result<(), End> {
+        if let Some(start) = self.first_position(joined_at).await? {
+            self.replay(start, joined_at, None).await?;
+        }
+        Ok(())
     }
 
     /// Where the history replay starts, or `None` for none (`new_only`).

@@ -7,7 +7,10 @@ use async_nats::jetstream::{self, consumer::push};
 use fastchat_backoff::{Backoff, ExponentialBackoff};
 use futures::StreamExt;
 
-use crate::{Delivered, Error, ErrorKind, Result, StartPosition, Station, station::Scratch};
+use crate::{
+    Delivered, Error, ErrorKind, Result, StartPosition, Station,
+    station::{DeleteOnDrop, Scratch},
+};
 
 /// Silence after which a fan-out consumer checks whether it is stalled.
 const FAN_OUT_IDLE_CHECK: Duration = Duration::from_secs(10);
@@ -64,6 +67,7 @@ impl Station {
             })
             .await
             .map_err(|e| Error::nats(op(), e))?;
+        let delete = DeleteOnDrop::new(consumer.cached_info(), self.broker().reader().1.clone());
         if consumer.cached_info().num_pending == 0 {
             return Ok(Read::empty());
         }
@@ -72,7 +76,7 @@ impl Station {
             .await
             .map_err(|e| Error::nats(op(), e))?;
         Ok(Read {
-            source: Source::Push(Box::new(messages)),
+            source: Source::Push(Box::new((messages, delete))),
         })
     }
 
@@ -258,8 +262,9 @@ pub struct Read {
 enum Source {
     /// Nothing (more) to read.
     Empty,
-    /// Pushed by the broker as fast as flow control allows.
-    Push(Box<push::Ordered>),
+    /// Pushed by the broker as fast as flow control allows; the consumer is
+    /// deleted when the read ends.
+    Push(Box<(push::Ordered, DeleteOnDrop)>),
     /// Fetched `size` messages at a time, the next batch only once the
     /// reader has taken the last one.
     Paced(Box<Paced>),
@@ -316,7 +321,8 @@ impl Source {
         let op = "read history";
         match self {
             Self::Empty => Ok(None),
-            Self::Push(messages) => messages
+            Self::Push(push) => push
+                .0
                 .next()
                 .await
                 .transpose()

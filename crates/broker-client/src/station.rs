@@ -369,9 +369,10 @@ impl Station {
             })
             .await
             .map_err(|e| Error::nats(operation(), e))?;
+        let delete = DeleteOnDrop::new(consumer.cached_info(), self.broker.reader().1.clone());
         Ok(Scratch {
             consumer,
-            js: self.broker.reader().1.clone(),
+            _delete: delete,
         })
     }
 }
@@ -380,12 +381,48 @@ impl Station {
 /// fallback when its owner could not delete it (a crash, no runtime).
 const SCRATCH_INACTIVE: Duration = Duration::from_secs(30);
 
+/// Deletes a short-lived consumer from the broker when dropped (else each
+/// would linger until its inactivity threshold: one per page, per count,
+/// per replay, per catch-up — enough, in a burst, to reach the broker's
+/// consumer limit).
+pub(crate) struct DeleteOnDrop {
+    name: String,
+    stream: String,
+    js: jetstream::Context,
+}
+
+impl DeleteOnDrop {
+    pub(crate) fn new(info: &jetstream::consumer::Info, js: jetstream::Context) -> Self {
+        Self {
+            name: info.name.clone(),
+            stream: info.stream_name.clone(),
+            js,
+        }
+    }
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        let (name, stream) = (
+            std::mem::take(&mut self.name),
+            std::mem::take(&mut self.stream),
+        );
+        let js = self.js.clone();
+        // Best effort, off the caller's path; outside a runtime the
+        // inactivity threshold removes it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = js.delete_consumer_from_stream(name, stream).await;
+            });
+        }
+    }
+}
+
 /// An unacknowledged, in-memory, single-replica pull consumer for one read
-/// or count, deleted from the broker when dropped (else each would linger
-/// until its inactivity threshold: one per page, per count, per catch-up).
+/// or count, deleted from the broker when dropped.
 pub(crate) struct Scratch {
     consumer: jetstream::consumer::PullConsumer,
-    js: jetstream::Context,
+    _delete: DeleteOnDrop,
 }
 
 impl Scratch {
@@ -398,21 +435,6 @@ impl Scratch {
     /// creation, the count from its start position.
     pub(crate) fn pending(&self) -> u64 {
         self.consumer.cached_info().num_pending
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let info = self.consumer.cached_info();
-        let (name, stream) = (info.name.clone(), info.stream_name.clone());
-        let js = self.js.clone();
-        // Best effort, off the caller's path; outside a runtime the
-        // inactivity threshold removes it.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = js.delete_consumer_from_stream(name, stream).await;
-            });
-        }
     }
 }
 

@@ -127,7 +127,7 @@ async fn publish_returns_sequence_and_detects_duplicates() {
 /// A paced read deletes its consumer when it ends and when it is dropped
 /// half-way: a slow subscriber's catch-ups leave nothing on the broker.
 #[tokio::test]
-async fn paced_reads_leave_no_consumer_behind() {
+async fn reads_leave_no_consumer_behind() {
     let server = NatsServer::start();
     let broker = connect(&server).await;
     let station = broker
@@ -160,7 +160,14 @@ async fn paced_reads_leave_no_consumer_behind() {
         .read_paced("test.>", StartPosition::All, 2)
         .await
         .expect("paced read");
-    assert_eq!(consumers().await, 2, "one consumer per read while reading");
+    // Pushed reads clean up after themselves too.
+    let mut pushed = station
+        .read("test.>", StartPosition::All)
+        .await
+        .expect("read");
+    assert_eq!(consumers().await, 3, "one consumer per read while reading");
+    while pushed.next().await.expect("next").is_some() {}
+    drop(pushed);
     let mut seqs = Vec::new();
     while let Some(m) = finished.next().await.expect("next") {
         seqs.push(m.sequence);
