@@ -589,3 +589,101 @@ async fn a_subscriber_that_reads_nothing_is_ended_after_the_stall_timeout() {
         status.message()
     );
 }
+
+/// Sends `bytes` as the request message of `path`, whatever they are.
+async fn raw_unary(
+    endpoint: String,
+    path: &'static str,
+    bytes: Vec<u8>,
+) -> Result<fastchat_proto::seed::Empty, tonic::Status> {
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Debug, Default)]
+    struct Raw;
+    #[derive(Debug, Default)]
+    struct RawEncoder;
+    impl Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            bytes::BufMut::put_slice(dst, &item);
+            Ok(())
+        }
+    }
+    #[derive(Debug, Default)]
+    struct EmptyDecoder;
+    impl Decoder for EmptyDecoder {
+        type Item = fastchat_proto::seed::Empty;
+        type Error = tonic::Status;
+        fn decode(&mut self, _: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
+            Ok(Some(fastchat_proto::seed::Empty {}))
+        }
+    }
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = fastchat_proto::seed::Empty;
+        type Encoder = RawEncoder;
+        type Decoder = EmptyDecoder;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> EmptyDecoder {
+            EmptyDecoder
+        }
+    }
+    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    grpc.unary(
+        tonic::Request::new(bytes),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        Raw,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// B10: errors name the fields of the API that was called (the seed API's
+/// `time`, not v1's `client_time_ms`), and a request that is not a valid
+/// protobuf message is INVALID_ARGUMENT naming the expected type (tonic's
+/// default is INTERNAL, which reads as a server fault).
+#[tokio::test]
+async fn errors_name_the_callers_fields_and_bad_bytes_are_invalid_argument() {
+    let nats = NatsServer::start();
+    let send = start_send(send_config(&nats.url())).await;
+    let status = seed_send(&send)
+        .await
+        .send(fastchat_proto::seed::ChatMessage {
+            author: "ann".into(),
+            text: "hi".into(),
+            time: -1,
+        })
+        .await
+        .expect_err("a negative time");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("time: "),
+        "{}",
+        status.message()
+    );
+
+    // Field 1 with wire type 7, which does not exist.
+    for path in [
+        "/ChatMessage.SendMessageService/send",
+        "/fastchat.v1.SendMessageService/SendMessage",
+    ] {
+        let status = raw_unary(send.endpoint(), path, vec![0x0f, 0xff, 0xff])
+            .await
+            .expect_err("not protobuf");
+        assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+        assert!(
+            status.message().starts_with("the message is not a valid "),
+            "{path}: {}",
+            status.message()
+        );
+    }
+}

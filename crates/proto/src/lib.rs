@@ -40,7 +40,10 @@ pub mod v1 {
 pub mod codec {
     use std::marker::PhantomData;
 
-    use tonic::codec::{BufferSettings, Codec};
+    use tonic::{
+        Status,
+        codec::{BufferSettings, Codec, DecodeBuf, Decoder},
+    };
     use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
     /// Initial encode/decode buffer of a call or stream. tonic's default is
@@ -51,7 +54,8 @@ pub mod codec {
     /// tonic's default: yield to the runtime after this many encoded bytes.
     pub const YIELD_THRESHOLD: usize = 32 * 1024;
 
-    /// [`ProstCodec`] with a small initial buffer (see [`BUFFER_SIZE`]).
+    /// [`ProstCodec`] with a small initial buffer (see [`BUFFER_SIZE`]) and
+    /// undecodable messages reported as INVALID_ARGUMENT (see [`LeanDecoder`]).
     #[derive(Debug, Clone, Copy)]
     pub struct LeanCodec<T, U>(PhantomData<(T, U)>);
 
@@ -64,19 +68,49 @@ pub mod codec {
     impl<T, U> Codec for LeanCodec<T, U>
     where
         T: prost::Message + Send + 'static,
-        U: prost::Message + Default + Send + 'static,
+        U: prost::Message + prost::Name + Default + Send + 'static,
     {
         type Encode = T;
         type Decode = U;
         type Encoder = ProstEncoder<T>;
-        type Decoder = ProstDecoder<U>;
+        type Decoder = LeanDecoder<U>;
 
         fn encoder(&mut self) -> Self::Encoder {
             ProstCodec::<T, U>::raw_encoder(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
         }
 
         fn decoder(&mut self) -> Self::Decoder {
-            ProstCodec::<T, U>::raw_decoder(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
+            LeanDecoder(ProstCodec::<T, U>::raw_decoder(BufferSettings::new(
+                BUFFER_SIZE,
+                YIELD_THRESHOLD,
+            )))
+        }
+    }
+
+    /// Decodes like [`ProstDecoder`], but a message that does not parse is
+    /// INVALID_ARGUMENT naming the expected type: on a server that is bad
+    /// input a person can act on (gRPC's own table lists the library's
+    /// INTERNAL, which reads as a server fault). A client decoding a
+    /// response gets the same code.
+    #[derive(Debug)]
+    pub struct LeanDecoder<U>(ProstDecoder<U>);
+
+    impl<U: prost::Message + prost::Name + Default> Decoder for LeanDecoder<U> {
+        type Item = U;
+        type Error = Status;
+
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+            self.0.decode(buf).map_err(|status| {
+                Status::invalid_argument(format!(
+                    "the message is not a valid {}: {}",
+                    U::full_name(),
+                    status.message()
+                ))
+            })
+        }
+
+        fn buffer_settings(&self) -> BufferSettings {
+            self.0.buffer_settings()
         }
     }
 }

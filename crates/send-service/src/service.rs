@@ -79,6 +79,21 @@ fn seed_request(message: seed::ChatMessage) -> v1::SendMessageRequest {
     }
 }
 
+/// An error about a field named as the seed API names it (its `time` is
+/// v1's `client_time_ms`; the other fields it has are named alike).
+fn seed_field(error: SendError) -> SendError {
+    match error {
+        SendError::Invalid {
+            field: "client_time_ms",
+            reason,
+        } => SendError::Invalid {
+            field: "time",
+            reason,
+        },
+        other => other,
+    }
+}
+
 #[tonic::async_trait]
 impl v1::send_message_service_server::SendMessageService for Api {
     async fn send_message(
@@ -109,7 +124,8 @@ impl seed::send_message_service_server::SendMessageService for Api {
             seed_request(request.into_inner()),
             trace.as_deref(),
         )
-        .await?;
+        .await
+        .map_err(seed_field)?;
         Ok(Response::new(seed::Empty {}))
     }
 }
