@@ -306,3 +306,87 @@ fn a_conflicting_station_exits_64_naming_the_field() {
         "{stderr}"
     );
 }
+
+/// CPU seconds a process has used (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+/// B6: at its file-descriptor limit a service backs off instead of spinning
+/// (before: 197 % CPU and 3.7 million log lines in ~20 s), and connections
+/// that never send a preface are closed after the handshake timeout, so the
+/// descriptors come back and clients are served again.
+#[test]
+fn at_the_descriptor_limit_the_service_backs_off_and_recovers() {
+    let nats = NatsServer::start();
+    let port = free_port();
+    let log_path = std::env::temp_dir().join(format!("fastchat-fd-limit-{port}.log"));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=96:96")
+        .arg(workspace_bin("send-service"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("FASTCHAT_GRPC__LISTEN", format!("127.0.0.1:{port}"))
+        .env("FASTCHAT_METRICS__ENABLED", "false")
+        .env("FASTCHAT_GRPC__HANDSHAKE_TIMEOUT", "3s")
+        .env("NATS_URL", nats.url())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn send-service under prlimit");
+    let healthy = |within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            let ok = Command::new(workspace_bin("send-service"))
+                .arg("healthcheck")
+                .env("FASTCHAT_GRPC__LISTEN", format!("127.0.0.1:{port}"))
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(
+        healthy(Duration::from_secs(20)),
+        "send-service did not start"
+    );
+    // Silent connections, more than the descriptors left.
+    let silent: Vec<std::net::TcpStream> = (0..200)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    let cpu_before = cpu_seconds(child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = cpu_seconds(child.id()) - cpu_before;
+    let lines = std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    eprintln!("at the fd limit: {cpu:.2} s of CPU in 2 s, {lines} log lines so far");
+    assert!(cpu < 0.5, "spinning: {cpu:.2} s of CPU in 2 s");
+    assert!(lines < 40, "{lines} log lines");
+    // The silent ones are closed after the handshake timeout; keep them open
+    // on our side and the service still recovers its descriptors.
+    assert!(
+        healthy(Duration::from_secs(15)),
+        "no client served after the silent connections were closed"
+    );
+    drop(silent);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&log_path);
+}
