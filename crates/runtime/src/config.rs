@@ -157,6 +157,54 @@ where
     Ok(config)
 }
 
+/// Checks that the example configuration `file` sets every key of `T` to
+/// its default and names every key (set or commented out), so an example
+/// file stays a true reference as keys are added or defaults change.
+///
+/// # Errors
+/// What differs: a value that is not the default, or the keys missing.
+pub fn check_example<T>(file: &Path) -> Result<(), String>
+where
+    T: Serialize + DeserializeOwned + Default + Validate + PartialEq + std::fmt::Debug,
+{
+    let example: T = load_file(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if example != T::default() {
+        return Err(format!(
+            "{} differs from the defaults:\n{example:#?}\nvs\n{:#?}",
+            file.display(),
+            T::default()
+        ));
+    }
+    // Without every key named, the comparison above would pass by falling
+    // back on the defaults.
+    let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+    let mut missing = Vec::new();
+    if let Ok(figment::value::Value::Dict(_, sections)) =
+        figment::value::Value::serialize(T::default())
+    {
+        for (section, keys) in sections {
+            let figment::value::Value::Dict(_, keys) = keys else {
+                continue;
+            };
+            for (key, value) in keys {
+                let named = if matches!(value, figment::value::Value::Dict(..)) {
+                    text.contains(&format!("\n[{section}.{key}]"))
+                } else {
+                    text.contains(&format!("\n{key} = ")) || text.contains(&format!("\n# {key} = "))
+                };
+                if !named {
+                    missing.push(format!("{section}.{key}"));
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("keys missing from {}: {missing:?}", file.display()))
+    }
+}
+
 fn load_from<T>(file: Option<&Path>, env: Env) -> Result<Loaded<T>, ConfigError>
 where
     T: Serialize + DeserializeOwned + Default + Validate,
