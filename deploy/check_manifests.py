@@ -2,13 +2,19 @@
 
 Schema validity is kubernetes-validate's job; this checks what a schema cannot: labels,
 named ports and probes that agree, security settings, a grace period longer than the
-drain, references that resolve, station replicas that fit the NATS cluster, and versions
-and images that agree with the one place each is written.
+drain, references that resolve, station replicas that fit the NATS cluster, versions and
+images that agree with the one place each is written, and the broker's protections: the
+broker gets only password hashes, monitoring is exposed by no Service and admitted from
+the monitoring namespace only, each service keeps its own inbox prefix, and the per-user
+connection limits in auth.conf cover the HPA's largest rollout.
 
 Usage: python check_manifests.py OVERLAY_NAME RENDERED.yaml [NATS_CONFIG_DIR]
+       python check_manifests.py compose COMPOSE_CONFIG.json
   OVERLAY_NAME     dev or prod (sets the expected NATS / station replica counts)
   NATS_CONFIG_DIR  if given, the nats-config ConfigMap's files are written there so the
                    caller can run `nats-server -t` on them.
+  compose          checks `docker compose config --format json` output instead: NATS
+                   hardening, monitoring not published, only hashes for the broker.
 
 Expected versions come from the environment (deploy/check.sh sets them):
   EXPECT_NATS_VERSION      deploy/nats-version: nats image tag <it>-alpine and version label
@@ -18,6 +24,8 @@ Expected versions come from the environment (deploy/check.sh sets them):
   EXPECT_IMAGE_TAG         <namespace>/<service>:<tag>, as `make docker` builds them
 """
 
+import base64
+import math
 import os
 import re
 import sys
@@ -27,6 +35,20 @@ import yaml
 SERVICES = {"send-service": 50051, "all-messages-service": 50052}
 EXPECTED_REPLICAS = {"dev": 1, "prod": 3}
 SECRET = "fastchat-nats-credentials"
+# Secret keys: the clear password of each service's NATS user (for the service), and its
+# bcrypt hash (for the broker).
+PASSWORD_KEY = {"send-service": "SEND_SERVICE_PASSWORD",
+                "all-messages-service": "ALL_MESSAGES_SERVICE_PASSWORD"}
+HASH_KEYS = {k + "_BCRYPT" for k in PASSWORD_KEY.values()}
+# auth.conf: the account each service's user is in (its limits are the user's).
+ACCOUNT = {"send-service": "SEND", "all-messages-service": "STATION"}
+INBOX = {"send-service": "_INBOX.send", "all-messages-service": "_INBOX.all"}
+MONITOR_PORT = 8222
+# A process of either service opens this many NATS connections (main + history reader).
+CONNECTIONS_PER_PROCESS = 2
+# all-messages-service's subscriptions.max default (open gRPC subscribers per process).
+DEFAULT_SUBSCRIPTIONS_MAX = 10000
+BCRYPT_VALUE = re.compile(r'"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}"')
 REQUIRED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component",
                    "app.kubernetes.io/part-of", "app.kubernetes.io/version")
 
@@ -129,6 +151,16 @@ def check_service(name, port, docs, config):
     ref = env.get("FASTCHAT_NATS__PASSWORD", {}).get("valueFrom", {}).get("secretKeyRef")
     if not ref:
         problem(where, "FASTCHAT_NATS__PASSWORD must come from a secretKeyRef")
+    elif ref.get("key") != PASSWORD_KEY[name]:
+        problem(where, f"FASTCHAT_NATS__PASSWORD must be the Secret key {PASSWORD_KEY[name]} "
+                       f"(its own clear password), got {ref.get('key')}")
+    secret_keys = {e["valueFrom"]["secretKeyRef"]["key"] for e in c.get("env", [])
+                   if e.get("valueFrom", {}).get("secretKeyRef")}
+    if secret_keys - {PASSWORD_KEY[name]}:
+        problem(where, f"may read only its own password from Secrets, reads {sorted(secret_keys)}")
+    if "FASTCHAT_NATS__INBOX_PREFIX" in env or "FASTCHAT_NATS__INBOX_PREFIX" in config:
+        problem(where, "FASTCHAT_NATS__INBOX_PREFIX must stay unset: auth.conf allows each "
+                       f"user only its default prefix ({INBOX[name]}.>)")
     if not any(strip_hash(e.get("configMapRef", {}).get("name", "")) == "fastchat-config"
                for e in c.get("envFrom", [])):
         problem(where, "envFrom must load the fastchat-config ConfigMap")
@@ -205,6 +237,13 @@ def check_references(docs):
                             **secrets[ref["name"]].get("stringData", {})}
                     if ref["key"] not in data:
                         problem(where, f"Secret {ref['name']} has no key {ref['key']}")
+                    elif ref["key"] in HASH_KEYS:
+                        value = data[ref["key"]]
+                        if ref["key"] in secrets[ref["name"]].get("data", {}):
+                            value = base64.b64decode(value).decode()
+                        if not BCRYPT_VALUE.fullmatch(value):
+                            problem(where, f"Secret {ref['name']} key {ref['key']} must be a "
+                                           'bcrypt hash in double quotes ("$2b$11$...")')
                 elif ref["name"] != SECRET:
                     problem(where, f"unknown Secret {ref['name']}")
             for e in c.get("envFrom", []):
@@ -271,6 +310,9 @@ def check_nats(overlay, docs, config, out_dir):
         if allowed != set(SERVICES):
             problem("networkpolicy/nats", f"4222 must be open to exactly {sorted(SERVICES)}, "
                                           f"got {sorted(allowed)}")
+    check_nats_secrets(sts)
+    check_monitoring(docs, netpol)
+    check_auth_conf(files.get("auth.conf", ""), docs, config)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         for key, text in files.items():
@@ -278,7 +320,174 @@ def check_nats(overlay, docs, config, out_dir):
                 f.write(text)
 
 
+def check_nats_secrets(sts):
+    """The broker gets the password hashes, never a clear password."""
+    for c in sts["spec"]["template"]["spec"]["containers"]:
+        keys = {e["valueFrom"]["secretKeyRef"]["key"] for e in c.get("env", [])
+                if e.get("valueFrom", {}).get("secretKeyRef")}
+        if keys != HASH_KEYS:
+            problem("statefulset/nats", f"must read exactly the hashes {sorted(HASH_KEYS)} from "
+                                        f"the Secret (no clear password), reads {sorted(keys)}")
+        for e in c.get("envFrom", []):
+            if e.get("secretRef"):
+                problem("statefulset/nats", "must not load a whole Secret (envFrom)")
+
+
+def check_monitoring(docs, netpol):
+    """8222 has no authentication: no Service exposes it, and only a namespace does."""
+    for name, svc in by_kind(docs, "Service").items():
+        for p in svc["spec"].get("ports", []):
+            if p.get("port") == MONITOR_PORT or p.get("targetPort") in (MONITOR_PORT, "monitor"):
+                problem(f"service/{name}", "must not expose NATS monitoring (8222)")
+    if netpol is None:
+        return
+    rules = [r for r in netpol["spec"].get("ingress", [])
+             if not r.get("ports") or any(p.get("port") in (MONITOR_PORT, "monitor")
+                                          for p in r["ports"])]
+    if not rules:
+        problem("networkpolicy/nats", "8222 needs a rule for the monitoring namespace")
+    for rule in rules:
+        peers = rule.get("from")
+        if not peers:
+            problem("networkpolicy/nats", "8222 (or all ports) open to every source")
+            continue
+        for peer in peers:
+            ns = (peer.get("namespaceSelector") or {}).get("matchLabels", {})
+            if "ipBlock" in peer or not ns.get("kubernetes.io/metadata.name"):
+                problem("networkpolicy/nats", "8222 may be admitted only from a namespace named "
+                                              "by kubernetes.io/metadata.name")
+
+
+def auth_accounts(auth_conf):
+    """{account: text of its block} from auth.conf's top-level `accounts { NAME { ... } }`."""
+    accounts, name, depth, body = {}, None, 0, []
+    for line in auth_conf.splitlines():
+        code = line.split("#", 1)[0]
+        if name is None:
+            m = re.match(r"^  ([A-Z][A-Z0-9_]*)\s*[:=]?\s*\{\s*$", code)
+            if m:
+                name, depth, body = m.group(1), 1, []
+            continue
+        depth += code.count("{") - code.count("}")
+        if depth <= 0:
+            accounts[name] = "\n".join(body)
+            name = None
+        else:
+            body.append(code)
+    return accounts
+
+
+def limit_of(block, key):
+    m = re.search(rf"\b{key}\s*[:=]\s*(\d+)", block)
+    return int(m.group(1)) if m else None
+
+
+def check_auth_conf(auth_conf, docs, config):
+    """Per-service inboxes, hashes only, ephemeral consumers only, limits that fit the HPA."""
+    where = "nats-config/auth.conf"
+    if not auth_conf:
+        problem(where, "missing")
+        return
+    code = "\n".join(l.split("#", 1)[0] for l in auth_conf.splitlines())
+    if '"_INBOX.>"' in code or re.search(r'"(>|\$JS\.API\.>|\$JS\.>)"', code):
+        problem(where, "no user may have _INBOX.>, > or all of $JS.API")
+    for m in re.finditer(r"password\s*:\s*(\S+)", code):
+        if not re.fullmatch(r"\$[A-Z_]+_BCRYPT", m.group(1)):
+            problem(where, f"password {m.group(1)} must be a $..._BCRYPT hash variable")
+    if re.search(r'"\$JS\.API\.CONSUMER\.(CREATE\.[^"]*\.|DURABLE)', code):
+        problem(where, "named and durable consumer creates are not allowed (only "
+                       "$JS.API.CONSUMER.CREATE.<stream>)")
+    accounts = auth_accounts(code)
+    hpas = by_kind(docs, "HorizontalPodAutoscaler")
+    deployments = by_kind(docs, "Deployment")
+    for service, account in ACCOUNT.items():
+        block = accounts.get(account)
+        if block is None:
+            problem(where, f"account {account} (user {service}) missing")
+            continue
+        if f'user: "{service}"' not in block:
+            problem(where, f"account {account} must hold user {service}")
+        if f'"{INBOX[service]}.>"' not in block:
+            problem(where, f"{service} must subscribe to its own {INBOX[service]}.>")
+        other = [i for s, i in INBOX.items() if s != service][0]
+        if f'"{other}.>"' in block:
+            problem(where, f"{service} must not subscribe to {other}.>")
+        conns = limit_of(block, "max_connections")
+        subs = limit_of(block, "max_subscriptions")
+        if conns is None or subs is None:
+            problem(where, f"account {account}: limits need max_connections and max_subscriptions")
+            continue
+        hpa = hpas.get(service)
+        dep = deployments.get(service)
+        if hpa is None or dep is None:
+            continue
+        most = hpa["spec"]["maxReplicas"]
+        surge = dep["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", "25%")
+        surge = math.ceil(most * int(surge[:-1]) / 100) if str(surge).endswith("%") else int(surge)
+        # Doubled for connections a broker still holds while their client reconnects.
+        need = (most + surge) * CONNECTIONS_PER_PROCESS * 2
+        if conns < need:
+            problem(where, f"account {account}: max_connections {conns} < (HPA maxReplicas {most} "
+                           f"+ surge {surge}) x {CONNECTIONS_PER_PROCESS} x 2 = {need}")
+        if service == "all-messages-service":
+            per_process = int(config.get("FASTCHAT_SUBSCRIPTIONS__MAX", DEFAULT_SUBSCRIPTIONS_MAX))
+            if subs < 2 * per_process:
+                problem(where, f"account {account}: max_subscriptions {subs} (per connection) < "
+                               f"2 x subscriptions.max {per_process}")
+
+
+def check_compose(path):
+    """`docker compose config --format json`: the NATS container's protections."""
+    import json
+
+    with open(path) as f:
+        services = json.load(f)["services"]
+    nats = services.get("nats")
+    if nats is None:
+        problem("compose", "service nats missing")
+        return
+    where = "compose/nats"
+    for p in nats.get("ports", []):
+        if int(p.get("target", 0)) == MONITOR_PORT:
+            problem(where, "must not publish monitoring (8222)")
+    user = str(nats.get("user", ""))
+    if not user or user.split(":")[0] in ("0", "root"):
+        problem(where, f"must run as a non-root user:, got {user!r}")
+    if nats.get("read_only") is not True:
+        problem(where, "read_only must be true")
+    if "ALL" not in nats.get("cap_drop", []) or nats.get("cap_add"):
+        problem(where, "must drop ALL capabilities and add none")
+    if "no-new-privileges:true" not in nats.get("security_opt", []):
+        problem(where, "security_opt must have no-new-privileges:true")
+    limits = nats.get("deploy", {}).get("resources", {}).get("limits", {})
+    if not limits.get("cpus") or not limits.get("memory"):
+        problem(where, "needs cpu and memory limits")
+    env = nats.get("environment", {})
+    if set(env) & set(PASSWORD_KEY.values()):
+        problem(where, "must not get clear passwords")
+    for key in HASH_KEYS:
+        if not BCRYPT_VALUE.fullmatch(str(env.get(key, "")).replace("$$", "$")):
+            problem(where, f"{key} must be a bcrypt hash in double quotes")
+    init = services.get("nats-data-init")
+    if init is not None:
+        if set(init.get("cap_add", [])) - {"CHOWN", "DAC_READ_SEARCH"}:
+            problem("compose/nats-data-init", "may add only CHOWN and DAC_READ_SEARCH")
+        if "ALL" not in init.get("cap_drop", []) or init.get("read_only") is not True:
+            problem("compose/nats-data-init", "must drop ALL capabilities and be read-only")
+        if init.get("network_mode") != "none":
+            problem("compose/nats-data-init", "needs no network")
+    for name, svc in services.items():
+        if name.endswith("-service") and "FASTCHAT_NATS__INBOX_PREFIX" in svc.get("environment", {}):
+            problem(f"compose/{name}", "FASTCHAT_NATS__INBOX_PREFIX must stay unset (auth.conf)")
+    print(f"compose: {len(services)} services, {len(problems)} problem(s)")
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "compose":
+        check_compose(sys.argv[2])
+        for p in problems:
+            print(f"  {p}")
+        return 1 if problems else 0
     if len(sys.argv) not in (3, 4) or sys.argv[1] not in EXPECTED_REPLICAS:
         print(__doc__, file=sys.stderr)
         return 64
