@@ -39,7 +39,7 @@ IMAGE_NAMESPACE ?= localhost/fastchat
 IMAGE_TAG       ?= dev
 SERVICES        := send-service all-messages-service
 
-.PHONY: help setup run test lint fmt bench docker compose-up compose-down k8s-validate deploy-check clean-tools
+.PHONY: help setup run test lint fmt bench docker secrets compose-up compose-down k8s-validate deploy-check clean-tools
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -128,8 +128,11 @@ docker: ## build both images as IMAGE_NAMESPACE/<service>:IMAGE_TAG (localhost/f
 			-t $(IMAGE_NAMESPACE)/$$service:$(IMAGE_TAG) . || exit 1; \
 	done
 
+secrets: ## generate deploy/compose/.env: random NATS passwords and their bcrypt hashes
+	deploy/secrets.sh compose
+
 deploy/compose/.env:
-	@echo "deploy/compose/.env is missing: cp deploy/compose/.env.example deploy/compose/.env and set real passwords" >&2
+	@echo "deploy/compose/.env is missing: run make secrets (deploy/secrets.sh compose)" >&2
 	@exit 1
 
 compose-up: deploy/compose/.env ## start NATS + send-service + 2 all-messages replicas with Docker Compose v2

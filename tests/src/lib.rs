@@ -79,21 +79,27 @@ async fn bind() -> TcpListener {
         .expect("bind loopback")
 }
 
-fn broker_config(nats_url: &str) -> broker_client::BrokerConfig {
+/// A service's own broker defaults (name, inbox prefix) pointed at
+/// `nats_url`, with short time-outs for tests.
+fn broker_config(
+    defaults: broker_client::BrokerConfig,
+    nats_url: &str,
+) -> broker_client::BrokerConfig {
     broker_client::BrokerConfig {
         url: nats_url.to_owned(),
         request_timeout: Duration::from_secs(2),
         max_reconnect_delay: Duration::from_millis(250),
-        ..broker_client::BrokerConfig::default()
+        ..defaults
     }
 }
 
 /// Test defaults for send-service against `nats_url`.
 #[must_use]
 pub fn send_config(nats_url: &str) -> send_service::Config {
+    let defaults = send_service::Config::default();
     let mut config = send_service::Config {
-        nats: broker_config(nats_url),
-        ..send_service::Config::default()
+        nats: broker_config(defaults.nats.clone(), nats_url),
+        ..defaults
     };
     config.send.timeout = Duration::from_secs(3);
     config.shutdown.drain_timeout = Duration::from_secs(3);
@@ -103,9 +109,10 @@ pub fn send_config(nats_url: &str) -> send_service::Config {
 /// Test defaults for all-messages-service against `nats_url`.
 #[must_use]
 pub fn all_config(nats_url: &str) -> all_messages_service::Config {
+    let defaults = all_messages_service::Config::default();
     let mut config = all_messages_service::Config {
-        nats: broker_config(nats_url),
-        ..all_messages_service::Config::default()
+        nats: broker_config(defaults.nats.clone(), nats_url),
+        ..defaults
     };
     config.shutdown.drain_timeout = Duration::from_secs(3);
     config

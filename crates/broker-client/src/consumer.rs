@@ -40,6 +40,7 @@ impl Station {
             )
             .stream(),
             errors: 0,
+            state: self.broker().watch_state(),
         })
     }
 
@@ -120,6 +121,11 @@ pub struct FanOut {
     backoff: Backoff,
     /// Errors from the current consumer since its last message.
     errors: u32,
+    /// The connection state: after a reconnect the consumer is made anew
+    /// here (a fresh, unnamed ephemeral consumer from our position) rather
+    /// than by async-nats, which re-creates it under a name — something a
+    /// broker user allowed only ephemeral consumers may not do.
+    state: tokio::sync::watch::Receiver<crate::ConnectionState>,
 }
 
 impl FanOut {
@@ -185,7 +191,20 @@ impl FanOut {
             let Some(messages) = self.messages.as_mut() else {
                 continue;
             };
-            let next = match tokio::time::timeout(FAN_OUT_IDLE_CHECK, messages.next()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout(FAN_OUT_IDLE_CHECK, messages.next()) => next,
+                changed = self.state.changed() => {
+                    let disconnected = changed.is_ok()
+                        && *self.state.borrow_and_update() == crate::ConnectionState::Disconnected;
+                    if disconnected {
+                        tracing::info!(filter = %self.filter, last = ?self.last, "broker connection lost; the fan-out consumer is made anew once it is back");
+                        self.messages = None;
+                        self.station.broker().wait_connected().await;
+                    }
+                    continue;
+                }
+            };
+            let next = match next {
                 Ok(next) => next,
                 Err(_) => {
                     if stalled(&self.station, self.last, self.start).await {
