@@ -467,3 +467,135 @@ fn log_skipped(path: &Path, skipped: &[String]) {
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ed25519_jwk(kid: &str, seed: u8) -> Value {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "kid": kid,
+            "x": URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()),
+        })
+    }
+
+    fn set(keys: &[Value]) -> String {
+        json!({ "keys": keys }).to_string()
+    }
+
+    impl JwksFile {
+        /// Looks at the file now, whenever the last look was.
+        fn look_now(&self) {
+            self.next_look_ms.store(0, Ordering::Release);
+            self.look();
+        }
+    }
+
+    #[test]
+    fn the_secret_file_loses_one_trailing_newline() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let path = dir.path().join("secret");
+        let secret = [b'k'; 32];
+        for (suffix, expected) in [
+            (&b""[..], 32),
+            (b"\n", 32),
+            (b"\r\n", 32),
+            (b"\n\n", 33),
+            (b" ", 33),
+        ] {
+            fs::write(&path, [&secret[..], suffix].concat()).expect("writes");
+            let read = read_hmac_secret(&path).expect("long enough");
+            assert_eq!(read.len(), expected, "{suffix:?}");
+        }
+        fs::write(&path, [b'k'; 31]).expect("writes");
+        assert!(matches!(
+            read_hmac_secret(&path),
+            Err(ConfigError::Unusable { key: HMAC_KEY, .. })
+        ));
+    }
+
+    #[test]
+    fn a_rewrite_with_its_modification_time_set_back_is_still_seen() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let path = dir.path().join("jwks.json");
+        fs::write(&path, set(&[ed25519_jwk("key-a", 1)])).expect("writes");
+        let modified = fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        let file = JwksFile::open(&path).expect("valid");
+        assert!(file.get("key-a").is_some());
+
+        // Same length, same modification time: only the change time (or
+        // the settling rule) tells the versions apart.
+        fs::write(&path, set(&[ed25519_jwk("key-b", 2)])).expect("writes");
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(modified))
+            .expect("sets the modification time back");
+        file.look_now();
+        assert!(file.get("key-b").is_some());
+        assert!(file.get("key-a").is_none());
+    }
+
+    #[test]
+    fn nothing_is_read_between_looks() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let path = dir.path().join("jwks.json");
+        fs::write(&path, set(&[ed25519_jwk("key-a", 1)])).expect("writes");
+        let file = JwksFile::open(&path).expect("valid");
+        fs::write(&path, set(&[ed25519_jwk("key-b", 2)])).expect("writes");
+        // Less than a second since the file was opened: not looked at yet.
+        assert!(file.get("key-b").is_none());
+        file.look_now();
+        assert!(file.get("key-b").is_some());
+    }
+
+    #[test]
+    fn a_broken_version_keeps_the_keys_and_its_problem_is_told() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let path = dir.path().join("jwks.json");
+        let good = set(&[ed25519_jwk("key-a", 1)]);
+        fs::write(&path, &good).expect("writes");
+        let file = JwksFile::open(&path).expect("valid");
+        for broken in [
+            "{".to_owned(),
+            set(&[]),
+            set(&[ed25519_jwk("dup", 1), ed25519_jwk("dup", 2)]),
+        ] {
+            fs::write(&path, &broken).expect("writes");
+            file.look_now();
+            assert!(file.get("key-a").is_some(), "{broken}");
+            assert!(file.problem().is_some(), "{broken}");
+        }
+        // Back to the version in use: nothing to load, no problem left.
+        fs::write(&path, &good).expect("writes");
+        file.look_now();
+        assert_eq!(file.problem(), None);
+        assert_eq!(file.len(), 1);
+    }
+
+    #[test]
+    fn keys_that_cannot_verify_are_left_out() {
+        // (1, 1) is not on P-256.
+        let mut one = [0_u8; 32];
+        one[31] = 1;
+        let not_a_point = json!({
+            "kty": "EC", "crv": "P-256", "kid": "bad",
+            "x": URL_SAFE_NO_PAD.encode(one), "y": URL_SAFE_NO_PAD.encode(one),
+        });
+        let parsed = parse_jwks(set(&[ed25519_jwk("good", 1), not_a_point]).as_bytes())
+            .expect("one usable key");
+        assert_eq!(parsed.set.keys.len(), 1);
+        assert_eq!(parsed.skipped.len(), 1, "{:?}", parsed.skipped);
+        assert!(
+            parsed.skipped[0].starts_with("key `bad` is not a valid ES256 public key"),
+            "{:?}",
+            parsed.skipped
+        );
+    }
+}
