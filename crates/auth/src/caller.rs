@@ -12,7 +12,6 @@ use crate::grant::{self, Grant, GrantSource, Operation};
 ///
 /// [`Authenticator::authenticate`]: crate::Authenticator::authenticate
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum Caller {
     /// `auth.mode = "none"`: nothing was checked and everything is allowed.
     /// For development only; the service warns at start-up.

@@ -35,7 +35,7 @@ mod token;
 pub use authenticator::Authenticator;
 pub use caller::{AnonymousCaller, Author, Caller, VerifiedCaller};
 pub use config::{AuthConfig, JwtConfig, MAX_LEEWAY, Mode};
-pub use error::{Access, AuthError, Code, ConfigError, DOMAIN, InvalidToken};
+pub use error::{Access, AuthError, Code, ConfigError, DOMAIN, InvalidToken, reason};
 pub use grant::{
     Grant, GrantSyntaxError, Operation, PatternError, RoomPattern, format_grants, parse_grants,
 };

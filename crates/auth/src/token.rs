@@ -70,7 +70,10 @@ pub(crate) fn header(token: &str) -> Result<RawHeader, InvalidToken> {
         return Err(InvalidToken::Malformed(if parts == 5 {
             "it has five parts, as an encrypted token (JWE) does; a signed one has three".into()
         } else {
-            format!("it has {parts} part(s), a signed token three")
+            format!(
+                "it has {parts} part{}; a signed token has three",
+                if parts == 1 { "" } else { "s" }
+            )
         }));
     }
     let encoded = token.split('.').next().unwrap_or_default();
