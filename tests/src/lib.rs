@@ -103,7 +103,30 @@ pub fn send_config(nats_url: &str) -> send_service::Config {
     };
     config.send.timeout = Duration::from_secs(3);
     config.shutdown.drain_timeout = Duration::from_secs(3);
+    config.auth = unchecked();
+    config.limits = unlimited();
     config
+}
+
+/// `auth.mode = "none"`: the tests of other things send without tokens (the
+/// authentication tests configure keys and grants themselves).
+#[must_use]
+pub fn unchecked() -> fastchat_auth::AuthConfig {
+    fastchat_auth::AuthConfig {
+        mode: fastchat_auth::Mode::None,
+        ..fastchat_auth::AuthConfig::default()
+    }
+}
+
+/// Per-identity limits out of the way (tests of other things send and
+/// subscribe as one client, much more than a person would).
+#[must_use]
+pub fn unlimited() -> fastchat_runtime::config::LimitsConfig {
+    fastchat_runtime::config::LimitsConfig {
+        send_per_second: 1_000_000,
+        send_burst: 1_000_000,
+        subscriptions_per_identity: 1_000_000,
+    }
 }
 
 /// Test defaults for all-messages-service against `nats_url`.
@@ -115,6 +138,8 @@ pub fn all_config(nats_url: &str) -> all_messages_service::Config {
         ..defaults
     };
     config.shutdown.drain_timeout = Duration::from_secs(3);
+    config.auth = unchecked();
+    config.limits = unlimited();
     config
 }
 

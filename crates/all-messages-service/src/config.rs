@@ -1,7 +1,10 @@
 //! all-messages-service configuration (see the README for every key).
 
 use broker_client::{BrokerConfig, StationConfig};
-use fastchat_runtime::config::{GrpcConfig, LogConfig, MetricsConfig, ShutdownConfig, Validate};
+use fastchat_auth::AuthConfig;
+use fastchat_runtime::config::{
+    GrpcConfig, LimitsConfig, LogConfig, MetricsConfig, ShutdownConfig, Validate,
+};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +29,10 @@ pub struct Config {
     pub subscriptions: SubscriptionsConfig,
     /// Limits on reading history (pages and subscription replays).
     pub history: HistoryConfig,
+    /// Authentication and room grants.
+    pub auth: AuthConfig,
+    /// Per-identity limits.
+    pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
     /// Prometheus metrics.
@@ -46,6 +53,8 @@ impl Default for Config {
             station: StationConfig::default(),
             subscriptions: SubscriptionsConfig::default(),
             history: HistoryConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::with_port(DEFAULT_METRICS_PORT),
             shutdown: ShutdownConfig::default(),
@@ -133,6 +142,8 @@ impl Validate for Config {
         self.grpc.validate()?;
         self.nats.validate()?;
         self.station.validate()?;
+        self.auth.validate()?;
+        self.limits.validate()?;
         let s = &self.subscriptions;
         let h = &self.history;
         for (key, value) in [

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use broker_client::ErrorKind;
-use fastchat_runtime::unavailable::Unavailable;
+use fastchat_runtime::{
+    status::{Problem, reason},
+    unavailable::Unavailable,
+};
 use tonic::{Code, Status};
 
 use crate::shares::{Cap, Refused};
@@ -43,6 +46,13 @@ fn over_cap(what: Scarce, refused: Refused, queue_timeout: Option<Duration>) -> 
              fewer pages at once",
             queue_timeout.unwrap_or_default()
         ),
+        (Scarce::Subscriptions, Cap::Identity) => format!(
+            "you already have {limit} open subscriptions (limits.subscriptions_per_identity); \
+             close one first"
+        ),
+        (Scarce::HistoryReads, Cap::Identity) => {
+            format!("you already have {limit} history reads running; wait for one to finish")
+        }
         (Scarce::HistoryReads, Cap::Address) => format!(
             "your address kept {limit} history reads running \
              (history.max_concurrent_per_address) for {:?} (history.queue_timeout); read fewer \
@@ -62,6 +72,37 @@ pub enum ApiError {
         field: &'static str,
         /// What is wrong and what is allowed.
         reason: String,
+    },
+    /// A resume cursor beyond the newest stored message.
+    #[error(
+        "after_sequence: {after} is beyond the newest stored message ({newest}); resume from a \
+         sequence this station delivered"
+    )]
+    BeyondNewest {
+        /// The cursor asked for.
+        after: u64,
+        /// The newest stored sequence.
+        newest: u64,
+    },
+    /// The caller may not do this (no or a bad token, a forbidden room).
+    #[error(transparent)]
+    Denied(#[from] fastchat_auth::AuthError),
+    /// The caller's token did not check out (the status is the gate's).
+    #[error("{}", .0.message())]
+    Unauthenticated(Status),
+    /// The token a stream was opened with expired.
+    #[error("the token expired; resubscribe with a new one and after_sequence = {cursor}")]
+    TokenExpired {
+        /// Where to resume.
+        cursor: u64,
+    },
+    /// The server is shutting down.
+    #[error(
+        "server shutting down; resubscribe (to another replica) with after_sequence = {cursor}"
+    )]
+    ShuttingDown {
+        /// Where to resume.
+        cursor: u64,
     },
     /// A fair-share cap: too many open subscriptions or history reads, on
     /// the instance, the client's connection or its address.
@@ -117,19 +158,96 @@ impl From<broker_client::Error> for ApiError {
     }
 }
 
-impl From<ApiError> for Status {
-    fn from(e: ApiError) -> Self {
-        let code = match &e {
-            ApiError::Invalid { .. } => Code::InvalidArgument,
-            ApiError::OverCap { .. } | ApiError::Stalled { .. } | ApiError::BrokerBusy(_) => {
-                Code::ResourceExhausted
+impl ApiError {
+    /// The status, with `after_sequence` (where a stream should resume) in
+    /// its ErrorInfo when the error ends a stream.
+    pub(crate) fn into_status(self, cursor: Option<u64>) -> Status {
+        let message = self.to_string();
+        let problem = match self {
+            ApiError::Invalid { field, reason } => {
+                Problem::new(Code::InvalidArgument, reason::INVALID_FIELD, message)
+                    .meta("field", field)
+                    .field(field, reason)
             }
-            ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::BeyondNewest { newest, .. } => {
+                Problem::new(Code::InvalidArgument, reason::BEYOND_NEWEST, message)
+                    .meta("newest_sequence", newest)
+                    .field("after_sequence", "beyond the newest stored message")
+            }
+            ApiError::OverCap { what, refused, .. } => {
+                let (reason, key) = limit_key(what, refused.cap);
+                Problem::new(Code::ResourceExhausted, reason, message)
+                    .meta("limit", key)
+                    .retry_after(Duration::from_secs(1))
+            }
+            ApiError::Stalled { after, .. } => {
+                Problem::new(Code::ResourceExhausted, reason::SUBSCRIBER_STALLED, message)
+                    .meta("limit", "subscriptions.stall_timeout")
+                    .meta("after_seconds", after.as_secs())
+            }
+            ApiError::BrokerBusy(_) => {
+                Problem::new(Code::ResourceExhausted, reason::BROKER_BUSY, message)
+                    .retry_after(Duration::from_secs(1))
+            }
+            ApiError::Unavailable(_) => {
+                Problem::new(Code::Unavailable, reason::BROKER_UNAVAILABLE, message)
+                    .retry_after(Duration::from_secs(1))
+            }
+            ApiError::ShuttingDown { .. } => {
+                Problem::new(Code::Unavailable, reason::SHUTTING_DOWN, message)
+                    .retry_after(Duration::from_millis(100))
+            }
+            ApiError::TokenExpired { .. } => Problem::new(
+                Code::Unauthenticated,
+                fastchat_auth::reason::TOKEN_EXPIRED,
+                message,
+            ),
+            ApiError::Denied(e) => fastchat_runtime::status::auth(&e),
+            ApiError::Unauthenticated(status) => return status,
             ApiError::Internal(source) => {
                 tracing::error!(error = %source.report(), "request failed");
-                return Status::new(Code::Internal, "internal error");
+                Problem::new(Code::Internal, reason::INTERNAL, "internal error")
             }
         };
-        Status::new(code, e.to_string())
+        match cursor {
+            Some(cursor) => problem.meta("after_sequence", cursor).resume_hint(cursor),
+            None => problem,
+        }
+        .status()
+    }
+}
+
+/// The ErrorInfo reason and the configuration key of a fair-share cap.
+fn limit_key(what: Scarce, cap: Cap) -> (&'static str, &'static str) {
+    match (what, cap) {
+        (Scarce::Subscriptions, Cap::Total) => {
+            (reason::TOO_MANY_SUBSCRIPTIONS, "subscriptions.max")
+        }
+        (Scarce::Subscriptions, Cap::Connection) => (
+            reason::TOO_MANY_SUBSCRIPTIONS,
+            "subscriptions.max_per_connection",
+        ),
+        (Scarce::Subscriptions, Cap::Address) => (
+            reason::TOO_MANY_SUBSCRIPTIONS,
+            "subscriptions.max_per_address",
+        ),
+        (Scarce::Subscriptions, Cap::Identity) => (
+            reason::TOO_MANY_SUBSCRIPTIONS,
+            "limits.subscriptions_per_identity",
+        ),
+        (Scarce::HistoryReads, Cap::Total) => (reason::HISTORY_BUSY, "history.max_concurrent"),
+        (Scarce::HistoryReads, Cap::Connection) => (
+            reason::HISTORY_BUSY,
+            "history.max_concurrent_per_connection",
+        ),
+        (Scarce::HistoryReads, Cap::Address | Cap::Identity) => {
+            (reason::HISTORY_BUSY, "history.max_concurrent_per_address")
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        e.into_status(None)
     }
 }

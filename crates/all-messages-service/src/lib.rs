@@ -57,6 +57,8 @@ pub async fn run(
             context.station.clone(),
             config.subscriptions.clone(),
             config.history.clone(),
+            &config.limits,
+            context.gate.clone(),
             context.cancel.clone(),
             context.tracker.clone(),
         );

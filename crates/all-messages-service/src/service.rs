@@ -14,11 +14,17 @@ use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
+use fastchat_auth::{Caller, Operation};
+use fastchat_runtime::{
+    config::LimitsConfig,
+    gate::{Gate, IdentityKey},
+};
+
 use crate::{
     config::{HistoryConfig, SubscriptionsConfig},
     error::{ApiError, Scarce},
     hub::{self, Hub},
-    shares::{self, Shares},
+    shares::{self, PerIdentity, Shares},
     subscription::{self, Event, Queue, Sink, Start, Subscription},
 };
 
@@ -36,18 +42,32 @@ pub struct Api {
     history: Arc<Shares>,
     limits: SubscriptionsConfig,
     history_limits: HistoryConfig,
+    per_identity: Arc<PerIdentity>,
+    gate: Gate,
     cancel: CancellationToken,
     tracker: TaskTracker,
+}
+
+/// Where a subscriber or reader comes from, and who it is.
+struct Client {
+    caller: Caller,
+    peer: Option<SocketAddr>,
 }
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 impl Api {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of the service, each once"
+    )]
     pub fn new(
         hub: Arc<Hub>,
         station: watch::Receiver<Option<Station>>,
         limits: SubscriptionsConfig,
         history_limits: HistoryConfig,
+        identity_limits: &LimitsConfig,
+        gate: Gate,
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
@@ -66,9 +86,22 @@ impl Api {
             }),
             limits,
             history_limits,
+            per_identity: Arc::new(PerIdentity::new(identity_limits.subscriptions_per_identity)),
+            gate,
             cancel,
             tracker,
         }
+    }
+
+    /// The caller of `request`.
+    fn client<T>(&self, request: &Request<T>) -> Result<Client, ApiError> {
+        Ok(Client {
+            caller: self
+                .gate
+                .caller(request)
+                .map_err(ApiError::Unauthenticated)?,
+            peer: request.remote_addr(),
+        })
     }
 
     fn station(&self) -> Result<Station, ApiError> {
@@ -84,21 +117,27 @@ impl Api {
     async fn open<T: Send + 'static>(
         &self,
         request: subscription::Request,
-        peer: Option<SocketAddr>,
+        client: Client,
         map: fn(Event) -> Option<T>,
     ) -> Result<EventStream<T>, ApiError> {
+        match &request.room {
+            Some(room) => client.caller.authorize(room, Operation::Read)?,
+            None => client.caller.authorize_every_room_read()?,
+        }
         let station = self.station()?;
         if !self.hub.is_started() {
             return Err(ApiError::unavailable("live feed not started yet"));
         }
-        let share = self
-            .subscriptions
-            .try_take(peer)
-            .map_err(|refused| ApiError::OverCap {
-                what: Scarce::Subscriptions,
-                refused,
-                queue_timeout: None,
-            })?;
+        let over = |refused| ApiError::OverCap {
+            what: Scarce::Subscriptions,
+            refused,
+            queue_timeout: None,
+        };
+        let identity_share = self
+            .per_identity
+            .try_take(IdentityKey::of(&client.caller, client.peer))
+            .map_err(over)?;
+        let share = self.subscriptions.try_take(client.peer).map_err(over)?;
         let (tx, rx) = mpsc::channel(self.limits.client_buffer);
         let mut joined = self.hub.join();
         if matches!(request.start, Start::New) {
@@ -115,6 +154,7 @@ impl Api {
         );
         let subscription = Subscription::new(
             Arc::clone(&self.hub),
+            self.gate.stream_deadline(&client.caller),
             station,
             Arc::clone(&self.history),
             request,
@@ -122,7 +162,7 @@ impl Api {
         );
         self.tracker.spawn(async move {
             subscription.run(joined).await;
-            drop(share);
+            drop((share, identity_share));
         });
         // Responses are built here, as tonic pulls them off the stream.
         let responses = ReceiverStream::new(rx).filter_map(move |item| match item {
@@ -235,13 +275,13 @@ impl v1::all_messages_service_server::AllMessagesService for Api {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let peer = request.remote_addr();
+        let client = self.client(&request)?;
         let r = request.into_inner();
         let request = subscription::Request {
             room: room_filter(&r.room)?,
             start: start_of(r.start)?,
         };
-        Ok(Response::new(self.open(request, peer, to_v1).await?))
+        Ok(Response::new(self.open(request, client, to_v1).await?))
     }
 
     #[tracing::instrument(skip_all, fields(room = %request.get_ref().room))]
@@ -249,12 +289,17 @@ impl v1::all_messages_service_server::AllMessagesService for Api {
         &self,
         request: Request<v1::ListMessagesRequest>,
     ) -> Result<Response<v1::ListMessagesResponse>, Status> {
-        let peer = request.remote_addr();
+        let client = self.client(&request)?;
+        let peer = client.peer;
         let r = request.into_inner();
         if r.room.is_empty() {
             return Err(invalid("room", "is required").into());
         }
         let room = room_filter(&r.room)?.unwrap_or_default();
+        client
+            .caller
+            .authorize(&room, Operation::Read)
+            .map_err(ApiError::from)?;
         let limit = match r.limit {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
@@ -324,36 +369,35 @@ async fn list(
         .await?;
     let start = first.map_or(StartPosition::All, StartPosition::FromSequence);
     let mut read = station.read(&filter, start).await?;
-    let mut messages = Vec::with_capacity(wanted);
+    // Read oldest first, but hold no more than the byte budget: the oldest
+    // are let go as newer ones come (an encoded page also carries a few
+    // bytes of framing per message).
+    let mut messages = std::collections::VecDeque::with_capacity(wanted);
+    let mut bytes = 0;
+    let mut older = false;
+    let mut taken = 0;
     while let Some(delivered) = read.next().await? {
-        if before.is_some_and(|b| delivered.sequence >= b) || messages.len() >= wanted {
+        if before.is_some_and(|b| delivered.sequence >= b) || taken >= wanted {
             break;
         }
-        if let Some(message) = hub::decode(&delivered) {
-            messages.push(message);
+        taken += 1;
+        let Some(message) = hub::decode(&delivered) else {
+            continue;
+        };
+        bytes += message.encoded_len() + 8;
+        messages.push_back(message);
+        while bytes > max_bytes && messages.len() > 1 {
+            if let Some(dropped) = messages.pop_front() {
+                bytes -= dropped.encoded_len() + 8;
+                older = true;
+            }
         }
     }
-    let mut older = messages.len() > limit as usize;
-    if older {
-        messages.remove(0);
-    }
-    // Keep the newest messages that fit the byte budget (an encoded page
-    // carries a few bytes of framing per message too).
-    let mut bytes = 0;
-    let fit = messages
-        .iter()
-        .rev()
-        .take_while(|m| {
-            bytes += m.encoded_len() + 8;
-            bytes <= max_bytes
-        })
-        .count()
-        .max(1)
-        .min(messages.len());
-    if fit < messages.len() {
-        messages.drain(..messages.len() - fit);
+    if messages.len() > limit as usize {
+        messages.pop_front();
         older = true;
     }
+    let messages = Vec::from(messages);
     let next_before_sequence = if older {
         messages.first().map_or(0, |m| m.sequence)
     } else {
@@ -373,11 +417,11 @@ impl seed::all_messages_service_server::AllMessagesService for Api {
         &self,
         request: Request<seed::Empty>,
     ) -> Result<Response<Self::allStream>, Status> {
-        let peer = request.remote_addr();
+        let client = self.client(&request)?;
         let request = subscription::Request {
             room: None,
             start: Start::All,
         };
-        Ok(Response::new(self.open(request, peer, to_seed).await?))
+        Ok(Response::new(self.open(request, client, to_seed).await?))
     }
 }

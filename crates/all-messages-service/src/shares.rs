@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use fastchat_runtime::gate::IdentityKey;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How much there is, and how much one client may hold.
@@ -32,6 +33,8 @@ pub enum Cap {
     Connection,
     /// The client's address holds its maximum.
     Address,
+    /// The caller's identity holds its maximum.
+    Identity,
 }
 
 /// Why a share was refused: which cap, and its value.
@@ -52,7 +55,7 @@ struct PerKey<K> {
     map: Mutex<HashMap<K, (Arc<Semaphore>, usize)>>,
 }
 
-impl<K: Hash + Eq + Copy> PerKey<K> {
+impl<K: Hash + Eq + Clone> PerKey<K> {
     fn new(max: usize) -> Self {
         Self {
             max,
@@ -229,8 +232,58 @@ impl Shares {
             Cap::Total => self.limits.total,
             Cap::Connection => self.limits.per_connection,
             Cap::Address => self.limits.per_address,
+            Cap::Identity => 0,
         };
         Refused { cap, limit }
+    }
+}
+
+/// At most so many shares per caller identity (a token's identity, or the
+/// address of a caller without one).
+#[derive(Debug)]
+pub struct PerIdentity {
+    keys: Arc<PerKey<IdentityKey>>,
+}
+
+/// One identity's share, given back on drop.
+#[derive(Debug)]
+pub struct IdentityShare {
+    _permit: OwnedSemaphorePermit,
+    key: IdentityKey,
+    keys: Arc<PerKey<IdentityKey>>,
+}
+
+impl Drop for IdentityShare {
+    fn drop(&mut self) {
+        self.keys.leave(&self.key);
+    }
+}
+
+impl PerIdentity {
+    /// `max` shares per identity.
+    pub fn new(max: usize) -> Self {
+        Self {
+            keys: Arc::new(PerKey::new(max)),
+        }
+    }
+
+    /// A share for `key` now, or why not.
+    pub fn try_take(&self, key: IdentityKey) -> Result<IdentityShare, Refused> {
+        let semaphore = self.keys.enter(key.clone());
+        match semaphore.try_acquire_owned() {
+            Ok(permit) => Ok(IdentityShare {
+                _permit: permit,
+                key,
+                keys: Arc::clone(&self.keys),
+            }),
+            Err(_) => {
+                self.keys.leave(&key);
+                Err(Refused {
+                    cap: Cap::Identity,
+                    limit: self.keys.max,
+                })
+            }
+        }
     }
 }
 

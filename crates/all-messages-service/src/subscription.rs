@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use broker_client::{OffsetDateTime, StartPosition, Station};
@@ -271,6 +271,8 @@ impl Drop for Active {
 /// One subscriber's stream of the station: its history, then live.
 pub struct Subscription {
     hub: Arc<Hub>,
+    /// When the stream must end because its token does.
+    deadline: Option<SystemTime>,
     station: Station,
     /// Slots for history reads: the first replay waits for one.
     history: Arc<Shares>,
@@ -286,6 +288,7 @@ impl Subscription {
     /// A subscription of `request` on `station`, sending into `sink`.
     pub fn new(
         hub: Arc<Hub>,
+        deadline: Option<SystemTime>,
         station: Station,
         history: Arc<Shares>,
         request: Request,
@@ -297,6 +300,7 @@ impl Subscription {
             .map_or_else(|| station::ALL_ROOMS.to_owned(), station::subject);
         Self {
             hub,
+            deadline,
             station,
             history,
             room: request.room,
@@ -313,29 +317,30 @@ impl Subscription {
     /// `new_only` subscriber gets everything stored after its call returned.
     pub async fn run(mut self, joined: Joined) {
         let _active = Active::new();
-        let outcome = self.serve(joined).await;
+        let outcome = match self.deadline {
+            // A stream lives no longer than the token it was opened with.
+            Some(deadline) => {
+                let left = deadline
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                tokio::select! {
+                    outcome = self.serve(joined) => outcome,
+                    () = tokio::time::sleep(left) => Err(End::Failed(ApiError::TokenExpired { cursor: 0 })),
+                }
+            }
+            None => self.serve(joined).await,
+        };
         let cursor = self.sink.cursor;
-        let status = match outcome {
+        let error = match outcome {
             Ok(()) | Err(End::Stopped) if !self.sink.cancel.is_cancelled() => {
                 self.sink.client_gone();
                 return;
             }
-            Ok(()) | Err(End::Stopped) => Status::unavailable(format!(
-                "server shutting down; resubscribe with after_sequence = {cursor}"
-            )),
-            Err(End::Failed(e)) => {
-                let status = Status::from(e);
-                if status.code() == tonic::Code::Unavailable {
-                    Status::unavailable(format!(
-                        "{}; resubscribe with after_sequence = {cursor}",
-                        status.message()
-                    ))
-                } else {
-                    status
-                }
-            }
+            Ok(()) | Err(End::Stopped) => ApiError::ShuttingDown { cursor },
+            Err(End::Failed(ApiError::TokenExpired { .. })) => ApiError::TokenExpired { cursor },
+            Err(End::Failed(e)) => e,
         };
-        self.sink.close(status);
+        self.sink.close(error.into_status(Some(cursor)));
     }
 
     // The rare, large steps (replays, station requests) are boxed: a waiting
@@ -395,13 +400,7 @@ impl Subscription {
                 self.sink.cursor = after;
                 let newest = self.report_gap().await?;
                 if after > newest {
-                    return Err(End::Failed(ApiError::Invalid {
-                        field: "after_sequence",
-                        reason: format!(
-                            "{after} is beyond the newest stored message ({newest}); resume from \
-                             a sequence this station delivered"
-                        ),
-                    }));
+                    return Err(End::Failed(ApiError::BeyondNewest { after, newest }));
                 }
                 Some(StartPosition::after(after))
             }

@@ -30,7 +30,7 @@ pub enum Mode {
 }
 
 /// `auth`: how callers are authenticated and what they may do.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// `jwt` (default) or `none` (development only).
@@ -45,7 +45,7 @@ pub struct AuthConfig {
 }
 
 /// `auth.jwt`: the keys and the claims checked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JwtConfig {
     /// A file whose bytes are the HS256/HS384/HS512 key (one trailing

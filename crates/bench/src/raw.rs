@@ -41,6 +41,7 @@ pub fn sample_message(room: &str, sequence: u64, text: String) -> v1::ChatMessag
         }),
         client_time_ms: 0,
         sequence,
+        author_verified: true,
     }
 }
 

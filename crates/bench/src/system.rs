@@ -47,6 +47,12 @@ impl Process {
                 format!("127.0.0.1:{metrics_port}"),
             )
             .env("FASTCHAT_NATS__URL", nats_url)
+            // Capacity without the auth checks; the auth cost is measured
+            // separately.
+            .env("FASTCHAT_AUTH__MODE", "none")
+            .env("FASTCHAT_LIMITS__SEND_PER_SECOND", "1000000")
+            .env("FASTCHAT_LIMITS__SEND_BURST", "1000000")
+            .env("FASTCHAT_LIMITS__SUBSCRIPTIONS_PER_IDENTITY", "1000000")
             // The bench measures capacity, not the fair-share limits: one
             // load client on 127.0.0.1 opens up to 10,000 connections and
             // 1,000 streams on one connection.

@@ -339,6 +339,7 @@ mod tests {
             }),
             client_time_ms: 0,
             sequence: 12,
+            author_verified: false,
         }
     }
 

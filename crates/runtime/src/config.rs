@@ -34,6 +34,8 @@ pub const KNOWN_SECTIONS: &[&str] = &[
     "send",
     "subscriptions",
     "history",
+    "auth",
+    "limits",
     "log",
     "metrics",
     "shutdown",
@@ -75,11 +77,15 @@ pub trait ServiceConfig:
     fn metrics(&self) -> &MetricsConfig;
     /// Graceful shutdown.
     fn shutdown(&self) -> &ShutdownConfig;
+    /// Authentication and room grants.
+    fn auth(&self) -> &fastchat_auth::AuthConfig;
+    /// Per-identity limits.
+    fn limits(&self) -> &LimitsConfig;
 }
 
 /// Implements [`ServiceConfig`] for a struct with the fields `grpc`, `nats`,
-/// `station`, `log`, `metrics` and `shutdown` (the sections every service
-/// has, named as in the configuration).
+/// `station`, `auth`, `limits`, `log`, `metrics` and `shutdown` (the
+/// sections every service has, named as in the configuration).
 #[macro_export]
 macro_rules! service_config {
     ($config:ty) => {
@@ -101,6 +107,12 @@ macro_rules! service_config {
             }
             fn shutdown(&self) -> &$crate::config::ShutdownConfig {
                 &self.shutdown
+            }
+            fn auth(&self) -> &::fastchat_auth::AuthConfig {
+                &self.auth
+            }
+            fn limits(&self) -> &$crate::config::LimitsConfig {
+                &self.limits
             }
         }
     };
@@ -137,24 +149,37 @@ pub fn load<T>(file: Option<&Path>) -> Result<Loaded<T>, ConfigError>
 where
     T: Serialize + DeserializeOwned + Default + Validate,
 {
-    load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
+    load_from(file, Env::prefixed(ENV_PREFIX).split("__"), true)
 }
 
-/// Loads `T` from its defaults and `file` only (no environment), e.g. to
-/// check that an example file says what the defaults are.
+/// Like [`load`], without the checks of [`Validate`]: for the `healthcheck`
+/// subcommand, which needs only the gRPC address (and must work in a
+/// container whatever else its environment says).
 ///
 /// # Errors
-/// [`ConfigError`] as [`load`].
-pub fn load_file<T>(file: &Path) -> Result<T, ConfigError>
+/// [`ConfigError::Load`] for a value that does not parse.
+pub fn load_unchecked<T>(file: Option<&Path>) -> Result<Loaded<T>, ConfigError>
 where
     T: Serialize + DeserializeOwned + Default + Validate,
 {
-    let config: T = Figment::from(Serialized::defaults(T::default()))
+    load_from(file, Env::prefixed(ENV_PREFIX).split("__"), false)
+}
+
+/// Loads `T` from its defaults and `file` only (no environment, no
+/// [`Validate`] checks: the defaults alone need not be a usable
+/// configuration, e.g. they configure no token key), to check that an
+/// example file says what the defaults are.
+///
+/// # Errors
+/// [`ConfigError::Load`] for a value that does not parse.
+pub fn load_file<T>(file: &Path) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    Figment::from(Serialized::defaults(T::default()))
         .merge(Toml::file_exact(file))
         .extract()
-        .map_err(|e| ConfigError::Load(Box::new(e)))?;
-    config.validate().map_err(ConfigError::Invalid)?;
-    Ok(config)
+        .map_err(|e| ConfigError::Load(Box::new(e)))
 }
 
 /// Checks that the example configuration `file` sets every key of `T` to
@@ -205,7 +230,7 @@ where
     }
 }
 
-fn load_from<T>(file: Option<&Path>, env: Env) -> Result<Loaded<T>, ConfigError>
+fn load_from<T>(file: Option<&Path>, env: Env, check: bool) -> Result<Loaded<T>, ConfigError>
 where
     T: Serialize + DeserializeOwned + Default + Validate,
 {
@@ -228,7 +253,9 @@ where
         .merge(env)
         .extract()
         .map_err(|e| ConfigError::Load(Box::new(e)))?;
-    config.validate().map_err(ConfigError::Invalid)?;
+    if check {
+        config.validate().map_err(ConfigError::Invalid)?;
+    }
     Ok(Loaded { config, warnings })
 }
 
@@ -463,6 +490,52 @@ impl MetricsConfig {
             enabled: true,
             listen: SocketAddr::from(([0, 0, 0, 0], port)),
         }
+    }
+}
+
+/// Limits per caller identity (a token's identity; for callers without a
+/// token, their address), per instance. Both services read the whole
+/// section (one environment can serve both); each applies its own keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// (send-service) Sends per second an identity may make, sustained.
+    pub send_per_second: u32,
+    /// (send-service) Sends an identity may make at once above that rate.
+    pub send_burst: u32,
+    /// (all-messages-service) Open subscriptions per identity.
+    pub subscriptions_per_identity: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            send_per_second: 10,
+            send_burst: 20,
+            subscriptions_per_identity: 16,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// A one-line reason naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("limits.send_per_second", self.send_per_second as usize),
+            ("limits.send_burst", self.send_burst as usize),
+            (
+                "limits.subscriptions_per_identity",
+                self.subscriptions_per_identity,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -14,6 +14,10 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 /// and is for readiness).
 pub const LIVENESS: &str = "liveness";
 
+/// Health service name that is SERVING while `auth.mode = "none"` (every
+/// caller may do anything): a development setting an operator should see.
+pub const AUTH_DISABLED: &str = "auth-disabled";
+
 /// The health service of a server, NOT_SERVING until [`follow_broker`]
 /// says otherwise, and its reporter.
 pub async fn service(
@@ -252,11 +256,17 @@ where
             return Box::pin(future);
         }
         let Ok(permit) = std::sync::Arc::clone(&self.limits.permits).try_acquire_owned() else {
-            let status = tonic::Status::resource_exhausted(format!(
-                "this instance already serves {} health Watch streams \
-                 (grpc.max_health_watches); use Check, or retry later",
-                self.limits.max
-            ));
+            let status = crate::status::Problem::new(
+                tonic::Code::ResourceExhausted,
+                crate::status::reason::TOO_MANY_WATCHES,
+                format!(
+                    "this instance already serves {} health Watch streams \
+                     (grpc.max_health_watches); use Check, or retry later",
+                    self.limits.max
+                ),
+            )
+            .meta("limit", "grpc.max_health_watches")
+            .status();
             return Box::pin(std::future::ready(Ok(status.into_http())));
         };
         let future = self.inner.call(request);

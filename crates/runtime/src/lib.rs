@@ -6,10 +6,13 @@
 //! 1. [`config`] (figment layering and the sections every service has),
 //!    [`telemetry`] (tracing), [`shutdown`] (the signal future), [`throttle`]
 //!    (rate-limited logs), `limit` (the request size and body deadline),
-//!    [`held`] (resources held until a response is sent),
+//!    [`held`] (resources held until a response is sent), [`status`]
+//!    (structured statuses: ErrorInfo reasons, BadRequest, RetryInfo),
 //!    [`listener`] (the accept loop: connection caps, handshake deadline), [`unavailable`] (the error both services
 //!    answer while the broker cannot be used);
-//! 2. [`health`] (readiness following the broker, liveness, a client),
+//! 2. [`gate`] (who is calling: tokens, identities, stream deadlines),
+//!    [`ratelimit`] (a token bucket per identity),
+//!    [`health`] (readiness following the broker, liveness, a client),
 //!    [`server`] (the tonic scaffold: limits, reflection, serve and drain)
 //!    and `exporter` (the metrics port);
 //! 3. [`service`]: the life cycle — broker, station, health, serve, drain;
@@ -22,12 +25,15 @@ pub mod held;
 mod limit;
 pub mod listener;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 pub mod throttle;
 pub mod unavailable;
 
 mod exporter;
+pub mod gate;
 pub mod health;
+pub mod ratelimit;
 pub mod server;
 
 pub mod service;

@@ -23,6 +23,8 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::time::Sleep;
 use tonic::{Status, body::Body, codegen::http};
 
+use crate::status::{Problem, reason};
+
 /// A gRPC frame header: compression flag, then the length as u32 big-endian.
 const HEADER_LEN: usize = 5;
 
@@ -148,11 +150,17 @@ impl FrameLimited {
                 let length = u32::from_be_bytes([a, b, c, d]);
                 let length = usize::try_from(length).unwrap_or(usize::MAX);
                 if length > self.max {
-                    return Err(Status::resource_exhausted(format!(
-                        "request message is {length} bytes; at most {} are accepted \
-                         (grpc.max_request_bytes)",
-                        self.max
-                    )));
+                    return Err(Problem::new(
+                        tonic::Code::ResourceExhausted,
+                        reason::REQUEST_TOO_LARGE,
+                        format!(
+                            "request message is {length} bytes; at most {} are accepted \
+                             (grpc.max_request_bytes)",
+                            self.max
+                        ),
+                    )
+                    .meta("limit", "grpc.max_request_bytes")
+                    .status());
                 }
                 self.remaining = length;
             }
@@ -177,10 +185,15 @@ impl http_body::Body for FrameLimited {
                     ready!(sleep.as_mut().poll(cx));
                     let timeout = *timeout;
                     this.deadline = None;
-                    return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
-                        "the request body did not arrive within {timeout:?} \
-                         (grpc.request_body_timeout)"
-                    )))));
+                    return Poll::Ready(Some(Err(Problem::new(
+                        tonic::Code::DeadlineExceeded,
+                        reason::REQUEST_BODY_TIMEOUT,
+                        format!(
+                            "the request body did not arrive within {timeout:?} \
+                             (grpc.request_body_timeout)"
+                        ),
+                    )
+                    .status())));
                 }
                 return Poll::Pending;
             }

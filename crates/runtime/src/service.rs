@@ -10,6 +10,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     config::ServiceConfig,
+    gate::Gate,
     health,
     server::{self, Router},
 };
@@ -26,6 +27,9 @@ pub enum ServeError {
     /// Reflection could not be set up (a build defect).
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A key file of `auth.jwt` cannot be read or used.
+    #[error(transparent)]
+    Auth(#[from] fastchat_auth::ConfigError),
 }
 
 impl ServeError {
@@ -34,13 +38,14 @@ impl ServeError {
     /// the environment's.
     #[must_use]
     pub fn is_configuration(&self) -> bool {
-        matches!(
-            self,
-            Self::Broker(e) if matches!(
+        match self {
+            Self::Broker(e) => matches!(
                 e.kind(),
                 broker_client::ErrorKind::Conflict | broker_client::ErrorKind::InvalidInput
-            )
-        )
+            ),
+            Self::Auth(_) => true,
+            Self::Transport(_) | Self::Reflection(_) => false,
+        }
     }
 }
 
@@ -67,6 +72,8 @@ pub struct Context {
     pub cancel: CancellationToken,
     /// Tracks spawned tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Checks callers' tokens.
+    pub gate: Gate,
 }
 
 impl Context {
@@ -98,6 +105,13 @@ where
     C: ServiceConfig,
     F: FnOnce(Router, &Context) -> Router,
 {
+    let gate = Gate::new(config.auth())?;
+    if gate.mode() == fastchat_auth::Mode::None {
+        tracing::warn!(
+            "auth.mode = \"none\": every caller may read and write every room as anyone; \
+             development only (health service `auth-disabled` reports SERVING while so)"
+        );
+    }
     let broker = Broker::connect(config.nats()).await?;
     let tracker = TaskTracker::new();
     let (station_tx, station_rx) = watch::channel(None);
@@ -112,6 +126,17 @@ where
     ));
 
     let (reporter, health_service) = health::service(spec.services).await;
+    // Visible to probes and operators, not only in the log.
+    reporter
+        .set_service_status(
+            health::AUTH_DISABLED,
+            if gate.mode() == fastchat_auth::Mode::None {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            },
+        )
+        .await;
     tracker.spawn(health::follow_broker(
         reporter,
         spec.services,
@@ -126,6 +151,7 @@ where
         broker: broker.clone(),
         cancel: cancel.clone(),
         tracker: tracker.clone(),
+        gate,
     };
     let mut router = server::builder(config.grpc()).add_service(health_service);
     if config.grpc().reflection {

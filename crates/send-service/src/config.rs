@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use broker_client::{BrokerConfig, StationConfig};
-use fastchat_runtime::config::{GrpcConfig, LogConfig, MetricsConfig, ShutdownConfig, Validate};
+use fastchat_auth::AuthConfig;
+use fastchat_runtime::config::{
+    GrpcConfig, LimitsConfig, LogConfig, MetricsConfig, ShutdownConfig, Validate,
+};
 use serde::{Deserialize, Serialize};
 
 /// Default Prometheus metrics port of send-service.
@@ -24,6 +27,10 @@ pub struct Config {
     pub station: StationConfig,
     /// Message limits and the send deadline.
     pub send: SendConfig,
+    /// Authentication and room grants.
+    pub auth: AuthConfig,
+    /// Per-identity limits.
+    pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
     /// Prometheus metrics.
@@ -43,6 +50,8 @@ impl Default for Config {
             },
             station: StationConfig::default(),
             send: SendConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::with_port(DEFAULT_METRICS_PORT),
             shutdown: ShutdownConfig::default(),
@@ -82,6 +91,8 @@ impl Validate for Config {
         self.grpc.validate()?;
         self.nats.validate()?;
         self.station.validate()?;
+        self.auth.validate()?;
+        self.limits.validate()?;
         if self.send.timeout.is_zero() {
             return Err("send.timeout must be greater than zero".into());
         }

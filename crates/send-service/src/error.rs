@@ -2,6 +2,9 @@
 
 use broker_client::ErrorKind;
 use fastchat_runtime::unavailable::Unavailable;
+use std::time::Duration;
+
+use fastchat_runtime::status::{Problem, reason};
 use tonic::{Code, Status};
 
 /// Why a message was not stored.
@@ -33,6 +36,26 @@ pub enum SendError {
         /// What the broker said.
         #[source]
         source: broker_client::Error,
+    },
+    /// The caller may not send this (no or a bad token, a forbidden room,
+    /// another author).
+    #[error(transparent)]
+    Denied(#[from] fastchat_auth::AuthError),
+    /// The caller's token did not check out (the status is the gate's).
+    #[error("{}", .0.message())]
+    Unauthenticated(Status),
+    /// The caller's identity sends faster than `limits.send_per_second`.
+    #[error(
+        "too many messages: at most {per_second} per second ({burst} at once) per sender \
+         (limits.send_per_second, limits.send_burst); retry in {retry_after:?}"
+    )]
+    RateLimited {
+        /// When the next send can succeed.
+        retry_after: Duration,
+        /// The configured rate.
+        per_second: u32,
+        /// The configured burst.
+        burst: u32,
     },
     /// Anything else; details are logged, not sent.
     #[error("internal error")]
@@ -77,16 +100,41 @@ impl From<broker_client::Error> for SendError {
 
 impl From<SendError> for Status {
     fn from(e: SendError) -> Self {
-        match &e {
-            SendError::Invalid { .. } => Status::new(Code::InvalidArgument, e.to_string()),
-            SendError::Unavailable(_) => Status::new(Code::Unavailable, e.to_string()),
-            SendError::StoreFull { .. } => Status::new(Code::ResourceExhausted, e.to_string()),
+        let message = e.to_string();
+        match e {
+            SendError::Invalid { field, reason } => {
+                Problem::new(Code::InvalidArgument, reason::INVALID_FIELD, message)
+                    .meta("field", field)
+                    .field(field, reason)
+                    .status()
+            }
+            SendError::Unavailable(_) => {
+                Problem::new(Code::Unavailable, reason::BROKER_UNAVAILABLE, message)
+                    .retry_after(Duration::from_secs(1))
+                    .status()
+            }
+            SendError::StoreFull { .. } => {
+                Problem::new(Code::ResourceExhausted, reason::STORE_FULL, message)
+                    .meta("limit", "station.max_bytes")
+                    .retry_after(Duration::from_secs(10))
+                    .status()
+            }
+            SendError::Denied(e) => fastchat_runtime::gate::denied(&e),
+            SendError::Unauthenticated(status) => status,
+            SendError::RateLimited { retry_after, .. } => {
+                Problem::new(Code::ResourceExhausted, reason::RATE_LIMITED, message)
+                    .meta("limit", "limits.send_per_second")
+                    .retry_after(retry_after)
+                    .status()
+            }
             SendError::Internal(source) => {
                 tracing::error!(error = %source.report(), "send failed");
-                Status::new(
+                Problem::new(
                     Code::Internal,
+                    reason::INTERNAL,
                     "internal error; the message was not confirmed",
                 )
+                .status()
             }
         }
     }

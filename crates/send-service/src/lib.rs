@@ -46,7 +46,20 @@ pub async fn run(
     };
     lifecycle::run(&config, spec, listener, cancel, |router, context| {
         let store = store::Store::new(context.station.clone(), config.send.timeout);
-        let api = service::Api::new(store, config.send.clone());
+        let api = service::Api::new(
+            store,
+            config.send.clone(),
+            context.gate.clone(),
+            &config.limits,
+        );
+        let rate = api.rate();
+        let cancel = context.cancel.clone();
+        context.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            while cancel.run_until_cancelled(tick.tick()).await.is_some() {
+                rate.forget_idle();
+            }
+        });
         router
             .add_service(SeedServer::new(api.clone()))
             .add_service(V1Server::new(api))

@@ -1,8 +1,14 @@
 //! The gRPC faces of the store: the seed API and fastchat.v1.
 
-use std::time::Instant;
+use std::{net::SocketAddr, time::Instant};
 
+use fastchat_auth::{Caller, Operation};
 use fastchat_proto::{seed, v1};
+use fastchat_runtime::{
+    config::LimitsConfig,
+    gate::{Gate, IdentityKey},
+    ratelimit::PerIdentity,
+};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -17,24 +23,57 @@ use crate::{
 pub struct Api {
     store: Store,
     limits: SendConfig,
+    gate: Gate,
+    rate: PerIdentity,
+    rate_limits: LimitsConfig,
+}
+
+/// Who sent a request, and from where.
+struct Sender {
+    caller: Caller,
+    peer: Option<SocketAddr>,
 }
 
 impl Api {
-    pub fn new(store: Store, limits: SendConfig) -> Self {
-        Self { store, limits }
+    pub fn new(store: Store, limits: SendConfig, gate: Gate, rate_limits: &LimitsConfig) -> Self {
+        Self {
+            store,
+            limits,
+            gate,
+            rate: PerIdentity::new(rate_limits.send_per_second, rate_limits.send_burst),
+            rate_limits: rate_limits.clone(),
+        }
     }
 
-    /// Validates and stores one request of either API, counting the outcome
-    /// and timing the call under `api`.
+    /// The per-identity rate limiter (its idle entries are forgotten by a
+    /// background task).
+    pub fn rate(&self) -> PerIdentity {
+        self.rate.clone()
+    }
+
+    /// The caller of `request`.
+    fn sender<T>(&self, request: &Request<T>) -> Result<Sender, SendError> {
+        Ok(Sender {
+            caller: self
+                .gate
+                .caller(request)
+                .map_err(SendError::Unauthenticated)?,
+            peer: request.remote_addr(),
+        })
+    }
+
+    /// Checks, validates and stores one request of either API, counting the
+    /// outcome and timing the call under `api`.
     async fn send(
         &self,
         api: &'static str,
+        sender: Result<Sender, SendError>,
         request: v1::SendMessageRequest,
         traceparent: Option<&str>,
     ) -> Result<Stored, SendError> {
         let started = Instant::now();
-        let result = match validate(request, &self.limits) {
-            Ok(new) => self.store.store(new, traceparent).await,
+        let result = match sender {
+            Ok(sender) => self.checked(&sender, request, traceparent).await,
             Err(e) => Err(e),
         };
         let outcome = match &result {
@@ -46,6 +85,8 @@ impl Api {
             Err(SendError::Invalid { .. }) => "invalid",
             Err(SendError::Unavailable(_)) => "unavailable",
             Err(SendError::StoreFull { .. }) => "store_full",
+            Err(SendError::Denied(_) | SendError::Unauthenticated(_)) => "denied",
+            Err(SendError::RateLimited { .. }) => "rate_limited",
             Err(SendError::Internal(_)) => "internal",
         };
         metrics::counter!("fastchat_send_requests_total", "api" => api, "outcome" => outcome)
@@ -53,6 +94,29 @@ impl Api {
         metrics::histogram!("fastchat_send_duration_seconds", "api" => api)
             .record(started.elapsed().as_secs_f64());
         result
+    }
+
+    async fn checked(
+        &self,
+        sender: &Sender,
+        mut request: v1::SendMessageRequest,
+        traceparent: Option<&str>,
+    ) -> Result<Stored, SendError> {
+        let key = IdentityKey::of(&sender.caller, sender.peer);
+        if let Err(retry_after) = self.rate.check(&key) {
+            metrics::counter!("fastchat_rate_limited_total", "api" => "send").increment(1);
+            return Err(SendError::RateLimited {
+                retry_after,
+                per_second: self.rate_limits.send_per_second,
+                burst: self.rate_limits.send_burst,
+            });
+        }
+        // With a token the author is the token's identity.
+        let author = sender.caller.author(&request.author)?;
+        request.author = author.name;
+        let new = validate(request, &self.limits)?;
+        sender.caller.authorize(&new.room, Operation::Write)?;
+        self.store.store(new, author.verified, traceparent).await
     }
 }
 
@@ -101,8 +165,9 @@ impl v1::send_message_service_server::SendMessageService for Api {
         request: Request<v1::SendMessageRequest>,
     ) -> Result<Response<v1::SendMessageResponse>, Status> {
         let trace = traceparent(&request);
+        let sender = self.sender(&request);
         let stored = self
-            .send("v1", request.into_inner(), trace.as_deref())
+            .send("v1", sender, request.into_inner(), trace.as_deref())
             .await?;
         Ok(Response::new(v1::SendMessageResponse {
             message: Some(stored.message),
@@ -118,9 +183,11 @@ impl seed::send_message_service_server::SendMessageService for Api {
         request: Request<seed::ChatMessage>,
     ) -> Result<Response<seed::Empty>, Status> {
         let trace = traceparent(&request);
+        let sender = self.sender(&request);
         Api::send(
             self,
             "seed",
+            sender,
             seed_request(request.into_inner()),
             trace.as_deref(),
         )

@@ -40,6 +40,7 @@ impl Store {
     pub async fn store(
         &self,
         new: NewMessage,
+        author_verified: bool,
         traceparent: Option<&str>,
     ) -> Result<Stored, SendError> {
         let station = self
@@ -56,6 +57,7 @@ impl Store {
             sent_at: Some(Timestamp::from(SystemTime::now())),
             client_time_ms: new.client_time_ms,
             sequence: 0,
+            author_verified,
         };
         let outgoing = fastchat_wire::encode(&message, traceparent);
         let dedup_id = dedup_id.unwrap_or_else(|| message.id.clone());

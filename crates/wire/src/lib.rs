@@ -118,6 +118,7 @@ mod tests {
             }),
             client_time_ms: 1_699_999_999_000,
             sequence: 0,
+            author_verified: true,
         }
     }
 
