@@ -70,6 +70,7 @@ pub enum Measure {
     Catchup,
     Slow,
     History,
+    Unread,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -114,6 +115,9 @@ fn main() -> anyhow::Result<()> {
         }
         if wanted(Measure::History) {
             measure::history(&mut report).await?;
+        }
+        if wanted(Measure::Unread) {
+            measure::unread(&mut report).await?;
         }
         if let Some(dir) = system::bin_dir_override() {
             report.note(format!(
