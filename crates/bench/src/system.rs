@@ -130,10 +130,12 @@ impl Process {
             .stdout(Stdio::null())
             .stderr(log);
         // The bench measures capacity, not the fair-share limits: one load
-        // client on 127.0.0.1 opens up to 10,000 connections and 1,000
-        // streams on one connection.
+        // client on 127.0.0.1 opens up to 10,000 connections (and as many
+        // subscriptions) and 1,000 streams on one connection. Subscriptions
+        // per connection keep their default (100): no measurement opens more.
         let capacity = [
             ("FASTCHAT_SUBSCRIPTIONS__MAX", "20000"),
+            ("FASTCHAT_SUBSCRIPTIONS__MAX_PER_ADDRESS", "20000"),
             ("FASTCHAT_GRPC__MAX_CONNECTIONS", "20000"),
             ("FASTCHAT_GRPC__MAX_CONNECTIONS_PER_ADDRESS", "20000"),
             ("FASTCHAT_GRPC__MAX_CONCURRENT_STREAMS", "2048"),
