@@ -167,7 +167,7 @@ pub async fn unread(report: &mut Report) -> anyhow::Result<()> {
     report.note(format!(
         "unread: pages: RSS of all-messages-service (VmRSS) before {PAGE_CLIENTS} raw HTTP/2 \
          clients (one connection and one OS thread each, SETTINGS_INITIAL_WINDOW_SIZE 0 and no \
-         WINDOW_UPDATE) asked for ListMessages(limit 1,000) of a room of {STORED} messages \
+         WINDOW_UPDATE) asked for ListMessages(limit 1,000) of a room of 1,000 messages \
          (4,096-byte text, 64-character author, sent through send-service), and once each \
          client had its answer (response headers, or a refusal after history.queue_timeout) \
          and RSS moved < 1 MiB over 1 s, at least {} s and at most {} s after the requests; \
@@ -177,12 +177,15 @@ pub async fn unread(report: &mut Report) -> anyhow::Result<()> {
     ));
     report.note(format!(
         "unread: subscribers: (RSS once settled after {BURST} such messages were sent to a room \
-         − RSS before the {SUBSCRIBERS} new_only subscriptions were opened, with their \
-         {CONNECTIONS} connections already open) / {SUBSCRIBERS}; it includes the idle \
-         subscriber's own cost, shown apart. Settled: moving < 1 MiB over 1 s with no message \
-         taken off the feed, at most 10 s after the last send.{}",
+         − RSS before the 1,000 new_only subscriptions were opened, over {CONNECTIONS} \
+         connections already open with 64 KiB stream and 1 MiB connection windows) / 1,000; it \
+         includes the idle subscriber's own cost, shown apart. Settled: moving < 1 MiB over 1 s \
+         with no message taken off the feed, at most 10 s after the last send. Messages taken \
+         beyond a subscriber's queue (subscriptions.client_buffer, and max_queued_bytes where \
+         known) went to the transport: the queue holds messages shared by every subscriber, \
+         the transport an encoded copy each.{}",
         if stall_known {
-            " subscriptions.stall_timeout set to 10m for it, so none is ended meanwhile"
+            " subscriptions.stall_timeout is set to 10m for it, so none is ended meanwhile"
         } else {
             " These binaries know no subscriptions.stall_timeout: nothing ends an unread subscriber"
         }
