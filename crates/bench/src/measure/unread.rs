@@ -137,7 +137,12 @@ pub async fn unread(report: &mut Report) -> anyhow::Result<()> {
         "",
         &answered,
     );
-    report.figure("unread", "of the 40: refused (trailers only)", "", &refused);
+    report.figure(
+        "unread",
+        "of the 40: refused or failed (trailers only: a status, no page)",
+        "",
+        &refused,
+    );
     report.figure("unread", "of the 40: no answer within 20 s", "", &waiting);
     report.figure(
         "unread",
@@ -289,7 +294,8 @@ enum PageState {
     /// Response headers (the page is read; its body waits for a window
     /// that never opens).
     Answered,
-    /// The stream ended without a body (trailers only: refused).
+    /// The stream ended without a body (trailers only: refused once its
+    /// queue time was up, or failed).
     Refused,
 }
 
