@@ -70,6 +70,7 @@ pub enum Measure {
     Catchup,
     Slow,
     History,
+    Unread,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -114,6 +115,23 @@ fn main() -> anyhow::Result<()> {
         }
         if wanted(Measure::History) {
             measure::history(&mut report).await?;
+        }
+        if wanted(Measure::Unread) {
+            measure::unread(&mut report).await?;
+        }
+        if let Some(dir) = system::bin_dir_override() {
+            report.note(format!(
+                "service binaries from {} ({})",
+                dir.display(),
+                system::BIN_DIR_VAR
+            ));
+        }
+        let left_out = system::left_out_env();
+        if !left_out.is_empty() {
+            report.note(format!(
+                "left out, unknown to those binaries: {}",
+                left_out.join(", ")
+            ));
         }
         anyhow::Ok(report)
     })?;

@@ -1,20 +1,96 @@
 //! The system under test, as processes on loopback: the broker, the two
-//! service binaries (release builds next to this one), and the raw server.
+//! service binaries (release builds next to this one, or in
+//! `FASTCHAT_BENCH_BIN_DIR`), and the raw server.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use fastchat_test_support::{NatsServer, free_port};
 
-/// A binary built next to this one (`target/<profile>/<name>`).
-fn workspace_bin(name: &str) -> std::path::PathBuf {
+/// Names the directory of the service binaries for a one-off comparison with
+/// another build (e.g. an older commit's `target/release`).
+pub const BIN_DIR_VAR: &str = "FASTCHAT_BENCH_BIN_DIR";
+
+/// `FASTCHAT_BENCH_BIN_DIR`, if set and not empty.
+pub fn bin_dir_override() -> Option<PathBuf> {
+    std::env::var_os(BIN_DIR_VAR)
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+}
+
+/// A service binary: in `FASTCHAT_BENCH_BIN_DIR` if set, else built next to
+/// this one (`target/<profile>/<name>`).
+fn workspace_bin(name: &str) -> PathBuf {
+    if let Some(dir) = bin_dir_override() {
+        return dir.join(name);
+    }
     std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
         .unwrap_or_else(|| name.into())
+}
+
+/// Whether service binary `name` knows the configuration variable `key`
+/// (tried with `value`). Always true for this build's own binaries (a key
+/// they refuse is the bench's bug and must stop it). Binaries from
+/// `FASTCHAT_BENCH_BIN_DIR` may predate a key, and an unknown key in a known
+/// section makes a service exit 64: their `healthcheck`, which loads the
+/// configuration first, is asked once per key (against an address where
+/// nothing listens) and the answer cached.
+pub fn knows(name: &str, key: &str, value: &str) -> anyhow::Result<bool> {
+    static KNOWN: Mutex<BTreeMap<(String, String), bool>> = Mutex::new(BTreeMap::new());
+    if bin_dir_override().is_none() {
+        return Ok(true);
+    }
+    let cache_key = (name.to_owned(), key.to_owned());
+    if let Some(&known) = KNOWN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&cache_key)
+    {
+        return Ok(known);
+    }
+    let out = Command::new(workspace_bin(name))
+        .args(["healthcheck", "--timeout", "200ms"])
+        // Port 1: nothing answers, the check fails at once (exit 1).
+        .env("FASTCHAT_GRPC__LISTEN", "127.0.0.1:1")
+        .env(key, value)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .output()
+        .with_context(|| format!("run {} healthcheck", workspace_bin(name).display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let known = match out.status.code() {
+        Some(64) if stderr.contains("unknown field") => false,
+        Some(64) => bail!("{name} refuses {key}={value}: {}", stderr.trim()),
+        Some(_) => true,
+        None => bail!("{name} healthcheck was killed"),
+    };
+    KNOWN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(cache_key, known);
+    Ok(known)
+}
+
+/// Configuration variables left out because the binaries in
+/// `FASTCHAT_BENCH_BIN_DIR` do not know them (`service: KEY`).
+static LEFT_OUT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// What [`Process::service`] left out so far, for the report.
+pub fn left_out_env() -> Vec<String> {
+    LEFT_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .cloned()
+        .collect()
 }
 
 /// A child process, killed on drop.
@@ -29,7 +105,9 @@ pub struct Process {
 
 impl Process {
     /// Starts a FastChat service binary against `nats_url` and waits until
-    /// it reports SERVING.
+    /// it reports SERVING. Configuration variables that binaries from
+    /// `FASTCHAT_BENCH_BIN_DIR` do not know ([`knows`]) are left out and
+    /// listed by [`left_out_env`].
     pub fn service(
         name: &str,
         nats_url: &str,
@@ -47,25 +125,37 @@ impl Process {
                 format!("127.0.0.1:{metrics_port}"),
             )
             .env("FASTCHAT_NATS__URL", nats_url)
-            // Capacity without the auth checks; the auth cost is measured
-            // separately.
-            .env("FASTCHAT_AUTH__MODE", "none")
-            .env("FASTCHAT_LIMITS__SEND_PER_SECOND", "1000000")
-            .env("FASTCHAT_LIMITS__SEND_BURST", "1000000")
-            .env("FASTCHAT_LIMITS__SUBSCRIPTIONS_PER_IDENTITY", "1000000")
-            // The bench measures capacity, not the fair-share limits: one
-            // load client on 127.0.0.1 opens up to 10,000 connections and
-            // 1,000 streams on one connection.
-            .env("FASTCHAT_SUBSCRIPTIONS__MAX", "20000")
-            .env("FASTCHAT_GRPC__MAX_CONNECTIONS", "20000")
-            .env("FASTCHAT_GRPC__MAX_CONNECTIONS_PER_ADDRESS", "20000")
-            .env("FASTCHAT_GRPC__MAX_CONCURRENT_STREAMS", "2048")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        for (key, value) in extra_env {
-            cmd.env(key, value);
+        // The bench measures capacity, not the fair-share limits: one load
+        // client on 127.0.0.1 opens up to 10,000 connections (and as many
+        // subscriptions) and 1,000 streams on one connection. Subscriptions
+        // per connection keep their default (100): no measurement opens more.
+        // Nor the auth checks (their cost is measured on its own), nor the
+        // per-identity limits.
+        let capacity = [
+            ("FASTCHAT_AUTH__MODE", "none"),
+            ("FASTCHAT_LIMITS__SEND_PER_SECOND", "1000000"),
+            ("FASTCHAT_LIMITS__SEND_BURST", "1000000"),
+            ("FASTCHAT_LIMITS__SUBSCRIPTIONS_PER_IDENTITY", "1000000"),
+            ("FASTCHAT_SUBSCRIPTIONS__MAX", "20000"),
+            ("FASTCHAT_SUBSCRIPTIONS__MAX_PER_ADDRESS", "20000"),
+            ("FASTCHAT_GRPC__MAX_CONNECTIONS", "20000"),
+            ("FASTCHAT_GRPC__MAX_CONNECTIONS_PER_ADDRESS", "20000"),
+            ("FASTCHAT_GRPC__MAX_CONCURRENT_STREAMS", "2048"),
+        ];
+        let extra = extra_env.iter().map(|(key, value)| (*key, value.as_str()));
+        for (key, value) in capacity.into_iter().chain(extra) {
+            if knows(name, key, value)? {
+                cmd.env(key, value);
+            } else {
+                LEFT_OUT
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(format!("{name}: {key}"));
+            }
         }
         let child = cmd
             .spawn()

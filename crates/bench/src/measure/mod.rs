@@ -11,6 +11,7 @@ mod memory;
 mod paced;
 mod send;
 mod slow;
+mod unread;
 
 pub use catchup::catchup;
 pub use fanout::fanout;
@@ -19,3 +20,4 @@ pub use latency::latency;
 pub use memory::memory;
 pub use send::send;
 pub use slow::slow;
+pub use unread::unread;
