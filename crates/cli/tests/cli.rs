@@ -32,6 +32,10 @@ fn fastchat() -> Command {
     command
         .env_remove("FASTCHAT_SEND_ADDR")
         .env_remove("FASTCHAT_ALL_ADDR")
+        .env_remove("FASTCHAT_TOKEN")
+        .env_remove("FASTCHAT_CA_FILE")
+        .env_remove("FASTCHAT_CERT_FILE")
+        .env_remove("FASTCHAT_KEY_FILE")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     command
@@ -322,10 +326,20 @@ async fn bad_input_exits_non_zero_naming_the_field() {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(stderr(&output).contains("room"), "{}", stderr(&output));
 
+    // Without --author (and without a token) the service refuses the empty
+    // author; the error says how to give one.
+    let output = run(&["--send-addr", &send, "send", "hi"]).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let error = stderr(&output);
+    assert!(
+        error.contains("invalid input: author") && error.contains("pass --author NAME"),
+        "{error}"
+    );
+
     // Usage errors are clap's (exit 2), before any call.
-    let output = run(&["send", "hi"]).await;
+    let output = run(&["send", "--author", "ann"]).await;
     assert_eq!(output.status.code(), Some(2), "{output:?}");
-    assert!(stderr(&output).contains("--author"), "{}", stderr(&output));
+    assert!(stderr(&output).contains("<TEXT>"), "{}", stderr(&output));
 
     // Nothing was stored.
     let output = run(&[
@@ -601,12 +615,17 @@ struct Tail {
 
 impl Tail {
     fn spawn(args: &[&str]) -> Self {
-        let mut child = fastchat()
+        let child = fastchat()
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn fastchat tail");
+        Self::from_child(child)
+    }
+
+    /// A tail already spawned with piped stdout and stderr.
+    fn from_child(mut child: Child) -> Self {
         let stdout = lines(child.stdout.take().expect("piped stdout"));
         let stderr = lines(child.stderr.take().expect("piped stderr"));
         Self {
