@@ -125,8 +125,8 @@ pub struct ServiceAddr {
 }
 
 impl ServiceAddr {
-    /// Accepts `http://host:port`, `https://host:port` or plain `host:port`
-    /// (which means `http://`).
+    /// Accepts `http://host:port`, `https://host:port` (TLS) or plain
+    /// `host:port` (which means `http://`, plaintext).
     ///
     /// # Errors
     /// A message for clap when the address is not a usable URI.
@@ -158,6 +158,12 @@ impl ServiceAddr {
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.uri
+    }
+
+    /// Whether the address is `https://`: connections to it use TLS.
+    #[must_use]
+    pub fn is_tls(&self) -> bool {
+        self.uri.starts_with("https://")
     }
 
     /// The port, if the address names one.
@@ -192,6 +198,16 @@ mod tests {
         assert_eq!(
             ok("https://chat.example:443").as_deref(),
             Ok("https://chat.example:443")
+        );
+        assert!(
+            ServiceAddr::parse("https://chat.example:443")
+                .expect("valid")
+                .is_tls()
+        );
+        assert!(
+            !ServiceAddr::parse("chat.example:443")
+                .expect("valid")
+                .is_tls()
         );
         assert!(ok("").is_err());
         assert!(ok("ftp://host:1").is_err());

@@ -1,11 +1,24 @@
 //! Why a command failed, as one line for stderr and an exit status.
 //!
 //! gRPC statuses become errors here and only here, so every command words the
-//! same failure the same way.
+//! same failure the same way. The services explain refusals with
+//! `google.rpc.ErrorInfo` details (domain `fastchat`, a stable reason such as
+//! `TOKEN_EXPIRED`) and, for "try again later", a `google.rpc.RetryInfo`;
+//! [`reason`] and [`retry_delay`] read them, and [`CliError::status`] turns
+//! them into advice (which flag to set, when to retry).
+//!
+//! Exit statuses: 0 success, [`EXIT_FAILED`] (1) the request was refused or
+//! failed, [`EXIT_USAGE`] (2) bad usage, including files named on the command
+//! line that cannot be used, [`EXIT_UNAVAILABLE`] (69) a service is unreachable
+//! or not serving, [`EXIT_TEMPFAIL`] (75) the service is rate limiting or out
+//! of capacity for now, [`EXIT_NOPERM`] (77) no usable token, or the token does
+//! not allow the request.
 
-use std::{error::Error as StdError, fmt, io};
+use std::{error::Error as StdError, fmt, io, time::Duration};
 
+use fastchat_auth::reason as auth_reason;
 use tonic::{Code, Status};
+use tonic_types::StatusExt as _;
 
 use crate::addr::{ServiceAddr, Target};
 
@@ -15,6 +28,25 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// `EX_UNAVAILABLE` from sysexits.h: a service is unreachable or not serving.
 pub const EXIT_UNAVAILABLE: u8 = 69;
+/// `EX_TEMPFAIL` from sysexits.h: the service refused for now
+/// (`RESOURCE_EXHAUSTED`: rate limited, too many subscriptions); try again
+/// later.
+pub const EXIT_TEMPFAIL: u8 = 75;
+/// `EX_NOPERM` from sysexits.h: the service did not accept the caller
+/// (`UNAUTHENTICATED`: no token, or an invalid or expired one) or the token
+/// does not allow the request (`PERMISSION_DENIED`).
+pub const EXIT_NOPERM: u8 = 77;
+
+/// The `google.rpc.ErrorInfo` domain of FastChat's reasons.
+pub const DOMAIN: &str = fastchat_auth::DOMAIN;
+/// Reason: too many requests from this caller; a `RetryInfo` says when to
+/// try again.
+pub const RATE_LIMITED: &str = "RATE_LIMITED";
+/// Reason: this caller has as many open subscriptions as it may.
+pub const TOO_MANY_SUBSCRIPTIONS: &str = "TOO_MANY_SUBSCRIPTIONS";
+
+/// Where a token is given, for advice.
+const TOKEN_FLAGS: &str = "--token, --token-file or FASTCHAT_TOKEN";
 
 /// What kind of failure, which decides the exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +57,10 @@ pub enum ErrorKind {
     Usage,
     /// A service could not be reached, timed out, or is not serving.
     Unavailable,
+    /// The service is rate limiting or out of capacity: try again later.
+    TryLater,
+    /// No usable token, or the token does not allow the request.
+    Denied,
     /// Our standard output went away (e.g. `fastchat tail | head`): not
     /// worth a message.
     OutputClosed,
@@ -56,7 +92,9 @@ impl CliError {
         } else {
             message
         };
-        match status.code() {
+        let reason = reason(status);
+        let reason = reason.as_deref();
+        let error = match status.code() {
             // The server's message starts with the field name, e.g.
             // "author: must not be empty or blank".
             Code::InvalidArgument => {
@@ -80,6 +118,47 @@ impl CliError {
                     target.addr_hint(addr)
                 ),
             ),
+            Code::Unauthenticated => {
+                let (what, hint) = match reason {
+                    Some(auth_reason::TOKEN_MISSING) => (
+                        "refused the request without a token",
+                        format!("set {TOKEN_FLAGS}"),
+                    ),
+                    Some(auth_reason::TOKEN_EXPIRED) => (
+                        "refused the token",
+                        format!("get a fresh token and set {TOKEN_FLAGS}"),
+                    ),
+                    Some(auth_reason::TOKEN_INVALID) => {
+                        ("refused the token", format!("check {TOKEN_FLAGS}"))
+                    }
+                    _ => (
+                        "did not authenticate the request (UNAUTHENTICATED)",
+                        format!("set {TOKEN_FLAGS}; a fresh token if it expired"),
+                    ),
+                };
+                Self::new(ErrorKind::Denied, format!("{target} {what}: {message}")).with_hint(&hint)
+            }
+            Code::PermissionDenied => {
+                let error = Self::new(
+                    ErrorKind::Denied,
+                    format!("{target} denied the request: {message}"),
+                );
+                if reason == Some(auth_reason::AUTHOR_MISMATCH) {
+                    error.with_hint("leave out --author to send as the token's identity")
+                } else {
+                    error
+                }
+            }
+            Code::ResourceExhausted => {
+                let what = match reason {
+                    Some(RATE_LIMITED) => "is limiting the rate of requests".to_owned(),
+                    Some(TOO_MANY_SUBSCRIPTIONS) => {
+                        "refused another subscription (TOO_MANY_SUBSCRIPTIONS)".to_owned()
+                    }
+                    _ => "refused the request for now (RESOURCE_EXHAUSTED)".to_owned(),
+                };
+                Self::new(ErrorKind::TryLater, format!("{target} {what}: {message}"))
+            }
             code => Self::new(
                 ErrorKind::Failed,
                 format!(
@@ -87,6 +166,11 @@ impl CliError {
                     code_name(code)
                 ),
             ),
+        };
+        match retry_delay(status) {
+            Some(delay) => error.with_hint(&format!("retry in {}", whole_millis(delay))),
+            None if status.code() == Code::ResourceExhausted => error.with_hint("retry later"),
+            None => error,
         }
     }
 
@@ -113,6 +197,8 @@ impl CliError {
             ErrorKind::Failed | ErrorKind::Output => EXIT_FAILED,
             ErrorKind::Usage => EXIT_USAGE,
             ErrorKind::Unavailable => EXIT_UNAVAILABLE,
+            ErrorKind::TryLater => EXIT_TEMPFAIL,
+            ErrorKind::Denied => EXIT_NOPERM,
             ErrorKind::OutputClosed => 0,
         }
     }
@@ -123,6 +209,16 @@ impl CliError {
         self.message.push_str(" (");
         self.message.push_str(hint);
         self.message.push(')');
+        self
+    }
+
+    /// Replaces every occurrence of `secret` (a token) in the message, so a
+    /// server that quotes what it was sent cannot make us print it.
+    #[must_use]
+    pub fn redact(mut self, secret: &str) -> Self {
+        if !secret.is_empty() && self.message.contains(secret) {
+            self.message = self.message.replace(secret, "<redacted>");
+        }
         self
     }
 }
@@ -179,6 +275,15 @@ impl Unreachable {
     pub fn reason(&self) -> &str {
         &self.reason
     }
+
+    /// Appends advice to the reason, e.g. which flag would help.
+    #[must_use]
+    pub fn with_hint(mut self, hint: &str) -> Self {
+        self.reason.push_str(" (");
+        self.reason.push_str(hint);
+        self.reason.push(')');
+        self
+    }
 }
 
 impl fmt::Display for Unreachable {
@@ -192,6 +297,32 @@ impl fmt::Display for Unreachable {
 }
 
 impl StdError for Unreachable {}
+
+/// The reason of the status's `google.rpc.ErrorInfo` in FastChat's domain
+/// (`TOKEN_EXPIRED`, `RATE_LIMITED`, …); `None` without one, or for
+/// another domain's reason.
+#[must_use]
+pub fn reason(status: &Status) -> Option<String> {
+    status
+        .get_details_error_info()
+        .filter(|info| info.domain == DOMAIN && !info.reason.is_empty())
+        .map(|info| info.reason)
+}
+
+/// How long the service asks to wait before trying again: the status's
+/// `google.rpc.RetryInfo`, if it has one.
+#[must_use]
+pub fn retry_delay(status: &Status) -> Option<Duration> {
+    status.get_details_retry_info()?.retry_delay
+}
+
+/// `delay` as humantime text in whole milliseconds (`1s 500ms`, `87ms`):
+/// finer is noise to a reader.
+#[must_use]
+pub fn whole_millis(delay: Duration) -> String {
+    let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+    humantime_serde::re::humantime::format_duration(Duration::from_millis(millis)).to_string()
+}
 
 /// Whether a subscription that ended with `code` is worth opening again:
 /// connection trouble and server restarts are; a refused request is not.
@@ -264,6 +395,8 @@ pub fn error_chain(e: &(dyn StdError + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+    use tonic_types::ErrorDetails;
 
     fn addr() -> ServiceAddr {
         ServiceAddr::parse("127.0.0.1:1").expect("valid")
@@ -305,6 +438,165 @@ mod tests {
             e.to_string(),
             "send-service failed the request (INTERNAL): Internal error"
         );
+    }
+
+    /// A status as the services send it: `code`, `message`, an ErrorInfo
+    /// with `reason` in FastChat's domain, and a RetryInfo if `retry`.
+    fn refusal(code: Code, message: &str, reason: &str, retry: Option<Duration>) -> Status {
+        let mut details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
+        if retry.is_some() {
+            details.set_retry_info(retry);
+        }
+        Status::with_error_details(code, message, details)
+    }
+
+    #[test]
+    fn unauthenticated_says_which_flag_to_set_and_exits_77() {
+        let cases = [
+            (
+                auth_reason::TOKEN_MISSING,
+                "read on room `general` needs a token",
+                "all-messages-service refused the request without a token: read on room \
+                 `general` needs a token (set --token, --token-file or FASTCHAT_TOKEN)",
+            ),
+            (
+                auth_reason::TOKEN_EXPIRED,
+                "the token expired at 2026-01-01T00:00:00Z; get a new one",
+                "all-messages-service refused the token: the token expired at \
+                 2026-01-01T00:00:00Z; get a new one (get a fresh token and set --token, \
+                 --token-file or FASTCHAT_TOKEN)",
+            ),
+            (
+                auth_reason::TOKEN_INVALID,
+                "the token's signature does not verify",
+                "all-messages-service refused the token: the token's signature does not \
+                 verify (check --token, --token-file or FASTCHAT_TOKEN)",
+            ),
+        ];
+        for (reason_name, message, expected) in cases {
+            let status = refusal(Code::Unauthenticated, message, reason_name, None);
+            assert_eq!(reason(&status).as_deref(), Some(reason_name));
+            let e = CliError::status(Target::All, &addr(), &status);
+            assert_eq!(e.to_string(), expected);
+            assert_eq!((e.kind(), e.exit_code()), (ErrorKind::Denied, EXIT_NOPERM));
+        }
+        // Without details (another server, an older one): still the hint.
+        let e = CliError::status(Target::Send, &addr(), &Status::unauthenticated("no"));
+        assert_eq!(
+            e.to_string(),
+            "send-service did not authenticate the request (UNAUTHENTICATED): no (set \
+             --token, --token-file or FASTCHAT_TOKEN; a fresh token if it expired)"
+        );
+        assert_eq!(e.exit_code(), EXIT_NOPERM);
+        // A reason of another domain is not ours to interpret.
+        let foreign = Status::with_error_details(
+            Code::Unauthenticated,
+            "no",
+            ErrorDetails::with_error_info(
+                auth_reason::TOKEN_EXPIRED,
+                "example.com",
+                HashMap::new(),
+            ),
+        );
+        assert_eq!(reason(&foreign), None);
+    }
+
+    #[test]
+    fn permission_denied_shows_the_servers_message_and_exits_77() {
+        let status = refusal(
+            Code::PermissionDenied,
+            "write on room `secret` is denied by the token's grant `secret=`",
+            auth_reason::ROOM_FORBIDDEN,
+            None,
+        );
+        let e = CliError::status(Target::Send, &addr(), &status);
+        assert_eq!(
+            e.to_string(),
+            "send-service denied the request: write on room `secret` is denied by the \
+             token's grant `secret=`"
+        );
+        assert_eq!(e.exit_code(), EXIT_NOPERM);
+
+        let status = refusal(
+            Code::PermissionDenied,
+            "the author `bob` is not this token's identity `ann`: send `ann` or leave the author empty",
+            auth_reason::AUTHOR_MISMATCH,
+            None,
+        );
+        let e = CliError::status(Target::Send, &addr(), &status);
+        assert!(
+            e.to_string()
+                .ends_with("(leave out --author to send as the token's identity)"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), EXIT_NOPERM);
+    }
+
+    #[test]
+    fn resource_exhausted_says_when_to_retry_and_exits_75() {
+        let status = refusal(
+            Code::ResourceExhausted,
+            "too many messages from ann",
+            RATE_LIMITED,
+            Some(Duration::from_millis(1500)),
+        );
+        assert_eq!(retry_delay(&status), Some(Duration::from_millis(1500)));
+        let e = CliError::status(Target::Send, &addr(), &status);
+        assert_eq!(
+            e.to_string(),
+            "send-service is limiting the rate of requests: too many messages from ann \
+             (retry in 1s 500ms)"
+        );
+        assert_eq!(
+            (e.kind(), e.exit_code()),
+            (ErrorKind::TryLater, EXIT_TEMPFAIL)
+        );
+
+        let status = refusal(
+            Code::ResourceExhausted,
+            "ann has 8 subscriptions open, the most allowed",
+            TOO_MANY_SUBSCRIPTIONS,
+            None,
+        );
+        let e = CliError::status(Target::All, &addr(), &status);
+        assert_eq!(
+            e.to_string(),
+            "all-messages-service refused another subscription (TOO_MANY_SUBSCRIPTIONS): \
+             ann has 8 subscriptions open, the most allowed (retry later)"
+        );
+        assert_eq!(e.exit_code(), EXIT_TEMPFAIL);
+        assert!(is_retryable(status.code()));
+
+        // UNAVAILABLE with a RetryInfo: the delay is advice too.
+        let status = Status::with_error_details(
+            Code::Unavailable,
+            "draining",
+            ErrorDetails::with_retry_info(Some(Duration::from_secs(2))),
+        );
+        assert_eq!(retry_delay(&status), Some(Duration::from_secs(2)));
+        assert_eq!(reason(&status), None);
+        let e = CliError::status(Target::All, &addr(), &status);
+        assert_eq!(
+            e.to_string(),
+            "all-messages-service at http://127.0.0.1:1 is unavailable: draining (retry in 2s)"
+        );
+        assert_eq!(retry_delay(&Status::unavailable("x")), None);
+    }
+
+    #[test]
+    fn tokens_quoted_by_a_server_are_redacted() {
+        let status = refusal(
+            Code::Unauthenticated,
+            "the token is not a JWT: eyJ.abc",
+            auth_reason::TOKEN_INVALID,
+            None,
+        );
+        let e = CliError::status(Target::All, &addr(), &status).redact("eyJ.abc");
+        assert!(!e.to_string().contains("eyJ.abc"), "{e}");
+        assert!(e.to_string().contains("not a JWT: <redacted>"), "{e}");
+        assert_eq!(e.exit_code(), EXIT_NOPERM);
+        let e = CliError::new(ErrorKind::Failed, "nothing").redact("");
+        assert_eq!(e.to_string(), "nothing");
     }
 
     #[test]
@@ -368,6 +660,8 @@ mod tests {
         assert!(is_retryable(Code::Unavailable));
         assert!(is_retryable(Code::Unknown));
         assert!(!is_retryable(Code::InvalidArgument));
+        assert!(!is_retryable(Code::Unauthenticated));
+        assert!(!is_retryable(Code::PermissionDenied));
         assert!(!is_retryable(Code::Unimplemented));
     }
 }

@@ -8,10 +8,30 @@
 //!
 //! - [`addr`]: which service a call is for, and its address.
 //! - [`error`]: one-line errors and exit statuses.
-//! - [`connect`]: gRPC channels.
+//! - [`connect`]: gRPC channels (TLS for `https://`) and the bearer token.
 //! - [`output`]: every line printed, as text or JSON.
 //! - [`args`]: the command line (clap), help text and value parsers.
-//! - [`commands`]: `send`, `tail`, `history`, `health`.
+//! - [`commands`]: `send`, `tail`, `history`, `health`, `token`.
+//!
+//! Tokens: `--token TOKEN` or `FASTCHAT_TOKEN`, or `--token-file FILE`
+//! (which wins over `FASTCHAT_TOKEN`; with `--token` it is a usage error),
+//! is sent as `authorization: Bearer <token>` with `send`, `tail` and
+//! `history`; `health` sends none. It is never printed: `--help` hides the
+//! variable's value, `Debug` hides it, and an error that quotes it has it
+//! replaced by `<redacted>`. `fastchat token` mints development tokens
+//! (HS256) with the service's HMAC secret.
+//!
+//! TLS: `https://` addresses use TLS (rustls), trusting the system's CA
+//! certificates, or only those of `--ca-file` (`FASTCHAT_CA_FILE`);
+//! `--cert-file` and `--key-file` (`FASTCHAT_CERT_FILE`, `FASTCHAT_KEY_FILE`)
+//! give a client certificate for mutual TLS. `http://` and bare `host:port`
+//! addresses are plaintext.
+//!
+//! Exit statuses (see [`error`]): 0 success, 1 refused or failed, 2 bad
+//! usage (also a file given that cannot be used), 69 a service unreachable or
+//! not serving, 75 rate limited or at capacity (`RESOURCE_EXHAUSTED`: try
+//! again later), 77 no usable token or not allowed (`UNAUTHENTICATED`,
+//! `PERMISSION_DENIED`).
 
 #![forbid(unsafe_code)]
 
@@ -35,23 +55,25 @@ use output::{Format, Printer};
 /// # Errors
 /// What the command failed with; [`CliError::exit_code`] gives the status.
 pub async fn run<W: io::Write>(cli: Cli, out: W) -> Result<(), CliError> {
-    let ctx = Context {
-        send_addr: cli.send_addr,
-        all_addr: cli.all_addr,
-        timeout: cli.timeout,
-        format: if cli.json {
-            Format::Json
-        } else {
-            Format::Human
-        },
+    let format = if cli.json {
+        Format::Json
+    } else {
+        Format::Human
     };
-    let mut printer = Printer::new(out, ctx.format);
-    match cli.command {
+    let mut printer = Printer::new(out, format);
+    if let Command::Token(args) = &cli.command {
+        return commands::token::run(args, &mut printer);
+    }
+    let with_token = !matches!(cli.command, Command::Health);
+    let ctx = Context::new(&cli, with_token)?;
+    let result = match cli.command {
         Command::Send(args) => commands::send::run(&ctx, &args, &mut printer).await,
         Command::Tail(args) => commands::tail::run(&ctx, &args, &mut printer, interrupted()).await,
         Command::History(args) => commands::history::run(&ctx, &args, &mut printer).await,
         Command::Health => commands::health::run(&ctx, &mut printer).await,
-    }
+        Command::Token(_) => Ok(()),
+    };
+    result.map_err(|e| ctx.redact(e))
 }
 
 /// Runs `cli` on a single-threaded runtime with stdout as the output, prints
@@ -121,6 +143,7 @@ mod layers {
                 include_str!("commands/history.rs"),
                 include_str!("commands/send.rs"),
                 include_str!("commands/tail.rs"),
+                include_str!("commands/token.rs"),
             ],
         ),
     ];

@@ -2,8 +2,6 @@
 
 #![forbid(unsafe_code)]
 
-use clap::Parser as _;
-
 fn main() -> std::process::ExitCode {
-    fastchat_cli::run_to_exit(fastchat_cli::Cli::parse())
+    fastchat_cli::run_to_exit(fastchat_cli::Cli::parse_process_args())
 }

@@ -201,6 +201,15 @@ impl<W: Write> Printer<W> {
         self.line(&line)
     }
 
+    /// A token from `fastchat token`: the token alone, in either format, so
+    /// `$(fastchat token …)` is the token.
+    ///
+    /// # Errors
+    /// Writing failed.
+    pub fn token(&mut self, token: &str) -> io::Result<()> {
+        self.line(token)
+    }
+
     fn line(&mut self, line: &str) -> io::Result<()> {
         // One write per line (text and newline together), then flush, so a
         // follower such as `tail` shows each message as soon as it arrives.
@@ -505,6 +514,13 @@ mod tests {
         assert_eq!(rfc3339(&t(0, 1_000_000_000), false), None);
         assert_eq!(rfc3339(&t(i64::MAX, 0), false), None);
         assert_eq!(rfc3339(&t(300_000_000_000, 0), false), None);
+    }
+
+    #[test]
+    fn tokens_are_printed_alone() {
+        for format in [Format::Human, Format::Json] {
+            assert_eq!(printed(format, |p| p.token("a.b.c")), "a.b.c\n");
+        }
     }
 
     #[test]

@@ -2,6 +2,13 @@
 //! in-process and a real nats-server: send, duplicates, history paging, bad
 //! input, health, addresses of the wrong service, and `tail` resuming after
 //! all-messages-service restarts on the same port.
+//!
+//! Tokens and TLS against a stand-in for the services ([`fake`]): that
+//! tokens reach every call but health, how refusals with error details are
+//! reported, `https://` with a private CA and with client certificates; and
+//! `fastchat token`, checked with fastchat-auth's own verifier.
+
+mod fake;
 
 use std::{
     net::SocketAddr,
@@ -32,6 +39,10 @@ fn fastchat() -> Command {
     command
         .env_remove("FASTCHAT_SEND_ADDR")
         .env_remove("FASTCHAT_ALL_ADDR")
+        .env_remove("FASTCHAT_TOKEN")
+        .env_remove("FASTCHAT_CA_FILE")
+        .env_remove("FASTCHAT_CERT_FILE")
+        .env_remove("FASTCHAT_KEY_FILE")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     command
@@ -322,10 +333,20 @@ async fn bad_input_exits_non_zero_naming_the_field() {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(stderr(&output).contains("room"), "{}", stderr(&output));
 
+    // Without --author (and without a token) the service refuses the empty
+    // author; the error says how to give one.
+    let output = run(&["--send-addr", &send, "send", "hi"]).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let error = stderr(&output);
+    assert!(
+        error.contains("invalid input: author") && error.contains("pass --author NAME"),
+        "{error}"
+    );
+
     // Usage errors are clap's (exit 2), before any call.
-    let output = run(&["send", "hi"]).await;
+    let output = run(&["send", "--author", "ann"]).await;
     assert_eq!(output.status.code(), Some(2), "{output:?}");
-    assert!(stderr(&output).contains("--author"), "{}", stderr(&output));
+    assert!(stderr(&output).contains("<TEXT>"), "{}", stderr(&output));
 
     // Nothing was stored.
     let output = run(&[
@@ -601,12 +622,17 @@ struct Tail {
 
 impl Tail {
     fn spawn(args: &[&str]) -> Self {
-        let mut child = fastchat()
+        let child = fastchat()
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn fastchat tail");
+        Self::from_child(child)
+    }
+
+    /// A tail already spawned with piped stdout and stderr.
+    fn from_child(mut child: Child) -> Self {
         let stdout = lines(child.stdout.take().expect("piped stdout"));
         let stderr = lines(child.stderr.take().expect("piped stderr"));
         Self {
@@ -808,6 +834,673 @@ async fn tail_prints_text_lines_from_a_start_and_refuses_a_bad_cursor() {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(
         stderr(&output).starts_with("fastchat: invalid input: "),
+        "{}",
+        stderr(&output)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// fastchat token
+
+/// A secret as `openssl rand -base64 48 > FILE` writes it: with a newline.
+const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC1zZWNyZXQ=";
+
+/// The claims of a JWT, unverified.
+fn claims_of(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "{token}");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(parts[1])
+        .expect("base64url claims");
+    serde_json::from_slice(&json).expect("JSON claims")
+}
+
+/// fastchat-auth's verifier, configured as a service would be.
+fn verifier(
+    secret_file: &std::path::Path,
+    jwt: impl FnOnce(&mut fastchat_auth::JwtConfig),
+) -> fastchat_auth::Authenticator {
+    let mut config = fastchat_auth::AuthConfig::default();
+    config.jwt.hmac_secret_file = Some(secret_file.to_owned());
+    jwt(&mut config.jwt);
+    fastchat_auth::Authenticator::new(&config).expect("a usable auth config")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_prints_only_a_development_token_the_service_accepts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let with_newline = dir.path().join("hmac.key");
+    std::fs::write(&with_newline, format!("{SECRET}\n")).expect("write secret");
+    let file = with_newline.to_str().expect("utf-8 path");
+    let before = unix_now();
+    let output = run(&[
+        "token",
+        "--secret-file",
+        file,
+        "--sub",
+        "alice",
+        "--rooms",
+        "general,team-*=read,write;*=read",
+        "--ttl",
+        "1h",
+    ])
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = stdout(&output);
+    let token = printed.strip_suffix('\n').expect("one line");
+    assert!(
+        !token.contains(char::is_whitespace),
+        "only the token: {printed:?}"
+    );
+
+    let claims = claims_of(token);
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(
+        claims["rooms"],
+        serde_json::json!([
+            {"rooms": ["general", "team-*"], "allow": ["read", "write"]},
+            {"rooms": ["*"], "allow": ["read"]},
+        ])
+    );
+    let exp = claims["exp"].as_u64().expect("exp");
+    let iat = claims["iat"].as_u64().expect("iat");
+    assert_eq!(exp - iat, 3600);
+    assert!(iat >= before && iat <= unix_now(), "{claims}");
+    assert!(
+        claims.get("iss").is_none() && claims.get("aud").is_none(),
+        "{claims}"
+    );
+
+    // Signed with the secret as the service reads it: the trailing newline
+    // is not part of it.
+    let secret = fastchat_auth::read_hmac_secret(&with_newline).expect("secret");
+    assert_eq!(secret, SECRET.as_bytes());
+    let without_newline = dir.path().join("hmac-no-newline.key");
+    std::fs::write(&without_newline, SECRET).expect("write secret");
+    for secret_file in [&with_newline, &without_newline] {
+        let caller = verifier(secret_file, |_| {})
+            .verify_at(token, std::time::SystemTime::now())
+            .expect("the service's verifier accepts it");
+        assert_eq!(caller.identity(), "alice");
+        assert_eq!(caller.grants().len(), 2);
+    }
+
+    // stderr says what it is, and that it is for development.
+    let note = stderr(&output);
+    assert_eq!(note.lines().count(), 1, "{note}");
+    assert!(
+        note.starts_with("fastchat: development token for sub=alice"),
+        "{note}"
+    );
+    assert!(note.contains("For development only"), "{note}");
+    assert!(!note.contains(token), "{note}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_claims_match_the_services_jwt_settings() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("hmac.key");
+    std::fs::write(&key, format!("{SECRET}\r\n")).expect("write secret");
+    let output = run(&[
+        "--json",
+        "token",
+        "--secret-file",
+        key.to_str().expect("utf-8"),
+        "--sub",
+        "bob",
+        "--issuer",
+        "fastchat-dev",
+        "--audience",
+        "fastchat",
+        "--user-claim",
+        "preferred_username",
+        "--ttl",
+        "90s",
+    ])
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let token = stdout(&output).trim_end().to_owned();
+    let claims = claims_of(&token);
+    assert_eq!(claims["preferred_username"], "bob");
+    assert!(
+        claims.get("sub").is_none() && claims.get("rooms").is_none(),
+        "{claims}"
+    );
+    assert_eq!(claims["iss"], "fastchat-dev");
+    assert_eq!(claims["aud"], "fastchat");
+    assert_eq!(
+        claims["exp"].as_u64().expect("exp") - claims["iat"].as_u64().expect("iat"),
+        90
+    );
+    let caller = verifier(&key, |jwt| {
+        jwt.issuer = Some("fastchat-dev".into());
+        jwt.audience = Some("fastchat".into());
+        jwt.user_claim = "preferred_username".into();
+    })
+    .verify_at(&token, std::time::SystemTime::now())
+    .expect("accepted with the same settings");
+    assert_eq!(caller.identity(), "bob");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_refuses_a_missing_or_short_secret_and_bad_grants() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("missing.key");
+    let missing = missing.to_str().expect("utf-8");
+    let output = run(&["token", "--secret-file", missing, "--sub", "alice"]).await;
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(stdout(&output).is_empty(), "{output:?}");
+    assert!(
+        stderr(&output).starts_with(&format!("fastchat: --secret-file: cannot read {missing}: ")),
+        "{}",
+        stderr(&output)
+    );
+
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, "too short\n").expect("write");
+    let output = run(&[
+        "token",
+        "--secret-file",
+        short.to_str().expect("utf-8"),
+        "--sub",
+        "alice",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(stdout(&output).is_empty(), "{output:?}");
+    assert!(
+        stderr(&output).contains("holds 9 bytes"),
+        "{}",
+        stderr(&output)
+    );
+
+    let key = dir.path().join("hmac.key");
+    std::fs::write(&key, SECRET).expect("write");
+    let key = key.to_str().expect("utf-8");
+    let output = run(&[
+        "token",
+        "--secret-file",
+        key,
+        "--sub",
+        "alice",
+        "--rooms",
+        "general=admin",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        stderr(&output).contains("`admin` is not an operation"),
+        "{}",
+        stderr(&output)
+    );
+    let output = run(&[
+        "token",
+        "--secret-file",
+        key,
+        "--sub",
+        "alice",
+        "--ttl",
+        "0s",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        stderr(&output).contains("--ttl must be above zero"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Tokens on calls, refusals with details (against the stand-in)
+
+fn authorization(call: &fake::Call) -> Option<&str> {
+    call.authorization.as_deref()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_goes_with_send_tail_and_history_but_not_health() {
+    let fake = fake::Fake::start(fake::Transport::Plain).await;
+    let addr = fake.addr.to_string();
+    let calls = &fake.calls;
+
+    // --token, on send: the author may be left out.
+    let output = run(&[
+        "--send-addr",
+        &addr,
+        "--json",
+        "--token",
+        "tok.en.1",
+        "send",
+        "hi",
+    ])
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(json_lines(&output)[0]["author"], "from-token");
+    assert_eq!(
+        authorization(&calls.of("SendMessage")[0]),
+        Some("Bearer tok.en.1")
+    );
+    assert!(!stdout(&output).contains("tok.en.1"));
+
+    // FASTCHAT_TOKEN, on history.
+    let output = tokio::time::timeout(
+        RUN,
+        fastchat()
+            .args(["--all-addr", &addr, "history", "--room", "dev"])
+            .env("FASTCHAT_TOKEN", "tok.en.2")
+            .output(),
+    )
+    .await
+    .expect("in time")
+    .expect("run");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        authorization(&calls.of("ListMessages")[0]),
+        Some("Bearer tok.en.2")
+    );
+
+    // --token-file (with the newline `fastchat token >FILE` leaves), on
+    // tail; it wins over FASTCHAT_TOKEN.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "tok.en.3\n").expect("write");
+    let token_file = token_file.to_str().expect("utf-8");
+    let mut tail = {
+        let mut child = fastchat();
+        child
+            .args([
+                "--all-addr",
+                &addr,
+                "--json",
+                "tail",
+                "--room",
+                "dev",
+                "--token-file",
+                token_file,
+            ])
+            .env("FASTCHAT_TOKEN", "tok.en.2")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Tail::from_child(child.spawn().expect("spawn tail"))
+    };
+    assert_eq!(tail.next().await["text"], "hello");
+    let (status, _) = tail.interrupt().await;
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        authorization(&calls.of("Subscribe")[0]),
+        Some("Bearer tok.en.3")
+    );
+
+    // Both on the command line: a usage error, before any call, that does
+    // not quote the token.
+    let before = calls.all().len();
+    let output = run(&[
+        "--all-addr",
+        &addr,
+        "--token",
+        "tok.en.4",
+        "--token-file",
+        token_file,
+        "history",
+        "--room",
+        "dev",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        stderr(&output).contains("exclude each other"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!stderr(&output).contains("tok.en.4"), "{}", stderr(&output));
+    assert_eq!(calls.all().len(), before);
+
+    // health: no token.
+    let output = run(&[
+        "--send-addr",
+        &addr,
+        "--all-addr",
+        &addr,
+        "--token",
+        "tok.en.5",
+        "health",
+    ])
+    .await;
+    assert!(output.status.success(), "{output:?}");
+    let health = calls.of("Health");
+    assert_eq!(health.len(), 2, "{health:?}");
+    assert!(
+        health.iter().all(|c| c.authorization.is_none()),
+        "{health:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_explained_with_their_own_exit_statuses() {
+    let fake = fake::Fake::start(fake::Transport::Plain).await;
+    let addr = fake.addr.to_string();
+
+    // PERMISSION_DENIED: the server's message, exit 77, the token redacted
+    // where the server quoted it.
+    let output = run(&[
+        "--all-addr",
+        &addr,
+        "--token",
+        "se.cr.et",
+        "history",
+        "--room",
+        "forbidden",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(77), "{output:?}");
+    let error = stderr(&output);
+    assert_eq!(
+        error,
+        "fastchat: all-messages-service denied the request: read on room `forbidden` is not \
+         allowed for Bearer <redacted>\n"
+    );
+
+    // RATE_LIMITED with RetryInfo: when to retry, exit 75.
+    let output = run(&["--send-addr", &addr, "--token", "t.o.k", "send", "limit"]).await;
+    assert_eq!(output.status.code(), Some(75), "{output:?}");
+    assert_eq!(
+        stderr(&output),
+        "fastchat: send-service is limiting the rate of requests: too many messages; slow \
+         down (retry in 2s)\n"
+    );
+
+    // tail, TOKEN_EXPIRED at subscribing: stops at once with the hint; no
+    // second attempt.
+    let started = std::time::Instant::now();
+    let output = run(&[
+        "--all-addr",
+        &addr,
+        "--token",
+        "t.o.k",
+        "tail",
+        "--room",
+        "expired",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(77), "{output:?}");
+    assert_eq!(
+        stderr(&output),
+        "fastchat: all-messages-service refused the token: the token expired at \
+         2026-01-01T00:00:00Z; get a new one (get a fresh token and set --token, --token-file \
+         or FASTCHAT_TOKEN)\n"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(fake.calls.of("Subscribe").len(), 1);
+
+    // tail, TOKEN_EXPIRED after a message: stops, saying where to resume.
+    let output = run(&[
+        "--all-addr",
+        &addr,
+        "--json",
+        "--token",
+        "t.o.k",
+        "tail",
+        "--room",
+        "expires",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(77), "{output:?}");
+    assert_eq!(json_lines(&output)[0]["text"], "hello");
+    let error = stderr(&output);
+    assert!(
+        error.starts_with("fastchat: all-messages-service refused the token: ")
+            && error.ends_with(" (resume with tail --after 1)\n"),
+        "{error}"
+    );
+    assert_eq!(fake.calls.of("Subscribe").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_waits_as_long_as_the_service_asks() {
+    let fake = fake::Fake::start(fake::Transport::Plain).await;
+    let addr = fake.addr.to_string();
+    let mut tail = Tail::spawn(&["--all-addr", &addr, "--json", "tail", "--room", "limited"]);
+    let note = tail
+        .stderr_contains("refused the subscription for now")
+        .await;
+    assert!(
+        note.contains(
+            "(RESOURCE_EXHAUSTED: too many subscriptions opened; slow down); retrying in 1s, \
+             as the service asked"
+        ),
+        "{note}"
+    );
+    assert_eq!(tail.next().await["text"], "hello");
+    let (status, _) = tail.interrupt().await;
+    assert!(status.success(), "{status:?}");
+    let subscribes = fake.calls.of("Subscribe");
+    assert_eq!(subscribes.len(), 2, "{subscribes:?}");
+    let waited = subscribes[1].at - subscribes[0].at;
+    assert!(waited >= Duration::from_secs(1), "waited only {waited:?}");
+}
+
+// ---------------------------------------------------------------------------
+// TLS
+
+/// Writes `contents` to `name` in `dir`; its path as text.
+fn write(dir: &tempfile::TempDir, name: &str, contents: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, contents).expect("write");
+    path.to_str().expect("utf-8 path").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_addresses_use_tls_trusting_the_ca_file() {
+    let pki = fake::Pki::new("fastchat test CA");
+    let server = pki.server();
+    let fake = fake::Fake::start(fake::Transport::Tls {
+        cert: server.cert,
+        key: server.key,
+    })
+    .await;
+    let https = format!("https://127.0.0.1:{}", fake.addr.port());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca_file = write(&dir, "ca.pem", &pki.ca_pem);
+
+    // With the CA: send (with its token), history and health work.
+    let output = run(&[
+        "--send-addr",
+        &https,
+        "--ca-file",
+        &ca_file,
+        "--token",
+        "t.l.s",
+        "send",
+        "--author",
+        "ann",
+        "over tls",
+    ])
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).starts_with("stored #1 in general"),
+        "{}",
+        stdout(&output)
+    );
+    assert_eq!(
+        authorization(&fake.calls.of("SendMessage")[0]),
+        Some("Bearer t.l.s")
+    );
+    let output = tokio::time::timeout(
+        RUN,
+        fastchat()
+            .args(["--send-addr", &https, "--all-addr", &https, "health"])
+            .env("FASTCHAT_CA_FILE", &ca_file)
+            .output(),
+    )
+    .await
+    .expect("in time")
+    .expect("run");
+    assert!(output.status.success(), "{output:?}");
+
+    // Without it, the system's roots do not know the CA: unreachable (69),
+    // saying what to pass.
+    let output = run(&["--send-addr", &https, "send", "--author", "ann", "hi"]).await;
+    assert_eq!(output.status.code(), Some(69), "{output:?}");
+    let error = stderr(&output);
+    assert_eq!(error.lines().count(), 1, "{error}");
+    assert!(
+        error.starts_with(&format!("fastchat: cannot reach send-service at {https}: ")),
+        "{error}"
+    );
+    assert!(
+        error.contains(
+            "the server's certificate is not signed by a CA this system trusts; pass --ca-file FILE"
+        ),
+        "{error}"
+    );
+
+    // Another CA: named as the one that did not sign it.
+    let other = write(&dir, "other.pem", &fake::Pki::new("another CA").ca_pem);
+    let output = run(&[
+        "--all-addr",
+        &https,
+        "--ca-file",
+        &other,
+        "history",
+        "--room",
+        "dev",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(69), "{output:?}");
+    assert!(
+        stderr(&output).contains(&format!("not signed by the CA in --ca-file {other}")),
+        "{}",
+        stderr(&output)
+    );
+
+    // A file that is no certificate: a usage error before any connection.
+    let junk = write(&dir, "junk.pem", "hello\n");
+    let output = run(&[
+        "--all-addr",
+        &https,
+        "--ca-file",
+        &junk,
+        "history",
+        "--room",
+        "dev",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        stderr(&output).contains("holds no PEM certificate"),
+        "{}",
+        stderr(&output)
+    );
+
+    // http:// to a TLS server stays plaintext, and so fails.
+    let plain = format!("http://127.0.0.1:{}", fake.addr.port());
+    let output = run(&[
+        "--send-addr",
+        &plain,
+        "--ca-file",
+        &ca_file,
+        "--timeout",
+        "3s",
+        "send",
+        "--author",
+        "ann",
+        "hi",
+    ])
+    .await;
+    assert_ne!(output.status.code(), Some(0), "{output:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_presents_the_client_certificate() {
+    let pki = fake::Pki::new("fastchat test CA");
+    let server = pki.server();
+    let fake = fake::Fake::start(fake::Transport::MutualTls {
+        cert: server.cert,
+        key: server.key,
+        client_ca: pki.ca_pem.clone(),
+    })
+    .await;
+    let https = format!("https://localhost:{}", fake.addr.port());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca_file = write(&dir, "ca.pem", &pki.ca_pem);
+    let client = pki.client();
+    let cert_file = write(&dir, "client.pem", &client.cert);
+    let key_file = write(&dir, "client.key", &client.key);
+
+    let output = run(&[
+        "--all-addr",
+        &https,
+        "--ca-file",
+        &ca_file,
+        "--cert-file",
+        &cert_file,
+        "--key-file",
+        &key_file,
+        "history",
+        "--room",
+        "dev",
+    ])
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).starts_with("[dev] #1 "),
+        "{}",
+        stdout(&output)
+    );
+
+    // Without a client certificate the server refuses; the error says what
+    // to pass.
+    let output = run(&[
+        "--all-addr",
+        &https,
+        "--ca-file",
+        &ca_file,
+        "history",
+        "--room",
+        "dev",
+    ])
+    .await;
+    assert_ne!(output.status.code(), Some(0), "{output:?}");
+    let error = stderr(&output);
+    assert_eq!(error.lines().count(), 1, "{error}");
+    assert!(error.contains("--cert-file and --key-file"), "{error}");
+
+    // tail too: it stops instead of retrying for ever.
+    let output = run(&["--all-addr", &https, "--ca-file", &ca_file, "tail"]).await;
+    assert_eq!(output.status.code(), Some(69), "{output:?}");
+    let error = stderr(&output);
+    assert_eq!(error.lines().count(), 1, "{error}");
+    assert!(error.contains("--cert-file and --key-file"), "{error}");
+
+    // A key that is not the certificate's: a usage error.
+    let other_key = write(&dir, "other.key", &pki.client().key);
+    let output = run(&[
+        "--all-addr",
+        &https,
+        "--ca-file",
+        &ca_file,
+        "--cert-file",
+        &cert_file,
+        "--key-file",
+        &other_key,
+        "history",
+        "--room",
+        "dev",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        stderr(&output).contains("the TLS files cannot be used"),
         "{}",
         stderr(&output)
     );

@@ -17,7 +17,7 @@ use tonic_health::pb::{
 use super::Context;
 use crate::{
     addr::{ServiceAddr, Target},
-    connect::{self, Use},
+    connect::{self, Tls, Use},
     error::{CliError, ErrorKind, Unreachable, code_name},
     output::{HealthLine, Printer},
 };
@@ -82,9 +82,10 @@ impl Health {
     }
 }
 
-/// Asks `target` at `addr` for the health of the service the CLI calls there.
-pub async fn check(target: Target, addr: &ServiceAddr, timeout: Duration) -> Health {
-    let channel = match connect::connect(target, addr, timeout, Use::Unary).await {
+/// Asks `target` at `addr` for the health of the service the CLI calls there
+/// (without a token: health needs none).
+pub async fn check(target: Target, addr: &ServiceAddr, timeout: Duration, tls: &Tls) -> Health {
+    let channel = match connect::connect(target, addr, timeout, Use::Unary, tls).await {
         Ok(channel) => channel,
         Err(e) => return Health::Unreachable(e),
     };
@@ -110,8 +111,8 @@ pub async fn check(target: Target, addr: &ServiceAddr, timeout: Duration) -> Hea
 /// the output failed.
 pub async fn run<W: Write>(ctx: &Context, out: &mut Printer<W>) -> Result<(), CliError> {
     let (send, all) = tokio::join!(
-        check(Target::Send, &ctx.send_addr, ctx.timeout),
-        check(Target::All, &ctx.all_addr, ctx.timeout),
+        check(Target::Send, &ctx.send_addr, ctx.timeout, &ctx.tls),
+        check(Target::All, &ctx.all_addr, ctx.timeout, &ctx.tls),
     );
     let checked = [
         (Target::Send, &ctx.send_addr, send),

@@ -5,13 +5,7 @@ use std::io::Write;
 use fastchat_proto::v1::{self, all_messages_service_client::AllMessagesServiceClient};
 
 use super::Context;
-use crate::{
-    addr::Target,
-    args::HistoryArgs,
-    connect::{self, Use},
-    error::CliError,
-    output::Printer,
-};
+use crate::{addr::Target, args::HistoryArgs, connect::Use, error::CliError, output::Printer};
 
 /// The request `args` describe (0 = "from the newest" / "service default").
 #[must_use]
@@ -33,12 +27,11 @@ pub async fn run<W: Write>(
     args: &HistoryArgs,
     out: &mut Printer<W>,
 ) -> Result<(), CliError> {
-    let addr = &ctx.all_addr;
-    let channel = connect::connect(Target::All, addr, ctx.timeout, Use::Unary).await?;
+    let channel = ctx.connect(Target::All, Use::Unary).await?;
     let page = AllMessagesServiceClient::new(channel)
-        .list_messages(request(args))
+        .list_messages(ctx.request(request(args)))
         .await
-        .map_err(|status| CliError::status(Target::All, addr, &status))?
+        .map_err(|status| ctx.status_error(Target::All, &status))?
         .into_inner();
     for message in &page.messages {
         out.message(message)?;

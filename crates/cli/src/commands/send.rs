@@ -9,7 +9,7 @@ use super::Context;
 use crate::{
     addr::Target,
     args::SendArgs,
-    connect::{self, Use},
+    connect::Use,
     error::{CliError, ErrorKind},
     output::Printer,
 };
@@ -19,11 +19,19 @@ use crate::{
 pub fn request(args: &SendArgs) -> v1::SendMessageRequest {
     v1::SendMessageRequest {
         room: args.room.clone().unwrap_or_default(),
-        author: args.author.clone(),
+        // Empty: the service takes the token's identity (or refuses).
+        author: args.author.clone().unwrap_or_default(),
         text: args.text.join(" "),
         client_message_id: args.id.clone().unwrap_or_default(),
         client_time_ms: args.time_ms.unwrap_or(0),
     }
+}
+
+/// Whether `status` refuses the empty author of a send without `--author`.
+fn no_author(args: &SendArgs, status: &tonic::Status) -> bool {
+    args.author.is_none()
+        && status.code() == Code::InvalidArgument
+        && status.message().starts_with("author")
 }
 
 /// Sends one message and prints its sequence and id (and whether it was a
@@ -37,13 +45,12 @@ pub async fn run<W: Write>(
     args: &SendArgs,
     out: &mut Printer<W>,
 ) -> Result<(), CliError> {
-    let addr = &ctx.send_addr;
-    let channel = connect::connect(Target::Send, addr, ctx.timeout, Use::Unary).await?;
+    let channel = ctx.connect(Target::Send, Use::Unary).await?;
     let response = SendMessageServiceClient::new(channel)
-        .send_message(request(args))
+        .send_message(ctx.request(request(args)))
         .await
         .map_err(|status| {
-            let error = CliError::status(Target::Send, addr, &status);
+            let error = ctx.status_error(Target::Send, &status);
             // Only these leave it open whether the message was stored
             // (UNIMPLEMENTED, also exit 69, means it certainly was not).
             let maybe_stored = matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded);
@@ -54,6 +61,10 @@ pub async fn run<W: Write>(
                 )
             } else if maybe_stored {
                 error.with_hint("retry with the same --id; it is stored once")
+            } else if no_author(args, &status) {
+                error.with_hint(
+                    "pass --author NAME; a service that checks tokens takes it from the token",
+                )
             } else {
                 error
             }

@@ -5,7 +5,13 @@
 //! `UNAVAILABLE`), tail connects again with back-off and subscribes with
 //! `after_sequence` = that sequence, so nothing is skipped; it also drops any
 //! message at or below it, so nothing is printed twice. The delays between
-//! attempts follow FastChat's one retry policy (`fastchat_backoff`).
+//! attempts follow FastChat's one retry policy (`fastchat_backoff`), unless
+//! the service says how long to wait (a `google.rpc.RetryInfo`, e.g. with
+//! `RATE_LIMITED`): then tail waits that long.
+//!
+//! A refusal that waiting cannot fix (`UNAUTHENTICATED`, such as an expired
+//! token, or `PERMISSION_DENIED`) ends tail with that error instead, naming
+//! the `--after` to resume from once a new token is at hand.
 
 use std::{
     future::Future,
@@ -18,15 +24,15 @@ use fastchat_proto::v1::{
     self, Gap, all_messages_service_client::AllMessagesServiceClient, subscribe_request::Start,
     subscribe_response::Event,
 };
-use humantime_serde::re::humantime::format_duration;
 use tokio::time::Instant;
+use tonic::Status;
 
 use super::Context;
 use crate::{
     addr::Target,
     args::TailArgs,
-    connect::{self, Use},
-    error::{CliError, code_name, is_retryable},
+    connect::Use,
+    error::{CliError, code_name, is_retryable, retry_delay, whole_millis},
     output::Printer,
 };
 
@@ -38,6 +44,10 @@ const STABLE_AFTER: Duration = Duration::from_secs(1);
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// Ceiling of the delay, so a returning service is noticed within seconds.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Bounds on a delay the service asks for (`RetryInfo`): at least
+/// [`RECONNECT_MIN`], so a zero delay does not spin, and at most this, so a
+/// wrong one does not stall tail for hours.
+pub const RETRY_INFO_MAX: Duration = Duration::from_secs(10 * 60);
 
 /// How long `tail` waits between attempts: doubling from [`RECONNECT_MIN`]
 /// to [`RECONNECT_MAX`], each delay up to a quarter shorter at random, so
@@ -149,32 +159,40 @@ async fn follow<W: Write>(
     // Until the service has been reached once, "unreachable" most likely
     // means a wrong address: say so and exit instead of waiting for ever.
     let mut reached = false;
+    // Likewise a subscription that never opened over TLS because of how the
+    // connection is secured (e.g. no client certificate) will not open later.
+    let mut subscribed = false;
     let mut resuming = false;
     loop {
-        let channel = match connect::connect(Target::All, addr, ctx.timeout, Use::Stream).await {
+        let channel = match ctx.connect(Target::All, Use::Stream).await {
             Ok(channel) => channel,
             Err(e) if !reached => return Err(e.into()),
             Err(e) => {
-                pause(&mut backoff, &e.to_string(), "retrying").await;
+                pause(&mut backoff, &e.to_string(), "retrying", None).await;
                 continue;
             }
         };
         reached = true;
         let mut client = AllMessagesServiceClient::new(channel);
-        let mut stream = match client.subscribe(cursor.request()).await {
+        let mut stream = match client.subscribe(ctx.request(cursor.request())).await {
             Ok(response) => response.into_inner(),
+            Err(status) if !subscribed && ctx.tls.call_hint(addr, &status).is_some() => {
+                return Err(refused(ctx, &cursor, &status));
+            }
             Err(status) if is_retryable(status.code()) => {
                 let what = format!(
                     "all-messages-service at {addr} refused the subscription for now ({}: {})",
                     code_name(status.code()),
                     status.message(),
                 );
-                pause(&mut backoff, &what, "retrying").await;
+                let what = redact(ctx, &what);
+                pause(&mut backoff, &what, "retrying", retry_delay(&status)).await;
                 resuming = true;
                 continue;
             }
-            Err(status) => return Err(CliError::status(Target::All, addr, &status)),
+            Err(status) => return Err(refused(ctx, &cursor, &status)),
         };
+        subscribed = true;
         if resuming {
             notice(&match cursor.last() {
                 Some(sequence) => format!(
@@ -186,22 +204,47 @@ async fn follow<W: Write>(
             });
         }
         let opened = Instant::now();
-        let ended = loop {
+        let (ended, asked_delay) = loop {
             match stream.message().await {
                 Ok(Some(response)) => print_new(&mut cursor, response.event, out)?,
-                Ok(None) => break "the service ended the stream".to_owned(),
+                Ok(None) => break ("the service ended the stream".to_owned(), None),
                 Err(status) if is_retryable(status.code()) => {
-                    break format!("{}: {}", code_name(status.code()), status.message());
+                    break (
+                        format!("{}: {}", code_name(status.code()), status.message()),
+                        retry_delay(&status),
+                    );
                 }
-                Err(status) => return Err(CliError::status(Target::All, addr, &status)),
+                Err(status) => return Err(refused(ctx, &cursor, &status)),
             }
         };
         if opened.elapsed() >= STABLE_AFTER {
             backoff.reset();
         }
-        let what = format!("lost all-messages-service at {addr} ({ended})");
-        pause(&mut backoff, &what, "reconnecting").await;
+        let what = redact(
+            ctx,
+            &format!("lost all-messages-service at {addr} ({ended})"),
+        );
+        pause(&mut backoff, &what, "reconnecting", asked_delay).await;
         resuming = true;
+    }
+}
+
+/// The error that ends tail for `status`, which waiting would not change;
+/// once something was printed, it says how to resume.
+fn refused(ctx: &Context, cursor: &Cursor, status: &Status) -> CliError {
+    let error = ctx.status_error(Target::All, status);
+    let error = match cursor.last() {
+        Some(sequence) => error.with_hint(&format!("resume with tail --after {sequence}")),
+        None => error,
+    };
+    ctx.redact(error)
+}
+
+/// `text` without the token, should the server have quoted it.
+fn redact(ctx: &Context, text: &str) -> String {
+    match &ctx.bearer {
+        Some(bearer) => bearer.redact(text).into_owned(),
+        None => text.to_owned(),
     }
 }
 
@@ -223,20 +266,30 @@ fn print_new<W: Write>(
 }
 
 /// Tells the user `what` happened and when the `next` attempt comes, then
-/// waits for exactly the delay announced.
-async fn pause(backoff: &mut Backoff, what: &str, next: &str) {
-    notice(&retry_note(what, next, backoff.peek()));
-    backoff.wait().await;
+/// waits for exactly the delay announced: the one the service `asked` for
+/// (bounded by [`RECONNECT_MIN`] and [`RETRY_INFO_MAX`]), or else the
+/// back-off's next.
+async fn pause(backoff: &mut Backoff, what: &str, next: &str, asked: Option<Duration>) {
+    match asked {
+        Some(delay) => {
+            let delay = delay.clamp(RECONNECT_MIN, RETRY_INFO_MAX);
+            notice(&format!(
+                "{}, as the service asked",
+                retry_note(what, next, delay)
+            ));
+            tokio::time::sleep(delay).await;
+        }
+        None => {
+            notice(&retry_note(what, next, backoff.peek()));
+            backoff.wait().await;
+        }
+    }
 }
 
 /// `what; next in 87ms`. The delay is shown in whole milliseconds: with
 /// jitter it is exact to the nanosecond, which nobody needs to read.
 fn retry_note(what: &str, next: &str, delay: Duration) -> String {
-    let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-    format!(
-        "{what}; {next} in {}",
-        format_duration(Duration::from_millis(millis))
-    )
+    format!("{what}; {next} in {}", whole_millis(delay))
 }
 
 /// A progress note for people: on stderr, so stdout stays only messages.
@@ -313,7 +366,7 @@ mod tests {
         for _ in 0..8 {
             let delay = backoff.peek();
             let before = Instant::now();
-            pause(&mut backoff, "lost it", "reconnecting").await;
+            pause(&mut backoff, "lost it", "reconnecting", None).await;
             waited(before, delay);
             announced += delay;
         }
@@ -329,8 +382,22 @@ mod tests {
         let delay = backoff.peek();
         assert!(delay <= RECONNECT_MIN, "{delay:?}");
         let before = Instant::now();
-        pause(&mut backoff, "lost it again", "reconnecting").await;
+        pause(&mut backoff, "lost it again", "reconnecting", None).await;
         waited(before, delay);
+
+        // A delay the service asks for is taken as asked, within bounds, and
+        // leaves the back-off where it was.
+        let attempts = backoff.attempts();
+        for (asked, expected) in [
+            (Duration::from_millis(1500), Duration::from_millis(1500)),
+            (Duration::ZERO, RECONNECT_MIN),
+            (Duration::from_secs(86_400), RETRY_INFO_MAX),
+        ] {
+            let before = Instant::now();
+            pause(&mut backoff, "rate limited", "retrying", Some(asked)).await;
+            waited(before, expected);
+        }
+        assert_eq!(backoff.attempts(), attempts);
     }
 
     #[test]
