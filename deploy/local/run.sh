@@ -250,9 +250,11 @@ fi
 # Ready when every service reports SERVING (the CLI's health command checks
 # send-service and one all-messages replica at a time). Health needs no
 # token; the dev token is passed in case it ever does.
+with_token=()
+[[ -n "$dev_token" ]] && with_token=("FASTCHAT_TOKEN=$dev_token")
 serving() {
-  FASTCHAT_TOKEN="${dev_token:-${FASTCHAT_TOKEN:-}}" "$fastchat" --timeout 1s health >/dev/null 2>&1 &&
-    FASTCHAT_TOKEN="${dev_token:-${FASTCHAT_TOKEN:-}}" "$fastchat" --timeout 1s --all-addr 127.0.0.1:50053 health >/dev/null 2>&1
+  env "${with_token[@]}" "$fastchat" --timeout 1s health >/dev/null 2>&1 &&
+    env "${with_token[@]}" "$fastchat" --timeout 1s --all-addr 127.0.0.1:50053 health >/dev/null 2>&1
 }
 ready=""
 for _ in $(seq 1 60); do
