@@ -53,7 +53,7 @@ $(NATS_STAMP):
 setup: $(NATS_STAMP) ## install the broker and fetch every crate (no system protoc needed)
 	$(CARGO) fetch --locked
 
-run: $(NATS_STAMP) ## build (release) and run the whole system: nats-server + send-service + 2 all-messages-service
+run: $(NATS_STAMP) ## build (release) and run the whole system: nats-server + send-service + 2 all-messages-service (dev JWT key, dev token)
 	@CARGO=$(CARGO) deploy/local/run.sh
 
 test: $(NATS_STAMP) ## install what the tests need, then run them all
@@ -128,14 +128,14 @@ docker: ## build both images as IMAGE_NAMESPACE/<service>:IMAGE_TAG (localhost/f
 			-t $(IMAGE_NAMESPACE)/$$service:$(IMAGE_TAG) . || exit 1; \
 	done
 
-secrets: ## generate deploy/compose/.env: random NATS passwords and their bcrypt hashes
+secrets: ## generate what compose lacks: deploy/compose/.env (NATS passwords, hashes), deploy/compose/secrets/jwt-hmac (JWT key)
 	deploy/secrets.sh compose
 
-deploy/compose/.env:
-	@echo "deploy/compose/.env is missing: run make secrets (deploy/secrets.sh compose)" >&2
+deploy/compose/.env deploy/compose/secrets/jwt-hmac:
+	@echo "$@ is missing: run make secrets (deploy/secrets.sh compose)" >&2
 	@exit 1
 
-compose-up: deploy/compose/.env ## start NATS + send-service + 2 all-messages replicas with Docker Compose v2
+compose-up: deploy/compose/.env deploy/compose/secrets/jwt-hmac ## start NATS + send-service + 2 all-messages replicas with Docker Compose v2
 	$(COMPOSE) up -d --build
 
 compose-down: deploy/compose/.env ## stop the compose deployment (keeps the NATS volume)

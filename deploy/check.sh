@@ -7,7 +7,10 @@
 #   (`nats-server -t`), NATS per-service accounts and permissions (a real nats-server on
 #   loopback), and each kustomize overlay (rendered with `kubectl kustomize`, validated
 #   offline with kubernetes-validate --strict, then checked for FastChat's conventions,
-#   auth.conf's included), and that every version and image name written here agrees with
+#   auth.conf's included; prod also with the optional components tls and jwks), the
+#   authentication conventions (no anonymous grants in compose or Kubernetes, the JWT key a
+#   read-only mounted Secret file that the variables point at, TLS probes that work; and
+#   that the checks refuse manifests breaking them), and that every version and image name written here agrees with
 #   the one place it comes from: deploy/nats-version (the broker the tests run),
 #   Cargo.toml's workspace version, rust-toolchain.toml, the Makefile's IMAGE_NAMESPACE.
 #
@@ -192,10 +195,15 @@ check_env_not_committed() {
   if ! git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     echo "not a git checkout: skipped"; return 0
   fi
-  if git ls-files --error-unmatch deploy/compose/.env >/dev/null 2>&1; then
-    echo "deploy/compose/.env is tracked by git: remove it (git rm --cached)"; return 1
-  fi
-  git check-ignore -q deploy/compose/.env || { echo "deploy/compose/.env is not git-ignored"; return 1; }
+  local f bad=0
+  for f in deploy/compose/.env deploy/compose/secrets/jwt-hmac deploy/k8s/overlays/prod/secrets.env \
+           deploy/k8s/overlays/prod/jwt-hmac-secret; do
+    if [[ -n "$(git ls-files -- "$f")" ]]; then
+      echo "$f is tracked by git: remove it (git rm --cached)"; bad=1
+    fi
+    git check-ignore -q "$f" || { echo "$f is not git-ignored"; bad=1; }
+  done
+  return "$bad"
 }
 
 # dev_secret KEY: a value of the dev overlay's example Secret (hashes keep their quotes).
@@ -261,12 +269,66 @@ check_secrets() {
   cp "$out" "$WORK/rotated.env"
   echo "RUST_LOG=debug" >>"$WORK/rotated.env"
   FASTCHAT_SECRETS_PYTHON="$PY" BCRYPT_COST=4 bash deploy/secrets.sh compose --force \
-    --out "$WORK/rotated.env" 2>/dev/null
+    --out "$WORK/rotated.env" --jwt-out "$WORK/rotated/jwt-hmac" 2>/dev/null
   grep -qx "RUST_LOG=debug" "$WORK/rotated.env" || { echo "secrets.sh --force lost a setting"; bad=1; }
   if [[ "$(grep '^SEND_SERVICE_PASSWORD=' "$WORK/rotated.env")" == "$(grep '^SEND_SERVICE_PASSWORD=' "$out")" ]]; then
     echo "secrets.sh --force kept the old password"; bad=1
   fi
   FASTCHAT_SECRETS_PYTHON="$PY" bash deploy/secrets.sh verify "$WORK/rotated.env" || bad=1
+  return "$bad"
+}
+
+# hmac_key_ok FILE: an HS256 key as the services take it: at least 32 bytes (one trailing
+# newline does not count), base64url as secrets.sh writes it.
+hmac_key_ok() {
+  "$PY" - "$1" <<'PYTHON'
+import re, sys
+key = open(sys.argv[1], "rb").read()
+key = key[:-1] if key.endswith(b"\n") else key
+if len(key) < 32 or not re.fullmatch(rb"[A-Za-z0-9_-]+=*", key):
+    sys.exit(f"{sys.argv[1]}: {len(key)} bytes; expected at least 32 of base64url")
+PYTHON
+}
+
+check_jwt_keys() {
+  local bad=0 key dir first
+  # compose: secrets.sh writes the key next to .env (secrets/jwt-hmac): 64 characters, mode
+  # 644 (compose bind-mounts it for uid 65532) in a directory of mode 700.
+  compose_env >/dev/null
+  key="$WORK/secrets/jwt-hmac"; dir="$WORK/secrets"
+  [[ -f "$key" ]] || { echo "secrets.sh compose wrote no $key"; return 1; }
+  hmac_key_ok "$key" || bad=1
+  [[ "$(wc -c <"$key")" == 64 ]] || { echo "$key: expected 64 characters (48 bytes, base64url)"; bad=1; }
+  [[ "$(stat -c %a "$key")" == 644 ]] || { echo "$key must be mode 644 (the container's user reads it)"; bad=1; }
+  [[ "$(stat -c %a "$dir")" == 700 ]] || { echo "$dir must be mode 700"; bad=1; }
+  # Kept unless --force, which makes a new one; a missing key is made while .env is kept.
+  first="$(cat "$key")"
+  FASTCHAT_SECRETS_PYTHON="$PY" bash deploy/secrets.sh compose --out "$WORK/compose.env" 2>/dev/null \
+    && { echo "secrets.sh compose overwrote .env and the key without --force"; bad=1; }
+  [[ "$(cat "$key")" == "$first" ]] || { echo "secrets.sh compose replaced the key without --force"; bad=1; }
+  cp "$WORK/compose.env" "$WORK/keyless.env"
+  mkdir -p "$WORK/keyless"
+  FASTCHAT_SECRETS_PYTHON="$PY" bash deploy/secrets.sh compose --out "$WORK/keyless.env" \
+    --jwt-out "$WORK/keyless/jwt-hmac" 2>/dev/null || { echo "secrets.sh compose did not add a missing key"; bad=1; }
+  cmp -s "$WORK/compose.env" "$WORK/keyless.env" || { echo "adding the key changed .env"; bad=1; }
+  hmac_key_ok "$WORK/keyless/jwt-hmac" || bad=1
+  mkdir -p "$WORK/rotate-dir"
+  cp "$key" "$WORK/rotate-dir/jwt-hmac"; cp "$WORK/compose.env" "$WORK/rotate.env"
+  FASTCHAT_SECRETS_PYTHON="$PY" BCRYPT_COST=4 bash deploy/secrets.sh compose --force \
+    --out "$WORK/rotate.env" --jwt-out "$WORK/rotate-dir/jwt-hmac" 2>/dev/null
+  [[ "$(cat "$WORK/rotate-dir/jwt-hmac")" != "$first" ]] || { echo "--force kept the old key"; bad=1; }
+  # Kubernetes: `secrets.sh jwt --out` writes one, mode 600, and keeps it without --force.
+  FASTCHAT_SECRETS_PYTHON="$PY" bash deploy/secrets.sh jwt --out "$WORK/k8s-jwt" 2>/dev/null
+  hmac_key_ok "$WORK/k8s-jwt" || bad=1
+  [[ "$(stat -c %a "$WORK/k8s-jwt")" == 600 ]] || { echo "secrets.sh jwt wrote $WORK/k8s-jwt readable by others"; bad=1; }
+  if FASTCHAT_SECRETS_PYTHON="$PY" bash deploy/secrets.sh jwt --out "$WORK/k8s-jwt" 2>/dev/null; then
+    echo "secrets.sh jwt overwrote a key without --force"; bad=1
+  fi
+  bash deploy/secrets.sh jwt >"$WORK/printed-jwt"
+  hmac_key_ok "$WORK/printed-jwt" || bad=1
+  # Two keys are never the same; the dev example is long enough.
+  [[ "$(cat "$WORK/k8s-jwt")" != "$first" ]] || { echo "two generated keys are equal"; bad=1; }
+  hmac_key_ok deploy/k8s/overlays/dev/jwt-hmac-secret.example || bad=1
   return "$bad"
 }
 
@@ -280,8 +342,20 @@ check_overlay_render() {
 }
 
 check_overlay_schema() {
-  local out="$WORK/$1.validate"
-  kubernetes-validate --strict --quiet --kubernetes-version "$K8S_VERSION" "$WORK/$1.yaml" >"$out" 2>&1 \
+  local out="$WORK/$1.validate" input="$WORK/$1.yaml"
+  # cert-manager resources (components/tls) have no schema in kubernetes-validate: they are
+  # left out here and checked by check_manifests.py (check_certificate).
+  if grep -q '^apiVersion: cert-manager.io/' "$input"; then
+    "$PY" - "$input" "$WORK/$1.core.yaml" <<'PYTHON'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+core = [d for d in docs if not d.get("apiVersion", "").startswith("cert-manager.io/")]
+yaml.safe_dump_all(core, open(sys.argv[2], "w"), sort_keys=False)
+print(f"validating {len(core)} resources; {len(docs) - len(core)} cert-manager resource(s) left to check_manifests.py")
+PYTHON
+    input="$WORK/$1.core.yaml"
+  fi
+  kubernetes-validate --strict --quiet --kubernetes-version "$K8S_VERSION" "$input" >"$out" 2>&1 \
     || { cat "$out"; return 1; }
   # A kind without a schema is only a warning for the tool; here it is a failure.
   if grep -q . "$out"; then cat "$out"; return 1; fi
@@ -316,6 +390,51 @@ check_overlay_conventions() {
   nats_conf_test "$WORK/nats-$1"
 }
 
+# check_variant_render VARIANT: prod with components/VARIANT, added the way deploy/README.md
+# says (to a copy of deploy/k8s): `components:` in the overlay, and for jwks the issuer and
+# audience in its fastchat-config literals.
+check_variant_render() {
+  local variant="$1" copy="$WORK/k8s-$1"
+  rm -rf "$copy"
+  cp -r deploy/k8s "$copy"
+  "$PY" - "$copy/overlays/prod/kustomization.yaml" "$variant" <<'PYTHON'
+import sys, yaml
+path, variant = sys.argv[1:3]
+k = yaml.safe_load(open(path))
+if "components" in k:
+    sys.exit(f"{path} has components already: add ../../components/{variant} there")
+k["components"] = [f"../../components/{variant}"]
+if variant == "jwks":
+    config = next(g for g in k["configMapGenerator"] if g["name"] == "fastchat-config")
+    config["literals"] += ["FASTCHAT_AUTH__JWT__ISSUER=https://id.example.com/",
+                           "FASTCHAT_AUTH__JWT__AUDIENCE=fastchat"]
+yaml.safe_dump(k, open(path, "w"), sort_keys=False)
+PYTHON
+  kubectl kustomize "$copy/overlays/prod" >"$WORK/prod+$variant.yaml"
+  echo "rendered $(grep -c '^kind:' "$WORK/prod+$variant.yaml") resources"
+}
+
+check_variant_conventions() {
+  local expect=EXPECT_TLS
+  [[ "$1" == jwks ]] && expect=EXPECT_JWKS
+  env "$expect=1" EXPECT_NATS_VERSION="$NATS_VERSION" EXPECT_APP_VERSION="$APP_VERSION" \
+    EXPECT_IMAGE_NAMESPACE="$IMAGE_NAMESPACE_DEFAULT" EXPECT_IMAGE_TAG="$IMAGE_TAG_DEFAULT" \
+    "$PY" deploy/check_manifests.py prod "$WORK/prod+$1.yaml"
+}
+
+# The authentication and TLS checks refuse manifests that break them, one way at a time.
+check_conventions_refuse() {
+  local f
+  for f in dev.yaml prod+tls.yaml prod+jwks.yaml; do
+    [[ -s "$WORK/$f" ]] || { echo "$f was not rendered (see the checks above)"; return 1; }
+  done
+  compose --env-file "$(compose_env)" config --format json >"$WORK/compose-auth.json"
+  EXPECT_NATS_VERSION="$NATS_VERSION" EXPECT_APP_VERSION="$APP_VERSION" \
+    EXPECT_IMAGE_NAMESPACE="$IMAGE_NAMESPACE_DEFAULT" EXPECT_IMAGE_TAG="$IMAGE_TAG_DEFAULT" \
+    "$PY" deploy/check_manifests_test.py "$WORK/dev.yaml" "$WORK/prod+tls.yaml" \
+    "$WORK/prod+jwks.yaml" "$WORK/compose-auth.json"
+}
+
 # --- run ---------------------------------------------------------------------------------
 
 log "deploy/check.sh tools: hadolint $(hadolint --version | awk '{print $NF}')," \
@@ -332,8 +451,9 @@ run_check "yaml: header comments" check_yaml_headers
 run_check "compose: compose-spec schema" check_compose_schema
 run_check "compose: docker compose config" check_compose_config
 run_check "compose: NATS hardened, monitoring private" check_compose_hardening
-run_check "compose: .env stays out of git" check_env_not_committed
+run_check "compose: .env, keys stay out of git" check_env_not_committed
 run_check "secrets: generated and example hashes" check_secrets
+run_check "secrets: JWT keys (compose, k8s, dev)" check_jwt_keys
 run_check "nats: compose nats.conf (nats-server -t)" check_nats_compose_conf
 run_check "nats: per-service permissions" check_nats_permissions
 run_check "versions: compose, Dockerfile (one source)" check_versions
@@ -344,6 +464,14 @@ for overlay in "${OVERLAYS[@]}"; do
     run_check "k8s/$overlay: conventions, versions, nats.conf" check_overlay_conventions "$overlay"
   fi
 done
+for variant in tls jwks; do
+  run_check "k8s/prod+$variant: kubectl kustomize" check_variant_render "$variant"
+  if [[ -s "$WORK/prod+$variant.yaml" ]]; then
+    run_check "k8s/prod+$variant: kubernetes-validate --strict" check_overlay_schema "prod+$variant"
+    run_check "k8s/prod+$variant: conventions" check_variant_conventions "$variant"
+  fi
+done
+run_check "auth, tls: the checks refuse breakage" check_conventions_refuse
 
 log ""
 if [[ $FAILED -gt 0 ]]; then

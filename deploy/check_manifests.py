@@ -6,7 +6,12 @@ drain, references that resolve, station replicas that fit the NATS cluster, vers
 images that agree with the one place each is written, and the broker's protections: the
 broker gets only password hashes, monitoring is exposed by no Service and admitted from
 the monitoring namespace only, each service keeps its own inbox prefix, and the per-user
-connection limits in auth.conf cover the HPA's largest rollout.
+connection limits in auth.conf cover the HPA's largest rollout. Authentication: nothing is
+granted to callers without a token (no auth.anonymous, no auth.mode none), the JWT key (or
+JWK set) and the TLS certificate are files of Secrets mounted read-only (items, no subPath,
+not world-readable) that the FASTCHAT_* variables point at, a JWK set comes with an issuer
+and an audience, and with TLS on the gRPC port the probes are ones that work with it (the
+kubelet's gRPC probes have no TLS) and cert-manager Certificates name the Service.
 
 Usage: python check_manifests.py OVERLAY_NAME RENDERED.yaml [NATS_CONFIG_DIR]
        python check_manifests.py compose COMPOSE_CONFIG.json
@@ -14,8 +19,12 @@ Usage: python check_manifests.py OVERLAY_NAME RENDERED.yaml [NATS_CONFIG_DIR]
   NATS_CONFIG_DIR  if given, the nats-config ConfigMap's files are written there so the
                    caller can run `nats-server -t` on them.
   compose          checks `docker compose config --format json` output instead: NATS
-                   hardening, monitoring not published, only hashes for the broker.
+                   hardening, monitoring not published, only hashes for the broker; the
+                   services' JWT key from a compose secret file, nothing granted anonymously.
 
+What the overlay must have, from the environment (deploy/check.sh sets them):
+  EXPECT_TLS=1             TLS on both gRPC ports (components/tls)
+  EXPECT_JWKS=1            tokens checked against a JWK set, not the HMAC key (components/jwks)
 Expected versions come from the environment (deploy/check.sh sets them):
   EXPECT_NATS_VERSION      deploy/nats-version: nats image tag <it>-alpine and version label
   EXPECT_APP_VERSION       Cargo.toml's workspace version: the services' version label, and
@@ -49,6 +58,15 @@ CONNECTIONS_PER_PROCESS = 2
 # all-messages-service's subscriptions.max default (open gRPC subscribers per process).
 DEFAULT_SUBSCRIPTIONS_MAX = 10000
 BCRYPT_VALUE = re.compile(r'"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}"')
+# Secrets an overlay may leave to the operator (created outside kustomize; deploy/README.md).
+JWT_SECRET = "fastchat-jwt"
+EXTERNAL_SECRETS = {SECRET, JWT_SECRET}
+# The smallest HMAC key the services accept (auth.jwt.hmac_secret_file), in bytes.
+MIN_HMAC_BYTES = 32
+KEY_FILE_VARS = ("FASTCHAT_AUTH__JWT__HMAC_SECRET_FILE", "FASTCHAT_AUTH__JWT__JWKS_FILE")
+TLS_FILE_VARS = ("FASTCHAT_GRPC__TLS__CERT_FILE", "FASTCHAT_GRPC__TLS__KEY_FILE",
+                 "FASTCHAT_GRPC__TLS__CLIENT_CA_FILE")
+ANONYMOUS_IN_TOML = re.compile(r"^\s*(\[\[?\s*auth\s*\.\s*anonymous\b|anonymous\s*=)", re.M)
 REQUIRED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component",
                    "app.kubernetes.io/part-of", "app.kubernetes.io/version")
 
@@ -119,12 +137,21 @@ def check_service(name, port, docs, config):
     ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
     if ports.get("grpc") != port:
         problem(where, f"container port named grpc must be {port}, got {ports.get('grpc')}")
+    effective = effective_env(c, config)
+    tls = any(k in effective for k in TLS_FILE_VARS)
+    if os.environ.get("EXPECT_TLS") == "1" and not tls:
+        problem(where, "TLS expected (components/tls), but FASTCHAT_GRPC__TLS__* is not set")
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         p = c.get(probe)
         if p is None:
             problem(where, f"{probe} missing")
+        elif tls:
+            check_tls_probe(where, name, probe, p, port)
         elif p.get("grpc", {}).get("port") != ports.get("grpc"):
             problem(where, f"{probe} must be a grpc probe on the grpc port")
+    check_auth(where, pod, c, effective)
+    if tls:
+        check_tls(where, name, pod, c, effective, docs, dep)
     sleep = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
     if drain is None or grace < 30 or grace <= drain + sleep:
         problem(where, f"terminationGracePeriodSeconds {grace} must be >= 30 and exceed "
@@ -171,6 +198,8 @@ def check_service(name, port, docs, config):
     elif not any(p.get("name") == "grpc" and p.get("targetPort") == "grpc"
                  for p in svc["spec"]["ports"]):
         problem(f"service/{name}", "needs a port named grpc targeting the named port")
+    elif tls and any(p.get("appProtocol") == "kubernetes.io/h2c" for p in svc["spec"]["ports"]):
+        problem(f"service/{name}", "appProtocol kubernetes.io/h2c on a TLS port: drop it")
     hpa = by_kind(docs, "HorizontalPodAutoscaler").get(name)
     if hpa is None or hpa["spec"]["scaleTargetRef"]["name"] != name:
         problem(name, "HorizontalPodAutoscaler missing or targeting something else")
@@ -182,6 +211,180 @@ def check_service(name, port, docs, config):
     netpol = by_kind(docs, "NetworkPolicy").get(name)
     if netpol is None or not selects(netpol["spec"]["podSelector"].get("matchLabels"), labels):
         problem(name, "NetworkPolicy missing or not selecting the pods")
+
+
+def effective_env(container, config):
+    """The FASTCHAT_* values a container gets: the ConfigMap (envFrom), then its own env.
+    A variable from a secretKeyRef or another source counts, with the value None."""
+    env = dict(config)
+    for e in container.get("env", []):
+        env[e["name"]] = e.get("value") if "valueFrom" not in e else None
+    return env
+
+
+def mounted_file(pod, container, path):
+    """(volume, mount, item) of the Secret volume file at `path`, or a reason it is not one."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for m in container.get("volumeMounts", []):
+        if m["mountPath"] == path and (m.get("subPath") or m.get("subPathExpr")):
+            return (f"{path} is mounted with subPath: an updated Secret would never reach the "
+                    "pod; mount the volume's directory")
+        root = m["mountPath"].rstrip("/") + "/"
+        if not path or not path.startswith(root):
+            continue
+        volume = volumes.get(m["name"], {})
+        secret = volume.get("secret")
+        if secret is None:
+            return f"{path} is in volume {m['name']}, which is not a Secret"
+        item = next((i for i in secret.get("items", []) if i["path"] == path[len(root):]), None)
+        if item is None:
+            return (f"{path}: Secret volume {m['name']} must name its files with items "
+                    f"(none has path {path[len(root):]!r})")
+        return volume, m, item
+    return f"{path} is in no mounted volume"
+
+
+def check_secret_file(where, pod, container, var, path):
+    """`var` names a file of a Secret mounted read-only, without subPath, not world-readable."""
+    found = mounted_file(pod, container, path)
+    if isinstance(found, str):
+        problem(where, f"{var}: {found}")
+        return None
+    volume, mount, item = found
+    if mount.get("readOnly") is not True:
+        problem(where, f"{var}: volume {mount['name']} must be mounted readOnly: true")
+    if mount.get("subPath") or mount.get("subPathExpr"):
+        problem(where, f"{var}: volume {mount['name']} must not use subPath (an updated Secret "
+                       "would never reach the pod)")
+    mode = item.get("mode", volume["secret"].get("defaultMode", 0o644))
+    if mode & 0o007:
+        problem(where, f"{var}: {path} is readable by others (mode {mode:o}); use 0440 and "
+                       "the pod's fsGroup")
+    elif not mode & 0o004 and not mode & 0o040:
+        problem(where, f"{var}: {path} (mode {mode:o}) is readable by its owner (root) only")
+    elif not mode & 0o004 and pod.get("securityContext", {}).get("fsGroup") is None:
+        problem(where, f"{var}: {path} is group-readable only (mode {mode:o}): the pod needs "
+                       "securityContext.fsGroup")
+    return volume["secret"]["secretName"]
+
+
+def check_auth(where, pod, container, env):
+    """Tokens are checked against a mounted key; nothing is granted without a token."""
+    for key, value in env.items():
+        if key.startswith("FASTCHAT_AUTH__ANONYMOUS"):
+            problem(where, f"{key}: nothing may be granted to callers without a token")
+        if key == "FASTCHAT_AUTH__MODE" and str(value).strip().lower() != "jwt":
+            problem(where, f"FASTCHAT_AUTH__MODE={value}: tokens must be checked (jwt)")
+    if "FASTCHAT_CONFIG" in env:
+        problem(where, "FASTCHAT_CONFIG: settings come from the ConfigMap's variables only")
+    keys = [var for var in KEY_FILE_VARS if var in env]
+    if not keys:
+        problem(where, f"set {' or '.join(KEY_FILE_VARS)}: the services refuse to start "
+                       "without a key (auth.mode jwt)")
+    for var in keys:
+        if env[var] is None:
+            problem(where, f"{var} must be a plain value (the path of the mounted file)")
+            continue
+        secret = check_secret_file(where, pod, container, var, env[var])
+        if secret is not None and strip_hash(secret) != JWT_SECRET:
+            problem(where, f"{var}: the key must come from the Secret {JWT_SECRET}, not {secret}")
+    jwks = "FASTCHAT_AUTH__JWT__JWKS_FILE" in env
+    if jwks:
+        for var in ("FASTCHAT_AUTH__JWT__ISSUER", "FASTCHAT_AUTH__JWT__AUDIENCE"):
+            if not env.get(var):
+                problem(where, f"{var} must be set with a JWK set (tokens of the identity "
+                               "provider for other applications would pass otherwise)")
+    if os.environ.get("EXPECT_JWKS") == "1" and (not jwks or
+                                                 "FASTCHAT_AUTH__JWT__HMAC_SECRET_FILE" in env):
+        problem(where, "a JWK set only expected (components/jwks): FASTCHAT_AUTH__JWT__JWKS_FILE "
+                       "without FASTCHAT_AUTH__JWT__HMAC_SECRET_FILE")
+
+
+def check_tls_probe(where, name, probe, spec, port):
+    """The kubelet's gRPC probes speak plaintext: on a TLS port use the container's own
+    healthcheck (readiness: health service "", which follows the broker) or a TCP probe."""
+    if "grpc" in spec or "httpGet" in spec:
+        problem(where, f"{probe}: a grpc/httpGet probe cannot reach a TLS port (the kubelet "
+                       "has no TLS for them); use exec healthcheck or tcpSocket")
+        return
+    command = spec.get("exec", {}).get("command", [])
+    healthcheck = (len(command) >= 2 and command[0] == f"/usr/local/bin/{name}"
+                   and command[1] == "healthcheck")
+    tcp = spec.get("tcpSocket", {}).get("port") in ("grpc", port)
+    if probe == "readinessProbe" and not healthcheck:
+        problem(where, f"readinessProbe on a TLS port must run /usr/local/bin/{name} healthcheck")
+    if probe != "readinessProbe":
+        if healthcheck and "liveness" not in command:
+            problem(where, f"{probe}: `healthcheck` follows the broker; a broker outage would "
+                           "restart pods (use tcpSocket on grpc, or the liveness service)")
+        elif not healthcheck and not tcp:
+            problem(where, f"{probe} must be a tcpSocket probe on the grpc port or the "
+                           "healthcheck of service liveness")
+
+
+def check_tls(where, name, pod, container, env, docs, dep):
+    """Certificate and key from a mounted Secret that cert-manager (or the operator) fills."""
+    for var in TLS_FILE_VARS[:2]:
+        if not env.get(var):
+            problem(where, f"{var} must be set with TLS (both the certificate and its key)")
+    secrets = set()
+    for var in TLS_FILE_VARS:
+        if var in env:
+            secrets.add(check_secret_file(where, pod, container, var, env[var]))
+    secrets.discard(None)
+    namespace = dep["metadata"].get("namespace")
+    certificates = [d for d in docs if d.get("kind") == "Certificate"]
+    rendered = {d["metadata"]["name"] for d in docs if d.get("kind") == "Secret"}
+    for secret in sorted(secrets):
+        made_by = [d for d in certificates if d["spec"].get("secretName") == secret]
+        if secret in rendered:
+            continue
+        if not made_by:
+            problem(where, f"TLS Secret {secret}: no Certificate in the output makes it")
+            continue
+        for cert in made_by:
+            check_certificate(cert, name, namespace)
+
+
+def check_certificate(cert, service, namespace):
+    where = f"certificate/{cert['metadata']['name']}"
+    spec = cert["spec"]
+    if cert.get("apiVersion") != "cert-manager.io/v1":
+        problem(where, f"apiVersion must be cert-manager.io/v1, got {cert.get('apiVersion')}")
+    if cert["metadata"].get("namespace") != namespace:
+        problem(where, f"namespace {cert['metadata'].get('namespace')} is not the Deployment's "
+                       f"({namespace})")
+    issuer = spec.get("issuerRef", {})
+    if not issuer.get("name") or issuer.get("kind", "Issuer") not in ("Issuer", "ClusterIssuer"):
+        problem(where, "issuerRef needs a name and kind Issuer or ClusterIssuer")
+    usages = spec.get("usages")
+    if usages is not None and "server auth" not in usages:
+        problem(where, "usages must include server auth")
+    names = spec.get("dnsNames", [])
+    for want in (service, f"{service}.{namespace}.svc"):
+        if want not in names:
+            problem(where, f"dnsNames must include {want} (the Service)")
+    for dns in names:
+        parts = dns.split(".")
+        if "NAMESPACE" in parts:
+            problem(where, f"dnsNames {dns}: the NAMESPACE placeholder was not replaced")
+        elif len(parts) >= 3 and parts[0] == service and parts[2] == "svc" \
+                and parts[1] != namespace:
+            problem(where, f"dnsNames {dns} names namespace {parts[1]}, not {namespace}")
+    key = spec.get("privateKey", {})
+    if key.get("rotationPolicy", "Always") != "Always":
+        problem(where, "privateKey.rotationPolicy must be Always (a new key on each renewal)")
+
+
+def check_no_anonymous(docs):
+    """No configuration file in a ConfigMap grants anything to callers without a token."""
+    for d in docs:
+        if d.get("kind") != "ConfigMap":
+            continue
+        for key, text in (d.get("data") or {}).items():
+            if key.startswith("FASTCHAT_AUTH__ANONYMOUS") or ANONYMOUS_IN_TOML.search(str(text)):
+                problem(f"configmap/{d['metadata']['name']}", f"{key}: nothing may be granted "
+                                                              "to callers without a token")
 
 
 def check_versions(overlay, docs):
@@ -222,6 +425,7 @@ def check_versions(overlay, docs):
 def check_references(docs):
     secrets = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "Secret"}
     configmaps = {d["metadata"]["name"] for d in docs if d.get("kind") == "ConfigMap"}
+    certificates = {d["spec"].get("secretName") for d in docs if d.get("kind") == "Certificate"}
     for d in docs:
         if d.get("kind") not in ("Deployment", "StatefulSet"):
             continue
@@ -254,6 +458,28 @@ def check_references(docs):
             name = v.get("configMap", {}).get("name")
             if name and name not in configmaps:
                 problem(where, f"ConfigMap {name} is not in the output")
+            secret = v.get("secret")
+            if not secret:
+                continue
+            name = secret["secretName"]
+            if name in secrets:
+                data = {**secrets[name].get("data", {}), **secrets[name].get("stringData", {})}
+                for item in secret.get("items", []):
+                    if item["key"] not in data:
+                        problem(where, f"Secret {name} has no key {item['key']}")
+                    elif item["key"] == "hmac-secret":
+                        value = data[item["key"]]
+                        if item["key"] in secrets[name].get("data", {}):
+                            value = base64.b64decode(value)
+                        else:
+                            value = value.encode()
+                        if value.endswith(b"\n"):
+                            value = value[:-2] if value.endswith(b"\r\n") else value[:-1]
+                        if len(value) < MIN_HMAC_BYTES:
+                            problem(where, f"Secret {name} key hmac-secret has {len(value)} "
+                                           f"bytes; the services need at least {MIN_HMAC_BYTES}")
+            elif name not in EXTERNAL_SECRETS and name not in certificates:
+                problem(where, f"unknown Secret {name} (volume {v['name']})")
 
 
 def check_nats(overlay, docs, config, out_dir):
@@ -441,7 +667,8 @@ def check_compose(path):
     import json
 
     with open(path) as f:
-        services = json.load(f)["services"]
+        config = json.load(f)
+    services = config["services"]
     nats = services.get("nats")
     if nats is None:
         problem("compose", "service nats missing")
@@ -479,7 +706,66 @@ def check_compose(path):
     for name, svc in services.items():
         if name.endswith("-service") and "FASTCHAT_NATS__INBOX_PREFIX" in svc.get("environment", {}):
             problem(f"compose/{name}", "FASTCHAT_NATS__INBOX_PREFIX must stay unset (auth.conf)")
+    top_secrets = config.get("secrets", {})
+    for name in SERVICES:
+        if name in services:
+            check_compose_auth(name, services[name], top_secrets)
     print(f"compose: {len(services)} services, {len(problems)} problem(s)")
+
+
+def check_compose_auth(name, svc, top_secrets):
+    """Tokens checked against the key of a compose secret; nothing granted without a token."""
+    where = f"compose/{name}"
+    env = svc.get("environment") or {}
+    for key, value in env.items():
+        if key.startswith("FASTCHAT_AUTH__ANONYMOUS"):
+            problem(where, f"{key}: nothing may be granted to callers without a token")
+        if key == "FASTCHAT_AUTH__MODE" and str(value).strip().lower() != "jwt":
+            problem(where, f"FASTCHAT_AUTH__MODE={value}: tokens must be checked (jwt)")
+    if "FASTCHAT_CONFIG" in env:
+        problem(where, "FASTCHAT_CONFIG: settings come from the environment only")
+    # Where each secret of the service appears in the container: /run/secrets/<target> for a
+    # relative target (default: the source's name).
+    mounted = {}
+    for ref in svc.get("secrets", []):
+        target = ref.get("target") or ref["source"]
+        mounted[target if target.startswith("/") else f"/run/secrets/{target}"] = ref["source"]
+    keys = [var for var in KEY_FILE_VARS if var in env]
+    if not keys:
+        problem(where, f"set {' or '.join(KEY_FILE_VARS)} (the services refuse to start "
+                       "without a key)")
+    for var in keys:
+        source = mounted.get(env[var])
+        if source is None:
+            problem(where, f"{var}={env[var]} is none of the service's secrets "
+                           f"({', '.join(sorted(mounted)) or 'none'})")
+            continue
+        definition = top_secrets.get(source, {})
+        if not definition.get("file"):
+            problem(where, f"secret {source} must be a file (written by deploy/secrets.sh)")
+        elif not definition["file"].rstrip("/").endswith("/deploy/compose/secrets/"
+                                                          + os.path.basename(definition["file"])):
+            problem(where, f"secret {source}: {definition['file']} is not in deploy/compose/secrets/ "
+                           "(git-ignored)")
+    for volume in svc.get("volumes", []):
+        if volume.get("type") == "bind" and "/secrets/" in volume.get("source", "") \
+                and not volume.get("read_only"):
+            problem(where, f"{volume['source']} is bind-mounted writable")
+
+
+def check_overlay(overlay, docs, out_dir=None):
+    """Every check of a rendered overlay (parsed documents); the problems are in `problems`."""
+    configs = [d for d in docs if d.get("kind") == "ConfigMap"
+               and strip_hash(d["metadata"]["name"]) == "fastchat-config"]
+    config = configs[0]["data"] if len(configs) == 1 else {}
+    if not config:
+        problem("fastchat-config", "exactly one fastchat-config ConfigMap expected")
+    for name, port in SERVICES.items():
+        check_service(name, port, docs, config)
+    check_references(docs)
+    check_no_anonymous(docs)
+    check_versions(overlay, docs)
+    check_nats(overlay, docs, config, out_dir)
 
 
 def main():
@@ -495,16 +781,7 @@ def main():
     out_dir = sys.argv[3] if len(sys.argv) == 4 else None
     with open(rendered) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
-    configs = [d for d in docs if d.get("kind") == "ConfigMap"
-               and strip_hash(d["metadata"]["name"]) == "fastchat-config"]
-    config = configs[0]["data"] if len(configs) == 1 else {}
-    if not config:
-        problem("fastchat-config", "exactly one fastchat-config ConfigMap expected")
-    for name, port in SERVICES.items():
-        check_service(name, port, docs, config)
-    check_references(docs)
-    check_versions(overlay, docs)
-    check_nats(overlay, docs, config, out_dir)
+    check_overlay(overlay, docs, out_dir)
     for p in problems:
         print(f"  {p}")
     print(f"{overlay}: {len(docs)} resources, {len(problems)} problem(s)")

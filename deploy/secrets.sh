@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
-# Generates the NATS credentials of FastChat: a random password per service (the services
-# get it in clear) and its bcrypt hash (the broker gets only that, see
-# deploy/k8s/base/nats/auth.conf).
+# Generates the secrets of FastChat: the NATS credentials (a random password per service,
+# which the service gets in clear, and its bcrypt hash, which is all the broker gets; see
+# deploy/k8s/base/nats/auth.conf) and the JWT key the services check tokens with.
 #
-#   deploy/secrets.sh compose [--out FILE] [--force]
-#       Writes deploy/compose/.env (or FILE) from deploy/compose/.env.example with fresh
-#       passwords and hashes, mode 600. An existing file is kept unless --force; with
-#       --force only its four credential lines are replaced (a rotation: restart the whole
-#       stack afterwards, `make compose-up`).
+#   deploy/secrets.sh compose [--out FILE] [--jwt-out KEY_FILE] [--force]
+#       Writes what is missing of
+#         deploy/compose/.env (or FILE), from deploy/compose/.env.example with fresh
+#           passwords and hashes, mode 600;
+#         deploy/compose/secrets/jwt-hmac (or KEY_FILE; by default secrets/jwt-hmac next to
+#           FILE), the HS256 key: 48 random bytes, base64url (64 characters, no newline).
+#           Mode 644 in a directory of mode 700: compose bind-mounts the file as it is, and
+#           the service's user in the container (65532) must read it; the directory keeps
+#           other users of this machine out.
+#       Existing files are kept (exit 1 when both exist) unless --force, which replaces the
+#       key and only the four credential lines of .env (a rotation: restart the whole stack
+#       afterwards, `make compose-up`; tokens signed with the old key stop working). To
+#       rotate one of them only, delete it and run without --force.
 #   deploy/secrets.sh k8s [--out FILE]
 #       Prints (or writes, mode 600) an env file for the Kubernetes Secret
 #       fastchat-nats-credentials:
 #         kubectl -n fastchat create secret generic fastchat-nats-credentials --from-env-file=FILE
 #       or a git-ignored deploy/k8s/overlays/prod/secrets.env for its secretGenerator.
+#   deploy/secrets.sh jwt [--out FILE] [--force]
+#       Prints (or writes, mode 600; an existing FILE only with --force) a JWT HMAC key as
+#       above, for the Kubernetes Secret fastchat-jwt:
+#         kubectl -n fastchat create secret generic fastchat-jwt --from-file=hmac-secret=FILE
+#       Printed, it ends with a newline, which the services ignore (a second one they would
+#       not).
 #   deploy/secrets.sh verify FILE
 #       Checks that every *_PASSWORD_BCRYPT in FILE (either format above) is a bcrypt hash
 #       of the matching *_PASSWORD, written so that nats-server can read it; exit 1 if not.
@@ -23,9 +37,9 @@
 # the value is wrapped in single quotes as well, so compose neither expands the `$` in it
 # nor drops the double quotes.
 #
-# Needs python3 with the `bcrypt` module; without one, installs bcrypt (pinned below) from
-# PyPI into target/tools/secrets-venv once. BCRYPT_COST (default 11) sets the work factor:
-# the broker pays one check of it per client login (about 0.1 s at 11).
+# Needs python3; for the passwords also the `bcrypt` module (without one, installs bcrypt,
+# pinned below, from PyPI into target/tools/secrets-venv once). BCRYPT_COST (default 11)
+# sets the work factor: the broker pays one check of it per client login (about 0.1 s at 11).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,26 +66,75 @@ python_with_bcrypt() {
 [[ $# -ge 1 ]] || usage
 MODE="$1"; shift
 OUT=""
+JWT_OUT=""
 FORCE=0
 FILE=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --out) [[ $# -ge 2 ]] || usage; OUT="$2"; shift 2 ;;
+    --jwt-out) [[ $# -ge 2 && "$MODE" == compose ]] || usage; JWT_OUT="$2"; shift 2 ;;
     --force) FORCE=1; shift ;;
     -h|--help) usage ;;
     *) if [[ "$MODE" == verify && -z "$FILE" ]]; then FILE="$1"; shift; else usage; fi ;;
   esac
 done
 
+# write_jwt_key PATH MODE: a fresh HS256 key in PATH (48 random bytes, base64url, no
+# newline), written atomically with MODE; a missing directory is made with mode 700.
+write_jwt_key() {
+  python3 - "$1" "$2" <<'PYTHON'
+import base64
+import os
+import secrets
+import sys
+import tempfile
+
+path, mode = sys.argv[1], int(sys.argv[2], 8)
+directory = os.path.dirname(os.path.abspath(path))
+os.makedirs(directory, mode=0o700, exist_ok=True)
+fd, tmp = tempfile.mkstemp(dir=directory, prefix=".jwt-key.")
+with os.fdopen(fd, "w") as f:
+    f.write(base64.urlsafe_b64encode(secrets.token_bytes(48)).decode())
+os.chmod(tmp, mode)
+os.replace(tmp, path)
+PYTHON
+}
+
 case "$MODE" in
   compose)
     OUT="${OUT:-$ROOT/deploy/compose/.env}"
-    if [[ -e "$OUT" && $FORCE -eq 0 ]]; then
-      echo "secrets.sh: $OUT exists; keep it, or run with --force to replace its credentials" >&2
+    JWT_OUT="${JWT_OUT:-$(dirname "$OUT")/secrets/jwt-hmac}"
+    if [[ -e "$OUT" && -e "$JWT_OUT" && $FORCE -eq 0 ]]; then
+      echo "secrets.sh: $OUT and $JWT_OUT exist; keep them, or run with --force to replace" \
+        "the credentials and the key" >&2
       exit 1
+    fi
+    if [[ ! -e "$JWT_OUT" || $FORCE -eq 1 ]]; then
+      write_jwt_key "$JWT_OUT" 644
+      echo "secrets.sh: wrote $JWT_OUT (JWT HMAC key; mode 644 for the container's user)" >&2
+    fi
+    if [[ "$(stat -c %a "$(dirname "$JWT_OUT")")" != 700 ]]; then
+      echo "secrets.sh: warning: $(dirname "$JWT_OUT") is not mode 700; other users here may" \
+        "read the key (chmod 700 it)" >&2
+    fi
+    if [[ -e "$OUT" && $FORCE -eq 0 ]]; then
+      echo "secrets.sh: kept $OUT (exists; --force replaces its credentials)" >&2
+      exit 0
     fi
     TEMPLATE="$ROOT/deploy/compose/.env.example"
     [[ -e "$OUT" ]] && TEMPLATE="$OUT"
+    ;;
+  jwt)
+    if [[ -z "$OUT" ]]; then
+      python3 -c 'import base64, secrets; print(base64.urlsafe_b64encode(secrets.token_bytes(48)).decode())'
+    elif [[ -e "$OUT" && $FORCE -eq 0 ]]; then
+      echo "secrets.sh: $OUT exists; keep it, or run with --force to replace the key" >&2
+      exit 1
+    else
+      write_jwt_key "$OUT" 600
+      echo "secrets.sh: wrote $OUT (JWT HMAC key, mode 600)" >&2
+    fi
+    exit 0
     ;;
   k8s) TEMPLATE="" ;;
   verify) [[ -n "$FILE" ]] || usage ;;

@@ -4,6 +4,17 @@
 # :50053. Builds the release binaries (services and the `fastchat` CLI) first.
 # Ctrl-C stops everything and exits 0. Called by `make run`.
 #
+# Authentication, set up for LOCAL DEVELOPMENT ONLY: the services check JWTs
+# against a development HMAC key, target/local/dev-secret (48 random bytes,
+# base64url; made on the first run and kept, mode 600), named in a
+# configuration file written on every run, target/local/fastchat.toml. That
+# file also lets callers WITHOUT a token write to #general and read every
+# room, so the unchanged seed client and `fastchat` without a token work as
+# before; the run says so in a box. It prints an `export FASTCHAT_TOKEN=...`
+# with full access (sub `dev`, every room read and write, 12 h; also in
+# target/local/dev-token), minted with `fastchat token`. Compose and
+# Kubernetes grant nothing anonymously (deploy/README.md, "Authentication").
+#
 # The broker gets its own port (default 4322) and store (target/local/nats),
 # so a broker already listening on 4222 is left alone.
 #
@@ -87,11 +98,92 @@ EOF
 }
 check_ports
 
+# The development JWT key, made once and kept, so tokens minted earlier stay
+# valid across runs. Whoever can read it can mint any token: mode 600.
+secret="$state/dev-secret"
+if [[ ! -e "$secret" ]]; then
+  (
+    umask 077
+    python3 -c 'import base64, secrets, sys
+sys.stdout.write(base64.urlsafe_b64encode(secrets.token_bytes(48)).decode())' >"$secret.tmp"
+    mv "$secret.tmp" "$secret"
+  )
+  echo "created the development JWT key target/local/dev-secret (48 random bytes, base64url; kept across runs)"
+fi
+if [[ "$(stat -c %a "$secret")" != 600 ]]; then
+  chmod 600 "$secret"
+  echo "target/local/dev-secret was readable by others: it is mode 600 now"
+fi
+secret_bytes=$(tr -d '\n' <"$secret" | wc -c)
+if ((secret_bytes < 32)); then
+  echo "make run: target/local/dev-secret has $secret_bytes bytes; an HMAC key needs at least 32." >&2
+  echo "make run: delete it and run again for a new one (tokens minted with it stop working)" >&2
+  exit 1
+fi
+
+# The services' configuration for this run, rewritten every time (it names
+# the key by its absolute path). FASTCHAT_AUTH__* variables in this shell
+# still override it.
+config="$state/fastchat.toml"
+secret_toml=${secret//\\/\\\\}
+secret_toml=${secret_toml//\"/\\\"}
+cat >"$config" <<EOF
+# Written by deploy/local/run.sh (make run) on every run: LOCAL DEVELOPMENT ONLY.
+# Edits are lost on the next run; set FASTCHAT_AUTH__* variables instead.
+[auth]
+mode = "jwt"
+
+[auth.jwt]
+# Tokens: target/release/fastchat token --secret-file target/local/dev-secret ...
+hmac_secret_file = "$secret_toml"
+
+# Callers WITHOUT a token may write to #general and read every room: what the
+# seed client needs. The first grant whose pattern matches a room decides, so
+# the grant for general allows read as well (general=write before *=read
+# would refuse them reading #general and subscribing to every room).
+[[auth.anonymous]]
+rooms = ["general"]
+allow = ["read", "write"]
+
+[[auth.anonymous]]
+rooms = ["*"]
+allow = ["read"]
+EOF
+
 echo "building release binaries: send-service, all-messages-service, fastchat (CLI)"
 echo "  (the first release build takes ~4-5 minutes on 2 cores; later ones seconds)"
 "${CARGO:-cargo}" build --locked --release -p send-service -p all-messages-service -p fastchat-cli
 # The build took a while: check again that nothing took a port meanwhile.
 check_ports
+
+# Does each service accept this configuration? `healthcheck` loads and
+# validates it first (exit 64 if it is unusable), then finds nothing on the
+# free port (exit 1). Services built before the `auth` section existed refuse
+# it as an unknown key: those run without --config, unauthenticated, and the
+# box below says so. (Transitional: once every build has `auth`, a refusal
+# is always an error.)
+service_args=(--config "$config")
+auth_in_build=1
+for service in send-service all-messages-service; do
+  set +e
+  refusal=$(FASTCHAT_GRPC__LISTEN=127.0.0.1:50051 "$bin_dir/$service" --config "$config" \
+    healthcheck --timeout 100ms 2>&1)
+  rc=$?
+  set -e
+  if [[ $rc -eq 64 ]]; then
+    # figment says "unknown field: found `auth`, expected one of ..."
+    if [[ "$refusal" == *"unknown field"*"\`auth\`"* ]]; then
+      auth_in_build=""
+    else
+      echo "make run: $service refuses target/local/fastchat.toml:" >&2
+      echo "$refusal" >&2
+      exit 1
+    fi
+  fi
+done
+if [[ -z "$auth_in_build" ]]; then
+  service_args=()
+fi
 
 mkdir -p "$state/nats" "$state/logs"
 pids=()
@@ -128,7 +220,7 @@ start() { # name grpc-listen metrics-listen
   # substitution here would make it the filter's PID, and Ctrl-C would leave
   # the service running).
   FASTCHAT_GRPC__LISTEN="$listen" FASTCHAT_METRICS__LISTEN="$metrics" "$bin_dir/${name%-[0-9]}" \
-    >"$state/logs/$name.log" 2>&1 &
+    "${service_args[@]}" >"$state/logs/$name.log" 2>&1 &
   pids+=($!)
   echo "$name on $listen (metrics: http://$metrics/metrics, log: target/local/logs/$name.log)"
 }
@@ -136,12 +228,33 @@ start send-service 127.0.0.1:50051 127.0.0.1:9091
 start all-messages-service-1 127.0.0.1:50052 127.0.0.1:9092
 start all-messages-service-2 127.0.0.1:50053 127.0.0.1:9093
 
-# Ready when every service reports SERVING (the CLI's health command checks
-# send-service and one all-messages replica at a time).
+# A development token with full access, signed with the development key.
+# `fastchat token` comes with the CLI's authentication support: a CLI built
+# without it gets no token, and the run goes on.
 fastchat="$bin_dir/fastchat"
+token_ttl=12h
+token_args=(token --secret-file "$secret" --sub dev --rooms '*=read,write' --ttl "$token_ttl")
+dev_token=""
+token_note=""
+if ! "$fastchat" token --help >/dev/null 2>&1; then
+  token_note="this build's fastchat has no \`token\` subcommand yet"
+elif ! dev_token=$("$fastchat" "${token_args[@]}" 2>"$state/logs/token.log"); then
+  dev_token=""
+  token_note="fastchat token failed (target/local/logs/token.log): $(head -n 1 "$state/logs/token.log")"
+else
+  dev_token=${dev_token//[[:space:]]/}
+  (umask 077; printf '%s\n' "$dev_token" >"$state/dev-token.tmp")
+  mv "$state/dev-token.tmp" "$state/dev-token"
+fi
+
+# Ready when every service reports SERVING (the CLI's health command checks
+# send-service and one all-messages replica at a time). Health needs no
+# token; the dev token is passed in case it ever does.
+with_token=()
+[[ -n "$dev_token" ]] && with_token=("FASTCHAT_TOKEN=$dev_token")
 serving() {
-  "$fastchat" --timeout 1s health >/dev/null 2>&1 &&
-    "$fastchat" --timeout 1s --all-addr 127.0.0.1:50053 health >/dev/null 2>&1
+  env "${with_token[@]}" "$fastchat" --timeout 1s health >/dev/null 2>&1 &&
+    env "${with_token[@]}" "$fastchat" --timeout 1s --all-addr 127.0.0.1:50053 health >/dev/null 2>&1
 }
 ready=""
 for _ in $(seq 1 60); do
@@ -157,14 +270,60 @@ tail -n +1 -F "$state"/logs/send-service.log "$state"/logs/all-messages-service-
 pids+=($!)
 sleep 0.5
 
+# A box that cannot be missed: what callers without a token may do here.
+box() {
+  local line width=78
+  printf '+%s+\n' "$(printf '%*s' "$width" '' | tr ' ' '!')"
+  for line in "$@"; do printf '! %-*s !\n' "$((width - 2))" "$line"; done
+  printf '+%s+\n' "$(printf '%*s' "$width" '' | tr ' ' '!')"
+}
+fc=target/release/fastchat
+echo
+echo "FastChat is running; Ctrl-C here stops it."
+echo
+if [[ -n "$auth_in_build" ]]; then
+  box "WARNING: anonymous callers may write to #general and read every room:" \
+    "local development only." \
+    "" \
+    "Any caller WITHOUT a token gets that (target/local/fastchat.toml, written" \
+    "by make run). Tokens are checked against target/local/dev-secret." \
+    "Compose and Kubernetes grant callers without a token nothing."
+else
+  box "WARNING: THESE SERVICES CHECK NO TOKENS: every caller may do everything." \
+    "" \
+    "They were built without the \`auth\` configuration section (unknown field" \
+    "\`auth\`), so make run started them without target/local/fastchat.toml." \
+    "Local development only."
+fi
+echo
+if [[ -n "$dev_token" ]]; then
+  cat <<EOF
+Full access for $token_ttl (sub dev, every room read and write), in another terminal:
+  export FASTCHAT_TOKEN=$dev_token
+  (the same: export FASTCHAT_TOKEN=\$(cat target/local/dev-token))
+EOF
+else
+  cat <<EOF
+No development token: $token_note.
+  Once it has one: export FASTCHAT_TOKEN=\$($fc token --secret-file target/local/dev-secret --sub dev --rooms '*=read,write' --ttl $token_ttl)
+EOF
+fi
+if [[ -n "$auth_in_build" ]]; then
+  echo
+  echo "In another terminal, without a token (what anonymous callers may do):"
+else
+  echo
+  echo "In another terminal:"
+fi
 cat <<EOF
-
-FastChat is running; Ctrl-C here stops it. In another terminal:
-  target/release/fastchat tail                          # every room: history, then live
-  target/release/fastchat send --author ann 'hello'
-  target/release/fastchat history --room general --limit 10
-  target/release/fastchat health
-  target/release/fastchat --all-addr 127.0.0.1:50053 tail   # the second all-messages replica
+  $fc tail                          # every room: history, then live
+  $fc send --author ann 'hello'     # to #general
+  $fc history --room general --limit 10
+  $fc health
+  $fc --all-addr 127.0.0.1:50053 tail   # the second all-messages replica
+With FASTCHAT_TOKEN set (a token's sub is the author):
+  $fc send --room dev --author dev 'deploy done'
+  $fc token --secret-file target/local/dev-secret --sub alice --rooms 'general,team-*=read,write;*=read' --ttl 1h
 
 EOF
 set +e

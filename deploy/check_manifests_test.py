@@ -1,0 +1,235 @@
+"""The authentication and TLS conventions of check_manifests.py refuse what they must (run by
+deploy/check.sh): each case breaks one rendered manifest (or compose config) in one way and
+expects the named problem; the unbroken inputs must pass.
+
+Usage: python check_manifests_test.py DEV.yaml PROD_TLS.yaml PROD_JWKS.yaml COMPOSE.json
+(the outputs check.sh rendered: the dev overlay, prod with components/tls, prod with
+components/jwks, `docker compose config --format json`). EXPECT_* as for check_manifests.py.
+"""
+
+import base64
+import copy
+import json
+import os
+import sys
+import tempfile
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import check_manifests as cm  # noqa: E402
+
+
+def run_overlay(overlay, docs, expect):
+    cm.problems.clear()
+    saved = {k: os.environ.get(k) for k in ("EXPECT_TLS", "EXPECT_JWKS")}
+    for key, value in expect.items():
+        os.environ[key] = value
+    try:
+        cm.check_overlay(overlay, docs)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return list(cm.problems)
+
+
+def run_compose(config):
+    cm.problems.clear()
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(config, f)
+    try:
+        cm.check_compose(f.name)
+    finally:
+        os.unlink(f.name)
+    return list(cm.problems)
+
+
+def kind(docs, k, name):
+    return next(d for d in docs if d.get("kind") == k and cm.strip_hash(d["metadata"]["name"]) == name)
+
+
+def container(docs, name="send-service"):
+    return kind(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+
+
+def pod(docs, name="send-service"):
+    return kind(docs, "Deployment", name)["spec"]["template"]["spec"]
+
+
+def env_set(c, name, value):
+    c["env"] = [e for e in c.get("env", []) if e["name"] != name]
+    if value is not None:
+        c["env"].append({"name": name, "value": value})
+
+
+def volume(docs, name, service="send-service"):
+    return next(v for v in pod(docs, service)["volumes"] if v["name"] == name)
+
+
+def mount(docs, name, service="send-service"):
+    return next(m for m in container(docs, service)["volumeMounts"] if m["name"] == name)
+
+
+# (description, input, breaker, expected problem text)
+def config_of(docs):
+    return kind(docs, "ConfigMap", "fastchat-config")["data"]
+
+
+OVERLAY_CASES = [
+    ("anonymous grant in the ConfigMap", "dev",
+     lambda d: config_of(d).update(
+         {"FASTCHAT_AUTH__ANONYMOUS": '[{rooms=["*"], allow=["read"]}]'}),
+     "nothing may be granted to callers without a token"),
+    ("anonymous grant in a Deployment", "dev",
+     lambda d: env_set(container(d), "FASTCHAT_AUTH__ANONYMOUS", "[]"),
+     "FASTCHAT_AUTH__ANONYMOUS: nothing may be granted"),
+    ("anonymous grant in a mounted TOML file", "dev",
+     lambda d: config_of(d).update(
+         {"service.toml": '[[auth.anonymous]]\nrooms = ["*"]\nallow = ["read"]\n'}),
+     "service.toml: nothing may be granted"),
+    ("auth.mode none", "dev",
+     lambda d: config_of(d).update({"FASTCHAT_AUTH__MODE": "none"}),
+     "tokens must be checked"),
+    ("no key at all", "dev",
+     lambda d: env_set(container(d), "FASTCHAT_AUTH__JWT__HMAC_SECRET_FILE", None),
+     "the services refuse to start without a key"),
+    ("key path outside the mount", "dev",
+     lambda d: env_set(container(d), "FASTCHAT_AUTH__JWT__HMAC_SECRET_FILE", "/tmp/key"),
+     "is in no mounted volume"),
+    ("key path not among the items", "dev",
+     lambda d: env_set(container(d), "FASTCHAT_AUTH__JWT__HMAC_SECRET_FILE",
+                       "/etc/fastchat/jwt/other"),
+     "none has path 'other'"),
+    ("Secret volume without items", "dev",
+     lambda d: volume(d, "jwt")["secret"].pop("items"),
+     "must name its files with items"),
+    ("writable mount", "dev",
+     lambda d: mount(d, "jwt").update({"readOnly": False}),
+     "must be mounted readOnly: true"),
+    ("subPath mount", "dev",
+     lambda d: mount(d, "jwt").update({"mountPath": "/etc/fastchat/jwt/hmac-secret",
+                                       "subPath": "hmac-secret"}),
+     "is mounted with subPath"),
+    ("world-readable key", "dev",
+     lambda d: volume(d, "jwt")["secret"].update({"defaultMode": 0o644}),
+     "is readable by others"),
+    ("group-readable key without fsGroup", "dev",
+     lambda d: pod(d)["securityContext"].pop("fsGroup"),
+     "the pod needs securityContext.fsGroup"),
+    ("key from another Secret", "dev",
+     lambda d: volume(d, "jwt")["secret"].update(
+         {"secretName": kind(d, "Secret", "fastchat-nats-credentials")["metadata"]["name"],
+          "items": [{"key": "SEND_SERVICE_PASSWORD", "path": "hmac-secret"}]}),
+     "the key must come from the Secret fastchat-jwt"),
+    ("short dev key", "dev",
+     lambda d: kind(d, "Secret", "fastchat-jwt")["data"].update(
+         {"hmac-secret": base64.b64encode(b"too short\n").decode()}),
+     "key hmac-secret has 9 bytes"),
+    ("writable root filesystem", "dev",
+     lambda d: container(d)["securityContext"].update({"readOnlyRootFilesystem": False}),
+     "readOnlyRootFilesystem must be true"),
+    ("TLS with a native gRPC readiness probe", "tls",
+     lambda d: container(d).update({"readinessProbe": {"grpc": {"port": 50051}}}),
+     "cannot reach a TLS port"),
+    ("TLS liveness by the broker-following healthcheck", "tls",
+     lambda d: container(d).update({"livenessProbe": {"exec": {"command": [
+         "/usr/local/bin/send-service", "healthcheck"]}}}),
+     "a broker outage would restart pods"),
+    ("TLS without the key file", "tls",
+     lambda d: env_set(container(d), "FASTCHAT_GRPC__TLS__KEY_FILE", None),
+     "FASTCHAT_GRPC__TLS__KEY_FILE must be set"),
+    ("TLS Secret nobody makes", "tls",
+     lambda d: d.remove(kind(d, "Certificate", "send-service-grpc")),
+     "no Certificate in the output makes it"),
+    ("Certificate for another namespace", "tls",
+     lambda d: kind(d, "Certificate", "send-service-grpc")["spec"].update(
+         {"dnsNames": ["send-service", "send-service.fastchat-dev.svc",
+                       "send-service.fastchat.svc"]}),
+     "names namespace fastchat-dev"),
+    ("Certificate without the Service name", "tls",
+     lambda d: kind(d, "Certificate", "send-service-grpc")["spec"].update(
+         {"dnsNames": ["localhost"]}),
+     "dnsNames must include send-service"),
+    ("h2c appProtocol on a TLS port", "tls",
+     lambda d: kind(d, "Service", "send-service")["spec"]["ports"][0].update(
+         {"appProtocol": "kubernetes.io/h2c"}),
+     "appProtocol kubernetes.io/h2c on a TLS port"),
+    ("TLS expected but missing", "dev-as-tls",
+     lambda d: None,
+     "TLS expected (components/tls)"),
+    ("JWK set without an audience", "jwks",
+     lambda d: config_of(d).pop("FASTCHAT_AUTH__JWT__AUDIENCE"),
+     "FASTCHAT_AUTH__JWT__AUDIENCE must be set with a JWK set"),
+    ("JWK set expected, HMAC key still set", "jwks",
+     lambda d: env_set(container(d), "FASTCHAT_AUTH__JWT__HMAC_SECRET_FILE",
+                       "/etc/fastchat/jwt/jwks.json"),
+     "a JWK set only expected"),
+]
+
+
+def compose_service(c, name="send-service"):
+    return c["services"][name]
+
+
+COMPOSE_CASES = [
+    ("anonymous grant", lambda c: compose_service(c)["environment"].update(
+        {"FASTCHAT_AUTH__ANONYMOUS": "[]"}), "nothing may be granted"),
+    ("auth.mode none", lambda c: compose_service(c)["environment"].update(
+        {"FASTCHAT_AUTH__MODE": "none"}), "tokens must be checked"),
+    ("no key", lambda c: compose_service(c)["environment"].pop(
+        "FASTCHAT_AUTH__JWT__HMAC_SECRET_FILE"), "without a key"),
+    ("key path that is no secret", lambda c: compose_service(c)["environment"].update(
+        {"FASTCHAT_AUTH__JWT__HMAC_SECRET_FILE": "/etc/key"}), "none of the service's secrets"),
+    ("secret not mounted", lambda c: compose_service(c, "all-messages-service").pop("secrets"),
+     "none of the service's secrets (none)"),
+    ("secret file outside deploy/compose/secrets", lambda c: c["secrets"]["jwt-hmac"].update(
+        {"file": "/tmp/jwt-hmac"}), "is not in deploy/compose/secrets/"),
+]
+
+
+def main():
+    dev_path, tls_path, jwks_path, compose_path = sys.argv[1:5]
+    inputs = {}
+    for key, path in (("dev", dev_path), ("tls", tls_path), ("jwks", jwks_path)):
+        with open(path) as f:
+            inputs[key] = [d for d in yaml.safe_load_all(f) if d]
+    inputs["dev-as-tls"] = inputs["dev"]
+    overlay = {"dev": "dev", "tls": "prod", "jwks": "prod", "dev-as-tls": "dev"}
+    expect = {"dev": {}, "tls": {"EXPECT_TLS": "1"}, "jwks": {"EXPECT_JWKS": "1"},
+              "dev-as-tls": {"EXPECT_TLS": "1"}}
+    with open(compose_path) as f:
+        compose = json.load(f)
+    failed = 0
+    for key in ("dev", "tls", "jwks"):
+        found = run_overlay(overlay[key], copy.deepcopy(inputs[key]), expect[key])
+        if found:
+            print(f"FAIL unbroken {key}: {found}")
+            failed += 1
+    if run_compose(copy.deepcopy(compose)):
+        print(f"FAIL unbroken compose: {cm.problems}")
+        failed += 1
+    for what, key, breaker, want in OVERLAY_CASES:
+        docs = copy.deepcopy(inputs[key])
+        breaker(docs)
+        found = run_overlay(overlay[key], docs, expect[key])
+        if not any(want in p for p in found):
+            print(f"FAIL {what} ({key}): expected a problem with {want!r}, got {found}")
+            failed += 1
+    for what, breaker, want in COMPOSE_CASES:
+        config = copy.deepcopy(compose)
+        breaker(config)
+        found = run_compose(config)
+        if not any(want in p for p in found):
+            print(f"FAIL compose {what}: expected a problem with {want!r}, got {found}")
+            failed += 1
+    total = len(OVERLAY_CASES) + len(COMPOSE_CASES)
+    print(f"{total - failed} of {total} broken inputs refused, "
+          f"{failed} failure(s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
