@@ -7,7 +7,9 @@
 //!    [`telemetry`] (tracing), [`shutdown`] (the signal future), [`throttle`]
 //!    (rate-limited logs), `limit` (the request size and body deadline),
 //!    [`held`] (resources held until a response is sent),
-//!    [`listener`] (the accept loop: connection caps, handshake deadline), [`unavailable`] (the error both services
+//!    [`tls`] (the gRPC port's certificates, re-read when they change),
+//!    [`listener`] (the accept loop: connection caps, handshake deadline,
+//!    the TLS handshake), [`unavailable`] (the error both services
 //!    answer while the broker cannot be used);
 //! 2. [`health`] (readiness following the broker, liveness, a client),
 //!    [`server`] (the tonic scaffold: limits, reflection, serve and drain)
@@ -24,6 +26,7 @@ pub mod listener;
 pub mod shutdown;
 pub mod telemetry;
 pub mod throttle;
+pub mod tls;
 pub mod unavailable;
 
 mod exporter;

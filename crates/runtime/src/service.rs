@@ -26,6 +26,9 @@ pub enum ServeError {
     /// Reflection could not be set up (a build defect).
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A `grpc.tls` file cannot be used at start-up.
+    #[error("configuration error: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl ServeError {
@@ -40,7 +43,7 @@ impl ServeError {
                 e.kind(),
                 broker_client::ErrorKind::Conflict | broker_client::ErrorKind::InvalidInput
             )
-        )
+        ) || matches!(self, Self::Tls(_))
     }
 }
 
