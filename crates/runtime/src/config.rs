@@ -8,7 +8,11 @@
 //! sections every service has (this module's types and the broker's) next to
 //! its own; the runtime reads everything it needs through that trait.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use broker_client::{BrokerConfig, StationConfig};
 use figment::{
@@ -373,6 +377,71 @@ pub struct GrpcConfig {
     pub max_health_watches: usize,
     /// Serve gRPC reflection (v1 and v1alpha) for the port's own services.
     pub reflection: bool,
+    /// TLS on the port (off by default: plaintext, for a mesh or a private
+    /// network).
+    #[serde(default)]
+    pub tls: GrpcTlsConfig,
+}
+
+/// TLS on the gRPC port. `cert_file` and `key_file` together turn it on
+/// (the port then speaks TLS only); `client_ca_file` also requires every
+/// client to present a certificate signed by that CA (mutual TLS). The
+/// files are re-read when they change (see [`crate::tls`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcTlsConfig {
+    /// The server's certificate (PEM), optionally followed by the
+    /// intermediates of its chain.
+    pub cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign the client certificates accepted.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl GrpcTlsConfig {
+    /// Whether the port speaks TLS.
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() && self.key_file.is_some()
+    }
+
+    /// Checks that the keys are set in a usable combination (the files
+    /// themselves are read when the server starts).
+    ///
+    /// # Errors
+    /// A one-line reason naming the keys.
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("grpc.tls.cert_file", &self.cert_file),
+            ("grpc.tls.key_file", &self.key_file),
+            ("grpc.tls.client_ca_file", &self.client_ca_file),
+        ] {
+            if value
+                .as_ref()
+                .is_some_and(|path| path.as_os_str().is_empty())
+            {
+                return Err(format!(
+                    "{key} is empty (leave it unset for no TLS, or name a file)"
+                ));
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(
+                "grpc.tls.cert_file and grpc.tls.key_file must be set together \
+                 (both for TLS, neither for plaintext)"
+                    .into(),
+            );
+        }
+        if self.client_ca_file.is_some() && !self.enabled() {
+            return Err(
+                "grpc.tls.client_ca_file (mutual TLS) needs grpc.tls.cert_file \
+                 and grpc.tls.key_file"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl GrpcConfig {
@@ -392,6 +461,7 @@ impl GrpcConfig {
             keepalive_interval: Duration::from_secs(30),
             max_health_watches: 64,
             reflection: true,
+            tls: GrpcTlsConfig::default(),
         }
     }
 
@@ -428,7 +498,7 @@ impl GrpcConfig {
                 return Err(format!("{key} must be greater than zero"));
             }
         }
-        Ok(())
+        self.tls.validate()
     }
 
     /// What the accept loop enforces on this port.

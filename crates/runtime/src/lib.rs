@@ -8,7 +8,9 @@
 //!    (rate-limited logs), `limit` (the request size and body deadline),
 //!    [`held`] (resources held until a response is sent), [`status`]
 //!    (structured statuses: ErrorInfo reasons, BadRequest, RetryInfo),
-//!    [`listener`] (the accept loop: connection caps, handshake deadline), [`unavailable`] (the error both services
+//!    [`tls`] (the gRPC port's certificates, re-read when they change),
+//!    [`listener`] (the accept loop: connection caps, handshake deadline,
+//!    the TLS handshake), [`unavailable`] (the error both services
 //!    answer while the broker cannot be used);
 //! 2. [`gate`] (who is calling: tokens, identities, stream deadlines),
 //!    [`ratelimit`] (a token bucket per identity),
@@ -28,6 +30,7 @@ pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 pub mod throttle;
+pub mod tls;
 pub mod unavailable;
 
 mod exporter;

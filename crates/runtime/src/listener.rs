@@ -3,7 +3,9 @@
 //! handshake deadline (a connection that has not sent its first bytes in
 //! time is closed, so idle sockets cannot pile up to the file-descriptor
 //! limit), and an accept loop that backs off when the process is out of
-//! file descriptors instead of spinning.
+//! file descriptors instead of spinning. On a TLS port ([`crate::tls`])
+//! the TLS handshake happens here too, within the same deadline, and the
+//! first bytes are then read from the decrypted stream.
 
 use std::{
     collections::HashMap,
@@ -21,10 +23,11 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
 };
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::throttle::Throttled;
+use crate::{throttle::Throttled, tls::Tls};
 
 /// Bytes a client must send within the handshake deadline: the length of
 /// the HTTP/2 client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`); any
@@ -42,19 +45,33 @@ pub struct Limits {
     pub handshake_timeout: Duration,
 }
 
-/// Accepts on `listener` until `cancel` fires, yielding connections that
-/// passed the limits and the handshake deadline. `name` names the port in
-/// logs (e.g. `grpc`, `metrics`).
+/// Accepts plaintext connections on `listener` until `cancel` fires,
+/// yielding those that passed the limits and the handshake deadline. `name`
+/// names the port in logs (e.g. `grpc`, `metrics`).
 pub fn incoming(
     listener: TcpListener,
     limits: Limits,
     name: &'static str,
     cancel: CancellationToken,
 ) -> ReceiverStream<io::Result<Conn>> {
+    incoming_with(listener, limits, name, None, cancel)
+}
+
+/// As [`incoming`], over TLS if `tls` is given: each connection is
+/// accepted with the TLS configuration in use when it arrives, and must
+/// complete the TLS handshake and then send its first [`HANDSHAKE_BYTES`]
+/// within the handshake deadline.
+pub fn incoming_with(
+    listener: TcpListener,
+    limits: Limits,
+    name: &'static str,
+    tls: Option<Tls>,
+    cancel: CancellationToken,
+) -> ReceiverStream<io::Result<Conn>> {
     // Handshakes run in their own tasks and hand finished connections
     // over; the channel is short because the server takes them at once.
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, limits, name, tx, cancel));
+    tokio::spawn(accept_loop(listener, limits, name, tls, tx, cancel));
     ReceiverStream::new(rx)
 }
 
@@ -120,6 +137,7 @@ async fn accept_loop(
     listener: TcpListener,
     limits: Limits,
     name: &'static str,
+    tls: Option<Tls>,
     tx: mpsc::Sender<io::Result<Conn>>,
     cancel: CancellationToken,
 ) {
@@ -181,13 +199,23 @@ async fn accept_loop(
         }
         let tx = tx.clone();
         let timeout = limits.handshake_timeout;
+        // The configuration in use now: a certificate replaced later
+        // applies to later connections.
+        let acceptor = tls.as_ref().map(Tls::acceptor);
         tokio::spawn(async move {
-            match tokio::time::timeout(timeout, handshake(stream, slot)).await {
+            match tokio::time::timeout(timeout, handshake(stream, acceptor, slot)).await {
                 Ok(Ok(Some(conn))) => {
                     let _ = tx.send(Ok(conn)).await;
                 }
                 Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::debug!(port = name, %peer, error = %e, "handshake failed"),
+                Ok(Err(Failed::Tls(e))) => {
+                    metrics::counter!("fastchat_tls_handshake_failures_total", "port" => name)
+                        .increment(1);
+                    tracing::debug!(port = name, %peer, error = %e, "TLS handshake failed");
+                }
+                Ok(Err(Failed::Io(e))) => {
+                    tracing::debug!(port = name, %peer, error = %e, "handshake failed");
+                }
                 Err(_) => {
                     metrics::counter!("fastchat_handshake_timeouts_total", "port" => name)
                         .increment(1);
@@ -216,12 +244,32 @@ fn admit(
     })
 }
 
-/// Reads the first [`HANDSHAKE_BYTES`]; `None` if the peer closed before.
-async fn handshake(mut stream: TcpStream, slot: Slot) -> io::Result<Option<Conn>> {
+/// Why a handshake failed.
+enum Failed {
+    /// The TLS handshake (a plaintext client, an untrusted or missing
+    /// client certificate, no common protocol version, ...).
+    Tls(io::Error),
+    /// Reading the first bytes.
+    Io(io::Error),
+}
+
+/// Completes the TLS handshake if `tls` is given, then reads the first
+/// [`HANDSHAKE_BYTES`]; `None` if the peer closed before.
+async fn handshake(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    slot: Slot,
+) -> Result<Option<Conn>, Failed> {
+    let mut stream = match tls {
+        None => Stream::Plain(stream),
+        Some(acceptor) => Stream::Tls(Box::new(
+            acceptor.accept(stream).await.map_err(Failed::Tls)?,
+        )),
+    };
     let mut prefix = [0; HANDSHAKE_BYTES];
     let mut have = 0;
     while have < HANDSHAKE_BYTES {
-        let n = stream.read(&mut prefix[have..]).await?;
+        let n = stream.read(&mut prefix[have..]).await.map_err(Failed::Io)?;
         if n == 0 {
             return Ok(None);
         }
@@ -235,11 +283,80 @@ async fn handshake(mut stream: TcpStream, slot: Slot) -> io::Result<Option<Conn>
     }))
 }
 
-/// An accepted connection: replays the bytes read for the handshake, then
-/// reads the socket; gives its place in the limits back when dropped.
+/// A connection's byte stream: the socket itself, or TLS over it (boxed:
+/// a TLS session is a few kilobytes, a plaintext connection need not
+/// carry that).
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(tcp) => tcp,
+            Self::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+/// Forwards a poll to whichever stream it is.
+macro_rules! either {
+    ($stream:expr, $s:ident => $poll:expr) => {
+        match $stream {
+            Stream::Plain($s) => $poll,
+            Stream::Tls($s) => $poll,
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        either!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        either!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        either!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        either!(self, s => s.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        either!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        either!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// An accepted connection, plaintext or TLS: replays the bytes read for
+/// the handshake, then reads the stream; gives its place in the limits
+/// back when dropped.
 #[derive(Debug)]
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     prefix: [u8; HANDSHAKE_BYTES],
     replayed: usize,
     _slot: Slot,
@@ -296,8 +413,10 @@ impl AsyncWrite for Conn {
 impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
+    /// The TCP peer and local address, over TLS too (the services read
+    /// `remote_addr()` for fair shares).
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.stream.tcp().connect_info()
     }
 }
 

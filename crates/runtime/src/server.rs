@@ -1,7 +1,8 @@
 //! The gRPC server scaffold every service uses: tonic with the configured
 //! limits and the request-size layer, reflection, and serving on an
-//! already-bound listener (through the accept loop of [`crate::listener`])
-//! until a shutdown token fires, with a bounded drain.
+//! already-bound listener (through the accept loop of [`crate::listener`],
+//! over TLS if `grpc.tls` says so) until a shutdown token fires, with a
+//! bounded drain.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::{
     config::GrpcConfig, health::WatchLimitLayer, held::HoldLayer, limit::RequestLimitLayer,
-    listener,
+    listener, service::ServeError, tls::Tls,
 };
 
 /// The layers [`builder`] puts around every service.
@@ -108,21 +109,36 @@ pub fn add_reflection(
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
 /// Serves `router` on `listener` until `cancel` fires, then lets in-flight
-/// calls finish for at most `drain`.
+/// calls finish for at most `drain`. With `grpc.tls` set, the port speaks
+/// TLS only, with certificates re-read when their files change.
 ///
 /// # Errors
-/// If the transport fails.
+/// [`ServeError::Tls`] if the TLS files cannot be used at start-up (a
+/// configuration error); [`ServeError::Transport`] if the transport fails.
 pub async fn serve(
     router: Router,
     listener: TcpListener,
     config: &GrpcConfig,
     cancel: CancellationToken,
     drain: Duration,
-) -> Result<(), tonic::transport::Error> {
-    let incoming = listener::incoming(
+) -> Result<(), ServeError> {
+    let tls = Tls::load(
+        &config.tls,
+        crate::tls::RELOAD_INTERVAL,
+        cancel.child_token(),
+    )
+    .await?;
+    if let Some(tls) = &tls {
+        tracing::info!(
+            mutual = tls.mutual(),
+            "gRPC over TLS only (ALPN h2, http/1.1)"
+        );
+    }
+    let incoming = listener::incoming_with(
         listener,
         config.connection_limits(),
         "grpc",
+        tls,
         cancel.child_token(),
     );
     let shutdown = cancel.clone();
@@ -131,10 +147,10 @@ pub async fn serve(
     });
     tokio::pin!(server);
     if let Some(result) = cancel.run_until_cancelled(&mut server).await {
-        return result;
+        return Ok(result?);
     }
     match tokio::time::timeout(drain, server).await {
-        Ok(result) => result,
+        Ok(result) => Ok(result?),
         Err(_) => {
             tracing::warn!(?drain, "drain time over; closing remaining calls");
             Ok(())

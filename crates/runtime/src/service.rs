@@ -30,6 +30,9 @@ pub enum ServeError {
     /// A key file of `auth.jwt` cannot be read or used.
     #[error(transparent)]
     Auth(#[from] fastchat_auth::ConfigError),
+    /// A `grpc.tls` file cannot be used at start-up.
+    #[error("configuration error: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl ServeError {
@@ -43,7 +46,7 @@ impl ServeError {
                 e.kind(),
                 broker_client::ErrorKind::Conflict | broker_client::ErrorKind::InvalidInput
             ),
-            Self::Auth(_) => true,
+            Self::Auth(_) | Self::Tls(_) => true,
             Self::Transport(_) | Self::Reflection(_) => false,
         }
     }
