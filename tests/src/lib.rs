@@ -104,6 +104,9 @@ pub fn send_config(nats_url: &str) -> send_service::Config {
     config.send.timeout = Duration::from_secs(3);
     config.shutdown.drain_timeout = Duration::from_secs(3);
     config.auth = unchecked();
+    // The broker reserves a station's byte limit in its store (by default
+    // 75 % of the free disk): test stations stay small.
+    config.station.max_bytes = 256 << 20;
     config.limits = unlimited();
     config
 }
@@ -139,6 +142,9 @@ pub fn all_config(nats_url: &str) -> all_messages_service::Config {
     };
     config.shutdown.drain_timeout = Duration::from_secs(3);
     config.auth = unchecked();
+    // The broker reserves a station's byte limit in its store (by default
+    // 75 % of the free disk): test stations stay small.
+    config.station.max_bytes = 256 << 20;
     config.limits = unlimited();
     config
 }

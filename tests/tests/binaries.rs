@@ -31,6 +31,7 @@ impl Process {
             // The conventional variable is enough to find the broker.
             .env("NATS_URL", nats_url)
             .env("FASTCHAT_AUTH__MODE", "none")
+            .env("FASTCHAT_STATION__MAX_BYTES", "268435456")
             .env("FASTCHAT_SHUTDOWN__DRAIN_TIMEOUT", "3s")
             .env(
                 "FASTCHAT_METRICS__LISTEN",
@@ -291,6 +292,7 @@ fn a_conflicting_station_exits_64_naming_the_field() {
         .env("FASTCHAT_METRICS__ENABLED", "false")
         .env("NATS_URL", nats.url())
         .env("FASTCHAT_AUTH__MODE", "none")
+        .env("FASTCHAT_STATION__MAX_BYTES", "268435456")
         .env("FASTCHAT_STATION__MAX_AGE", "1h")
         .output()
         .expect("run send-service");
@@ -340,6 +342,7 @@ fn at_the_descriptor_limit_the_service_backs_off_and_recovers() {
         .env("FASTCHAT_GRPC__HANDSHAKE_TIMEOUT", "3s")
         .env("NATS_URL", nats.url())
         .env("FASTCHAT_AUTH__MODE", "none")
+        .env("FASTCHAT_STATION__MAX_BYTES", "268435456")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -23,7 +23,7 @@ use async_nats::jetstream::{
     consumer::{pull, push},
     context::PublishErrorKind,
 };
-use broker_client::{Broker, BrokerConfig, StartPosition, StationConfig};
+use broker_client::{Broker, BrokerConfig, StartPosition};
 use fastchat_e2e::*;
 use fastchat_proto::v1;
 use fastchat_test_support::NatsCluster;
@@ -475,7 +475,7 @@ async fn send_service_user_cannot_read_the_station() {
         .expect("connect");
     broker.wait_connected().await;
     let station = broker
-        .ensure_station(&StationConfig::default())
+        .ensure_station(&send_config(&nats.url()).station)
         .await
         .expect("the send-service user may check the station");
     let fan_out = station.fan_out("chat.messages.>", StartPosition::All).await;
@@ -531,7 +531,7 @@ async fn all_messages_user_cannot_publish_to_the_station() {
         .expect("connect");
     broker.wait_connected().await;
     let station = broker
-        .ensure_station(&StationConfig::default())
+        .ensure_station(&all_config(&nats.url()).station)
         .await
         .expect("the all-messages-service user may check the station");
     let published = station

@@ -26,6 +26,8 @@ async fn station(server: &NatsServer) -> Station {
         .ensure_station(&StationConfig {
             name: "jobs".into(),
             subjects: vec!["jobs.>".into()],
+            // Small: the broker reserves a station's byte limit in its store.
+            max_bytes: 64 << 20,
             ..StationConfig::default()
         })
         .await

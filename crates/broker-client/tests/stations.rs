@@ -14,6 +14,9 @@ fn station_config() -> StationConfig {
     StationConfig {
         name: "test".into(),
         subjects: vec!["test.>".into()],
+        // The broker reserves a station's byte limit in its store, which
+        // by default is 75 % of the free disk: keep test stations small.
+        max_bytes: 64 << 20,
         ..StationConfig::default()
     }
 }
