@@ -495,6 +495,7 @@ async fn broker_restart_is_survived_without_restarting_services() {
             service.addr,
             fastchat_runtime::health::LIVENESS,
             Duration::from_secs(2),
+            None,
         )
         .await
         .expect("health answers");

@@ -84,7 +84,7 @@ impl Ca {
         self.issuer.pem()
     }
 
-    fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Issued {
+    fn issue(&self, names: &[&str], usage: &[ExtendedKeyUsagePurpose]) -> Issued {
         let mut params =
             CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
                 .expect("params");
@@ -92,7 +92,7 @@ impl Ca {
             DnType::CommonName,
             names.first().copied().unwrap_or("client"),
         );
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usage.to_vec();
         params.serial_number = Some(serial());
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &*self.issuer).expect("certificate");
@@ -106,12 +106,24 @@ impl Ca {
     fn server(&self) -> Issued {
         self.issue(
             &["localhost", "127.0.0.1"],
-            ExtendedKeyUsagePurpose::ServerAuth,
+            &[ExtendedKeyUsagePurpose::ServerAuth],
+        )
+    }
+
+    /// A server certificate that may also authenticate as a client (what
+    /// the healthcheck probe of a mutual-TLS port presents).
+    fn server_and_client(&self) -> Issued {
+        self.issue(
+            &["localhost", "127.0.0.1"],
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         )
     }
 
     fn client(&self, name: &str) -> Issued {
-        self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth)
+        self.issue(&[name], &[ExtendedKeyUsagePurpose::ClientAuth])
     }
 }
 
@@ -606,4 +618,49 @@ async fn unusable_files_at_start_up_are_configuration_errors_naming_the_key_and_
             && err.to_string().contains("does not match the certificate"),
         "{err}"
     );
+}
+
+/// The `healthcheck` subcommand (what container health checks and
+/// Kubernetes exec probes run) speaks TLS on a TLS port, trusting exactly
+/// the port's own certificate, and under mutual TLS presents it as its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_healthcheck_subcommand_speaks_tls_on_a_tls_port() {
+    let nats = NatsServer::start();
+    let ca = Ca::new("test CA");
+    for mutual in [false, true] {
+        let files = Files::new(&ca.server_and_client(), mutual.then_some(&ca));
+        let trusted = client(&ca, Some(&ca.client("probe")), H2);
+        let send = start_send_tls(&nats, files.config(mutual), trusted).await;
+        let probe = |service: &str, cert: &Path| {
+            let mut command = std::process::Command::new(workspace_bin("send-service"));
+            command
+                .args(["healthcheck", "--service", service])
+                .env("FASTCHAT_GRPC__LISTEN", send.addr.to_string())
+                .env("FASTCHAT_GRPC__TLS__CERT_FILE", cert)
+                .env("FASTCHAT_GRPC__TLS__KEY_FILE", &files.key);
+            if mutual {
+                command.env("FASTCHAT_GRPC__TLS__CLIENT_CA_FILE", &files.ca);
+            }
+            command.output().expect("run healthcheck")
+        };
+        let ready = tokio::task::block_in_place(|| {
+            (probe("", &files.cert), probe("liveness", &files.cert))
+        });
+        assert!(ready.0.status.success(), "mutual {mutual}: {:?}", ready.0);
+        assert!(ready.1.status.success(), "mutual {mutual}: {:?}", ready.1);
+    }
+    // A port that presents another certificate fails the probe.
+    let files = Files::new(&ca.server(), None);
+    let other = Files::new(&ca.server(), None);
+    let send = start_send_tls(&nats, files.config(false), client(&ca, None, H2)).await;
+    let output = tokio::task::block_in_place(|| {
+        std::process::Command::new(workspace_bin("send-service"))
+            .args(["healthcheck", "--timeout", "2s"])
+            .env("FASTCHAT_GRPC__LISTEN", send.addr.to_string())
+            .env("FASTCHAT_GRPC__TLS__CERT_FILE", &other.cert)
+            .env("FASTCHAT_GRPC__TLS__KEY_FILE", &other.key)
+            .output()
+            .expect("run healthcheck")
+    });
+    assert!(!output.status.success());
 }

@@ -56,6 +56,10 @@ pub enum Command {
     /// Check the gRPC health of the service at its configured address; exit 0
     /// if SERVING, 1 otherwise.
     Healthcheck {
+        /// The health service to ask about: empty for readiness (broker
+        /// connected and answering), `liveness` for the process.
+        #[arg(long, default_value = "")]
+        service: String,
         /// Give up after this long.
         #[arg(long, default_value = "3s", value_parser = humantime_serde::re::humantime::parse_duration)]
         timeout: Duration,
@@ -108,9 +112,23 @@ where
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Command::Healthcheck { timeout }) = cli.command {
+    if let Some(Command::Healthcheck { service, timeout }) = cli.command {
         let addr = config.grpc().listen;
-        return match runtime.block_on(crate::health::check(addr, timeout)) {
+        // On a TLS port the probe speaks TLS, trusting the port's own
+        // certificate (crate::probe).
+        let tls = if config.grpc().tls.enabled() {
+            match crate::probe::client_config(&config.grpc().tls) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    eprintln!("{name}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            None
+        };
+        let checked = crate::health::check_service(addr, &service, timeout, tls);
+        return match runtime.block_on(checked) {
             Ok(tonic_health::ServingStatus::Serving) => ExitCode::SUCCESS,
             Ok(status) => {
                 eprintln!("{name} at {addr}: {status:?}");

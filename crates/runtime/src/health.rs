@@ -149,11 +149,12 @@ pub async fn follow_broker(
 /// # Errors
 /// If the server cannot be reached in `timeout` or answers with an error.
 pub async fn check(addr: SocketAddr, timeout: Duration) -> anyhow::Result<ServingStatus> {
-    check_service(addr, "", timeout).await
+    check_service(addr, "", timeout, None).await
 }
 
 /// Asks the gRPC health service at `addr` about `service` (`""` = the
-/// server as a whole, [`LIVENESS`] = the process).
+/// server as a whole, [`LIVENESS`] = the process), over TLS with `tls` when
+/// given (see [`crate::probe`]).
 ///
 /// # Errors
 /// If the server cannot be reached in `timeout` or answers with an error.
@@ -161,6 +162,7 @@ pub async fn check_service(
     addr: SocketAddr,
     service: &str,
     timeout: Duration,
+    tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
 ) -> anyhow::Result<ServingStatus> {
     use anyhow::Context as _;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -172,10 +174,26 @@ pub async fn check_service(
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{host}"))?
         .connect_timeout(timeout)
         .timeout(timeout);
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {host}"))?;
+    let channel = match tls {
+        None => endpoint.connect().await,
+        Some(config) => {
+            // TLS is done here (tonic's own is not built into the services).
+            let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+                let config = std::sync::Arc::clone(&config);
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(host).await?;
+                    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost")
+                        .map_err(std::io::Error::other)?;
+                    let tls = tokio_rustls::TlsConnector::from(config)
+                        .connect(name, tcp)
+                        .await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                }
+            });
+            endpoint.connect_with_connector(connector).await
+        }
+    }
+    .with_context(|| format!("cannot connect to {host}"))?;
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: service.to_owned(),

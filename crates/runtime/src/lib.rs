@@ -18,7 +18,8 @@
 //!    [`server`] (the tonic scaffold: limits, reflection, serve and drain)
 //!    and `exporter` (the metrics port);
 //! 3. [`service`]: the life cycle — broker, station, health, serve, drain;
-//! 4. [`cli`]: the binaries' `main` — arguments, config, logging, signals.
+//! 4. [`cli`]: the binaries' `main` — arguments, config, logging, signals;
+//!    `probe` (the TLS client of its `healthcheck` subcommand).
 
 #![forbid(unsafe_code)]
 
@@ -42,3 +43,4 @@ pub mod server;
 pub mod service;
 
 pub mod cli;
+mod probe;
