@@ -235,6 +235,20 @@ fn a_bad_configuration_exits_64_with_a_one_line_reason() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("station.replicas"), "{stderr}");
 
+    // Tokens are checked by default: without a key to check them with the
+    // service refuses to start, naming the keys to set.
+    let output = Command::new(workspace_bin("send-service"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .expect("run send-service");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("auth.jwt.hmac_secret_file") && stderr.contains("auth.jwt.jwks_file"),
+        "{stderr}"
+    );
+
     let output = Command::new(workspace_bin("all-messages-service"))
         .env("FASTCHAT_GRPC__LISTEN", "nowhere")
         .output()

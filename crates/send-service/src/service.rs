@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Instant};
 
 use fastchat_auth::{Caller, Operation};
-use fastchat_proto::{seed, v1};
+use fastchat_proto::{seed, station, v1};
 use fastchat_runtime::{
     config::LimitsConfig,
     gate::{Gate, IdentityKey},
@@ -111,11 +111,20 @@ impl Api {
                 burst: self.rate_limits.send_burst,
             });
         }
+        // May this caller write there at all? Before anything else is said
+        // about the request (an invalid room name is left to validation).
+        let room = if request.room.is_empty() {
+            station::DEFAULT_ROOM
+        } else {
+            &request.room
+        };
+        if station::is_valid_room(room) {
+            sender.caller.authorize(room, Operation::Write)?;
+        }
         // With a token the author is the token's identity.
         let author = sender.caller.author(&request.author)?;
         request.author = author.name;
         let new = validate(request, &self.limits)?;
-        sender.caller.authorize(&new.room, Operation::Write)?;
         self.store.store(new, author.verified, traceparent).await
     }
 }
