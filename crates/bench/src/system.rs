@@ -276,8 +276,13 @@ pub struct System {
 impl System {
     /// A broker and send-service only: nothing else consumes the station.
     pub fn start_send_only() -> anyhow::Result<(NatsServer, Process)> {
+        Self::start_send_only_with(&[])
+    }
+
+    /// As [`System::start_send_only`], with extra environment.
+    pub fn start_send_only_with(env: &[(&str, String)]) -> anyhow::Result<(NatsServer, Process)> {
         let nats = NatsServer::start();
-        let send = Process::service("send-service", &nats.url(), &[])?;
+        let send = Process::service("send-service", &nats.url(), env)?;
         Ok((nats, send))
     }
 
