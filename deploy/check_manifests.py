@@ -753,6 +753,46 @@ def check_compose_auth(name, svc, top_secrets):
             problem(where, f"{volume['source']} is bind-mounted writable")
 
 
+# Memory per subscriber in the worst case (one that reads nothing, on its own connection:
+# 26 KiB idle on its connection + ~40 KiB its queue and transport hold; make bench,
+# `memory` and `unread`), and what an all-messages-service holds besides (the process,
+# its live buffer, 16 history reads of up to 2 MiB). docs/limits.md.
+SUBSCRIBER_WORST_KIB = 64
+ALL_MESSAGES_RESERVE_MIB = 64
+DEFAULT_MAX_CONNECTIONS = 4096
+HEADROOM = 0.75
+
+
+def mebibytes(quantity):
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    for suffix, factor in units.items():
+        if str(quantity).endswith(suffix):
+            return float(str(quantity)[: -len(suffix)]) * factor
+    return float(quantity) / (1024 * 1024)
+
+
+def check_memory_limits(docs, config):
+    """Count limits (subscriptions, connections) must fit the pod's memory limit."""
+    dep = by_kind(docs, "Deployment").get("all-messages-service")
+    if dep is None:
+        return
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    limit = container.get("resources", {}).get("limits", {}).get("memory")
+    if limit is None:
+        return
+    env = effective_env(container, config)
+    subs = int(env.get("FASTCHAT_SUBSCRIPTIONS__MAX") or DEFAULT_SUBSCRIPTIONS_MAX)
+    conns = int(env.get("FASTCHAT_GRPC__MAX_CONNECTIONS") or DEFAULT_MAX_CONNECTIONS)
+    budget = HEADROOM * mebibytes(limit) - ALL_MESSAGES_RESERVE_MIB
+    fits = int(budget * 1024 / SUBSCRIBER_WORST_KIB)
+    for key, value in [("subscriptions.max", subs), ("grpc.max_connections", conns)]:
+        if value > fits:
+            problem("deployment/all-messages-service",
+                    f"{key} = {value} does not fit memory limit {limit}: at most "
+                    f"({HEADROOM} x {limit} - {ALL_MESSAGES_RESERVE_MIB} MiB) / "
+                    f"{SUBSCRIBER_WORST_KIB} KiB = {fits} (docs/limits.md)")
+
+
 def check_overlay(overlay, docs, out_dir=None):
     """Every check of a rendered overlay (parsed documents); the problems are in `problems`."""
     configs = [d for d in docs if d.get("kind") == "ConfigMap"
@@ -764,6 +804,7 @@ def check_overlay(overlay, docs, out_dir=None):
         check_service(name, port, docs, config)
     check_references(docs)
     check_no_anonymous(docs)
+    check_memory_limits(docs, config)
     check_versions(overlay, docs)
     check_nats(overlay, docs, config, out_dir)
 
