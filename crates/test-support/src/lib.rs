@@ -38,6 +38,6 @@ mod server;
 
 pub use cluster::NatsCluster;
 pub use monitor::StreamReport;
-pub use paths::{nats_server_bin, workspace_bin, workspace_root};
+pub use paths::{check_nats_server_version, nats_server_bin, workspace_bin, workspace_root};
 pub use ports::{free_port, free_ports};
 pub use server::{NatsOptions, NatsServer};

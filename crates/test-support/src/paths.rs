@@ -2,6 +2,8 @@
 //! `nats-server` to run.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 
 /// The workspace root, so tests can find checked-in files (e.g. the deployed
 /// `auth.conf`) and tools wherever cargo runs them from.
@@ -49,4 +51,62 @@ pub fn nats_server_bin() -> PathBuf {
         return local;
     }
     PathBuf::from("nats-server")
+}
+
+/// Checks, once per process, that [`nats_server_bin`] is at least the
+/// `major.minor` pinned in `deploy/nats-version`: the tests rely on what the
+/// pinned server does and logs (e.g. how a permissions violation names the
+/// user), and an older server on `PATH` (Debian ships 2.9) would fail them
+/// in ways that look like bugs.
+///
+/// # Errors
+/// Names the binary found, its version and how to get the pinned one.
+pub fn check_nats_server_version() -> Result<(), String> {
+    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
+    CHECKED.get_or_init(check_version).clone()
+}
+
+fn check_version() -> Result<(), String> {
+    let bin = nats_server_bin();
+    let pinned_file = workspace_root().join("deploy/nats-version");
+    let pinned = std::fs::read_to_string(&pinned_file)
+        .map_err(|e| format!("read {}: {e}", pinned_file.display()))?;
+    let pinned = pinned.trim();
+    let output = Command::new(&bin).arg("--version").output().map_err(|e| {
+        format!(
+            "cannot run {} ({e}); run `make setup` (or `make test`), which installs nats-server \
+             {pinned} under target/tools, or set NATS_SERVER_BIN",
+            bin.display()
+        )
+    })?;
+    // "nats-server: v2.15.1"
+    let text = String::from_utf8_lossy(&output.stdout);
+    let found = text.trim().rsplit(['v', ' ']).next().unwrap_or_default();
+    if major_minor(found) < major_minor(pinned) {
+        return Err(format!(
+            "{} is nats-server {found}, older than the {pinned} the tests are written against \
+             (deploy/nats-version); run `make setup` (or `make test`), which installs it under \
+             target/tools, or set NATS_SERVER_BIN",
+            bin.display()
+        ));
+    }
+    Ok(())
+}
+
+fn major_minor(version: &str) -> (u32, u32) {
+    let mut parts = version.split('.').map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::major_minor;
+
+    #[test]
+    fn versions_compare_by_major_and_minor() {
+        assert!(major_minor("2.9.20") < major_minor("2.15.1"));
+        assert_eq!(major_minor("2.15.0"), major_minor("2.15.1"));
+        assert!(major_minor("3.0.0") > major_minor("2.15.1"));
+        assert_eq!(major_minor("garbage"), (0, 0));
+    }
 }

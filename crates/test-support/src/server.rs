@@ -9,7 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{StreamReport, monitor, nats_server_bin, ports::ListeningPorts};
+use crate::{
+    StreamReport, check_nats_server_version, monitor, nats_server_bin, ports::ListeningPorts,
+};
 
 /// How long a server may take to listen after it is spawned.
 const START_WITHIN: Duration = Duration::from_secs(15);
@@ -98,6 +100,7 @@ impl NatsServer {
     /// The binary is missing, the server exited early (the message holds its
     /// output), or it did not listen within 15 s.
     pub fn try_start_with(options: NatsOptions) -> Result<Self, String> {
+        check_nats_server_version()?;
         let store = tempfile::Builder::new()
             .prefix("fastchat-nats-")
             .tempdir()
