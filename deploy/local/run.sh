@@ -285,7 +285,7 @@ if [[ -n "$auth_in_build" ]]; then
   box "WARNING: anonymous callers may write to #general and read every room:" \
     "local development only." \
     "" \
-    "Any caller WITHOUT a token gets that (target/local/fastchat.toml, written" \
+    "Callers WITHOUT a token get that (target/local/fastchat.toml, written" \
     "by make run). Tokens are checked against target/local/dev-secret." \
     "Compose and Kubernetes grant callers without a token nothing."
 else

@@ -124,7 +124,7 @@ pub fn since_nanos(sent: u64) -> Duration {
 }
 
 /// `count` per second of `elapsed`.
-#[allow(clippy::cast_precision_loss)]
+#[expect(clippy::cast_precision_loss, reason = "counts and byte sizes far below 2^52 shown as floats")]
 pub fn rate(count: usize, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()
 }
@@ -223,7 +223,7 @@ impl Latencies {
     }
 
     /// The `percentile` (0–100) in milliseconds; NaN without samples.
-    #[allow(clippy::cast_precision_loss)]
+    #[expect(clippy::cast_precision_loss, reason = "counts and byte sizes far below 2^52 shown as floats")]
     pub fn ms(&self, percentile: f64) -> f64 {
         if self.0.is_empty() {
             return f64::NAN;

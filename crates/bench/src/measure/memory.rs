@@ -88,7 +88,7 @@ async fn idle_rss_per_stream(
     }
     if count_metric {
         let deadline = Instant::now() + LIMIT;
-        #[allow(clippy::cast_precision_loss)]
+        #[expect(clippy::cast_precision_loss, reason = "counts and byte sizes far below 2^52 shown as floats")]
         while server.metric("fastchat_subscriptions_active")? < (streams + 1) as f64 {
             if Instant::now() > deadline {
                 bail!("subscriptions did not all open");
@@ -99,6 +99,6 @@ async fn idle_rss_per_stream(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = server.rss_kib()?;
     eprintln!("[memory] RSS {before} KiB → {after} KiB");
-    #[allow(clippy::cast_precision_loss)]
+    #[expect(clippy::cast_precision_loss, reason = "counts and byte sizes far below 2^52 shown as floats")]
     Ok(after.saturating_sub(before) as f64 / streams as f64)
 }
