@@ -254,6 +254,7 @@ pub fn subscribe(room: &str, start: Option<v1::subscribe_request::Start>) -> v1:
     v1::SubscribeRequest {
         room: room.into(),
         start,
+        rooms: Vec::new(),
     }
 }
 
@@ -269,18 +270,42 @@ pub fn message(room: &str, author: &str, text: &str) -> v1::SendMessageRequest {
     }
 }
 
-/// Reads `n` messages from a v1 subscription (Gap events are returned too),
+/// Reads `n` messages from a v1 subscription (Gap events are returned too;
+/// CaughtUp and Heartbeat are skipped: [`take_events`] returns them),
 /// failing after `within`.
 pub async fn take(
     stream: &mut tonic::Streaming<v1::SubscribeResponse>,
     n: usize,
     within: Duration,
 ) -> Vec<v1::subscribe_response::Event> {
+    use v1::subscribe_response::Event;
+    take_matching(stream, n, within, |e| {
+        !matches!(e, Event::CaughtUp(_) | Event::Heartbeat(_))
+    })
+    .await
+}
+
+/// Reads `n` events of any kind from a v1 subscription, failing after
+/// `within`.
+pub async fn take_events(
+    stream: &mut tonic::Streaming<v1::SubscribeResponse>,
+    n: usize,
+    within: Duration,
+) -> Vec<v1::subscribe_response::Event> {
+    take_matching(stream, n, within, |_| true).await
+}
+
+async fn take_matching(
+    stream: &mut tonic::Streaming<v1::SubscribeResponse>,
+    n: usize,
+    within: Duration,
+    keep: fn(&v1::subscribe_response::Event) -> bool,
+) -> Vec<v1::subscribe_response::Event> {
     let mut events = Vec::with_capacity(n);
     tokio::time::timeout(within, async {
         while events.len() < n {
             match stream.message().await {
-                Ok(Some(response)) => events.extend(response.event),
+                Ok(Some(response)) => events.extend(response.event.filter(keep)),
                 Ok(None) => panic!("stream ended after {} events", events.len()),
                 Err(status) => panic!("stream failed after {} events: {status}", events.len()),
             }
@@ -298,7 +323,7 @@ pub fn sequences(events: &[v1::subscribe_response::Event]) -> Vec<u64> {
         .iter()
         .filter_map(|e| match e {
             v1::subscribe_response::Event::Message(m) => Some(m.sequence),
-            v1::subscribe_response::Event::Gap(_) => None,
+            _ => None,
         })
         .collect()
 }

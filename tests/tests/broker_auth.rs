@@ -305,6 +305,7 @@ async fn each_service_does_its_job_with_its_own_user() {
     let mut reader = v1_all(&all).await;
     let mut stream = reader
         .subscribe(v1::SubscribeRequest {
+            rooms: Vec::new(),
             room: "auth".into(),
             start: None,
         })
@@ -337,7 +338,7 @@ async fn each_service_does_its_job_with_its_own_user() {
         .into_iter()
         .filter_map(|e| match e {
             Event::Message(m) => Some(m.text),
-            Event::Gap(_) => None,
+            _ => None,
         })
         .collect();
     assert_eq!(texts, ["one", "two", "three"]);
@@ -358,6 +359,7 @@ async fn each_service_does_its_job_with_its_own_user() {
     );
     let mut last = reader
         .subscribe(v1::SubscribeRequest {
+            rooms: Vec::new(),
             room: "auth".into(),
             start: Some(Start::Last(1)),
         })
@@ -368,6 +370,7 @@ async fn each_service_does_its_job_with_its_own_user() {
     // The whole station, from the start (a bounded read of every room).
     let mut everything = reader
         .subscribe(v1::SubscribeRequest {
+            rooms: Vec::new(),
             room: String::new(),
             start: Some(Start::AfterSequence(0)),
         })
@@ -627,6 +630,7 @@ async fn neither_service_reads_the_others_replies() {
     let mut reader = v1_all(&all).await;
     let mut stream = reader
         .subscribe(v1::SubscribeRequest {
+            rooms: Vec::new(),
             room: "inbox".into(),
             start: Some(Start::AfterSequence(0)),
         })
@@ -1016,6 +1020,7 @@ async fn live_feed_resumes_after_a_broker_restart() {
     let mut reader = v1_all(&all).await;
     let mut stream = reader
         .subscribe(v1::SubscribeRequest {
+            rooms: Vec::new(),
             room: "restart".into(),
             start: None,
         })
@@ -1083,6 +1088,7 @@ async fn accounts_and_limits_hold_across_a_cluster() {
     let mut reader = v1_all(&all).await;
     let mut stream = reader
         .subscribe(v1::SubscribeRequest {
+            rooms: Vec::new(),
             room: "cluster".into(),
             start: None,
         })

@@ -162,6 +162,7 @@ async fn receive(
             tokio::time::sleep(Duration::from_millis(100)).await;
             let after = delivery.sequences.last().copied().unwrap_or(0);
             let request = v1::SubscribeRequest {
+                rooms: Vec::new(),
                 room: ROOM.into(),
                 start: (after > 0).then_some(Start::AfterSequence(after)),
             };
@@ -183,7 +184,7 @@ async fn receive(
                     delivery.texts.push(m.text);
                 }
                 Some(Event::Gap(gap)) => panic!("unexpected gap {gap:?}: nothing expires here"),
-                None => {}
+                Some(Event::CaughtUp(_) | Event::Heartbeat(_)) | None => {}
             },
             Ok(Ok(None)) => {
                 delivery.resubscribes.push("stream ended".into());
@@ -250,6 +251,7 @@ async fn killing_the_stream_leader_under_load_loses_no_acknowledged_message() {
         let mut client = v1_all(service).await;
         let stream = client
             .subscribe(v1::SubscribeRequest {
+                rooms: Vec::new(),
                 room: ROOM.into(),
                 start: None,
             })

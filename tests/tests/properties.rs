@@ -162,6 +162,7 @@ async fn check(
     let mut stream = v1_all(&world.all)
         .await
         .subscribe(v1::SubscribeRequest {
+            rooms: Vec::new(),
             room: room.clone(),
             start: proto_start,
         })

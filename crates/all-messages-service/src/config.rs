@@ -85,6 +85,11 @@ pub struct SubscriptionsConfig {
     /// ended with RESOURCE_EXHAUSTED naming this key.
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
+    /// A live stream that sent nothing this long gets a Heartbeat event
+    /// (SSE: a comment), so proxies keep it open and clients can tell a
+    /// dead stream from a quiet room.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for SubscriptionsConfig {
@@ -97,6 +102,7 @@ impl Default for SubscriptionsConfig {
             client_buffer: 128,
             max_queued_bytes: 256 * 1024,
             stall_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(15),
         }
     }
 }
@@ -178,6 +184,7 @@ impl Validate for Config {
         }
         for (key, value) in [
             ("subscriptions.stall_timeout", s.stall_timeout),
+            ("subscriptions.heartbeat_interval", s.heartbeat_interval),
             ("history.queue_timeout", h.queue_timeout),
         ] {
             if value.is_zero() {

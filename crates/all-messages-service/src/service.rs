@@ -25,7 +25,7 @@ use crate::{
     error::{ApiError, Scarce},
     hub::{self, Hub},
     shares::{self, PerIdentity, Shares},
-    subscription::{self, Event, Queue, Sink, Start, Subscription},
+    subscription::{self, Event, Queue, Rooms, Sink, Start, Subscription},
 };
 
 /// `ListMessages` page size when the request gives none.
@@ -120,9 +120,13 @@ impl Api {
         client: Client,
         map: fn(Event) -> Option<T>,
     ) -> Result<EventStream<T>, ApiError> {
-        match &request.room {
-            Some(room) => client.caller.authorize(room, Operation::Read)?,
-            None => client.caller.authorize_every_room_read()?,
+        match &request.rooms {
+            Rooms::Only(rooms) => {
+                for room in rooms {
+                    client.caller.authorize(room, Operation::Read)?;
+                }
+            }
+            Rooms::Every => client.caller.authorize_every_room_read()?,
         }
         let station = self.station()?;
         if !self.hub.is_started() {
@@ -158,6 +162,7 @@ impl Api {
             station,
             Arc::clone(&self.history),
             request,
+            self.limits.heartbeat_interval,
             sink,
         );
         self.tracker.spawn(async move {
@@ -183,6 +188,9 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ApiError {
     }
 }
 
+/// Rooms one stream may name at most.
+pub const MAX_ROOMS: usize = 64;
+
 fn room_filter(room: &str) -> Result<Option<String>, ApiError> {
     if room.is_empty() {
         return Ok(None);
@@ -197,6 +205,36 @@ fn room_filter(room: &str) -> Result<Option<String>, ApiError> {
         ));
     }
     Ok(Some(room.to_owned()))
+}
+
+/// The rooms of a Subscribe: `room` and `rooms` together; none = every room.
+pub(crate) fn rooms_of(room: &str, rooms: &[String]) -> Result<Rooms, ApiError> {
+    if rooms.len() > MAX_ROOMS {
+        return Err(invalid(
+            "rooms",
+            format!("at most {MAX_ROOMS} rooms per stream (open another stream for more)"),
+        ));
+    }
+    let mut set = std::collections::BTreeSet::new();
+    set.extend(room_filter(room)?);
+    for room in rooms {
+        if !station::is_valid_room(room) {
+            return Err(invalid(
+                "rooms",
+                format!(
+                    "`{}` is not a room name: 1-{} characters of A-Z, a-z, 0-9, '_' or '-'",
+                    room.chars().take(80).collect::<String>().escape_debug(),
+                    station::MAX_ROOM_LEN
+                ),
+            ));
+        }
+        set.insert(room.clone());
+    }
+    Ok(if set.is_empty() {
+        Rooms::Every
+    } else {
+        Rooms::Only(set)
+    })
 }
 
 fn start_of(start: Option<v1::subscribe_request::Start>) -> Result<Start, ApiError> {
@@ -231,7 +269,7 @@ fn since(ts: &prost_types::Timestamp) -> Result<OffsetDateTime, ApiError> {
     OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| invalid("since", RANGE))
 }
 
-fn to_v1(event: Event) -> Option<v1::SubscribeResponse> {
+pub(crate) fn to_v1(event: Event) -> Option<v1::SubscribeResponse> {
     use v1::subscribe_response::Event as E;
     Some(v1::SubscribeResponse {
         event: Some(match event {
@@ -239,6 +277,11 @@ fn to_v1(event: Event) -> Option<v1::SubscribeResponse> {
             Event::Gap { from, to } => E::Gap(v1::Gap {
                 from_sequence: from,
                 to_sequence: to,
+            }),
+            Event::CaughtUp { sequence } => E::CaughtUp(v1::CaughtUp { sequence }),
+            Event::Heartbeat { sequence, time } => E::Heartbeat(v1::Heartbeat {
+                sequence,
+                time: Some(prost_types::Timestamp::from(time)),
             }),
         }),
     })
@@ -262,7 +305,7 @@ fn to_seed(event: Event) -> Option<seed::ChatMessage> {
                 time,
             })
         }
-        Event::Gap { .. } => None,
+        Event::Gap { .. } | Event::CaughtUp { .. } | Event::Heartbeat { .. } => None,
     }
 }
 
@@ -270,7 +313,7 @@ fn to_seed(event: Event) -> Option<seed::ChatMessage> {
 impl v1::all_messages_service_server::AllMessagesService for Api {
     type SubscribeStream = EventStream<v1::SubscribeResponse>;
 
-    #[tracing::instrument(skip_all, fields(room = %request.get_ref().room))]
+    #[tracing::instrument(skip_all, fields(room = %request.get_ref().room, rooms = request.get_ref().rooms.len()))]
     async fn subscribe(
         &self,
         request: Request<v1::SubscribeRequest>,
@@ -278,7 +321,7 @@ impl v1::all_messages_service_server::AllMessagesService for Api {
         let client = self.client(&request)?;
         let r = request.into_inner();
         let request = subscription::Request {
-            room: room_filter(&r.room)?,
+            rooms: rooms_of(&r.room, &r.rooms)?,
             start: start_of(r.start)?,
         };
         Ok(Response::new(self.open(request, client, to_v1).await?))
@@ -419,7 +462,7 @@ impl seed::all_messages_service_server::AllMessagesService for Api {
     ) -> Result<Response<Self::allStream>, Status> {
         let client = self.client(&request)?;
         let request = subscription::Request {
-            room: None,
+            rooms: Rooms::Every,
             start: Start::All,
         };
         Ok(Response::new(self.open(request, client, to_seed).await?))

@@ -4,6 +4,7 @@
 //! exactly once, never skipped.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -11,7 +12,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use broker_client::{OffsetDateTime, StartPosition, Station};
+use broker_client::{OffsetDateTime, StartPosition, Station, Subjects};
 use fastchat_backoff::ExponentialBackoff;
 use fastchat_proto::station;
 use prost::Message as _;
@@ -44,6 +45,34 @@ pub enum Start {
     New,
 }
 
+/// The rooms of a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rooms {
+    /// Every room.
+    Every,
+    /// These rooms (at least one).
+    Only(BTreeSet<String>),
+}
+
+impl Rooms {
+    /// Whether a message of `room` belongs to the subscription.
+    pub fn contains(&self, room: &str) -> bool {
+        match self {
+            Self::Every => true,
+            Self::Only(rooms) => rooms.contains(room),
+        }
+    }
+
+    /// The station subjects of the rooms.
+    fn subjects(&self) -> Subjects {
+        match self {
+            Self::Every => Subjects::from(station::ALL_ROOMS),
+            Self::Only(rooms) => Subjects::any(rooms.iter().map(|r| station::subject(r)))
+                .unwrap_or_else(|| Subjects::from(station::ALL_ROOMS)),
+        }
+    }
+}
+
 /// What a subscription emits.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -51,6 +80,11 @@ pub enum Event {
     Message(Shared),
     /// Sequences asked for but no longer retained.
     Gap { from: u64, to: u64 },
+    /// The history replay is done: live from `sequence` on.
+    CaughtUp { sequence: u64 },
+    /// Nothing was sent for the heartbeat interval; the stream is at
+    /// `sequence`.
+    Heartbeat { sequence: u64, time: SystemTime },
 }
 
 impl Event {
@@ -59,6 +93,8 @@ impl Event {
         match self {
             Self::Message(message) => message.encoded_len(),
             Self::Gap { .. } => 16,
+            Self::CaughtUp { .. } => 8,
+            Self::Heartbeat { .. } => 24,
         }
     }
 }
@@ -111,9 +147,9 @@ impl Queue {
 /// A subscription request, validated.
 #[derive(Debug, Clone)]
 pub struct Request {
-    /// `None` = every room.
-    pub room: Option<String>,
-    /// Start position.
+    /// The rooms.
+    pub rooms: Rooms,
+    /// Start position (`Last` counts per room).
     pub start: Start,
 }
 
@@ -276,11 +312,15 @@ pub struct Subscription {
     station: Station,
     /// Slots for history reads: the first replay waits for one.
     history: Arc<Shares>,
-    /// `None` = every room.
-    room: Option<String>,
-    /// The station subject filter for `room`.
-    filter: String,
+    rooms: Rooms,
+    /// The station subjects of `rooms`.
+    filter: Subjects,
     start: Start,
+    /// For `last` over several rooms: the first sequence to send of each
+    /// room (their starts differ).
+    room_starts: BTreeMap<String, u64>,
+    /// An event at least this often while live.
+    heartbeat: Duration,
     sink: Sink,
 }
 
@@ -292,20 +332,19 @@ impl Subscription {
         station: Station,
         history: Arc<Shares>,
         request: Request,
+        heartbeat: Duration,
         sink: Sink,
     ) -> Self {
-        let filter = request
-            .room
-            .as_deref()
-            .map_or_else(|| station::ALL_ROOMS.to_owned(), station::subject);
         Self {
             hub,
             deadline,
             station,
             history,
-            room: request.room,
-            filter,
+            filter: request.rooms.subjects(),
+            rooms: request.rooms,
             start: request.start,
+            room_starts: BTreeMap::new(),
+            heartbeat,
             sink,
         }
     }
@@ -378,6 +417,11 @@ impl Subscription {
             }
         }
         self.sink.cursor = self.sink.cursor.max(joined.after);
+        self.room_starts.clear();
+        let caught_up = Event::CaughtUp {
+            sequence: self.sink.cursor,
+        };
+        self.sink.send(caught_up).await?;
         self.live(joined.receiver).await
     }
 
@@ -404,32 +448,77 @@ impl Subscription {
                 }
                 Some(StartPosition::after(after))
             }
-            Start::Last(n) => Some(
-                match self
-                    .station
-                    .nth_last_sequence(
-                        &self.filter,
-                        u64::from(n),
-                        Some(joined_at.saturating_add(1)),
-                    )
-                    .await?
-                {
-                    Some(sequence) => StartPosition::FromSequence(sequence),
-                    None => StartPosition::All,
-                },
-            ),
+            Start::Last(n) => Some(self.last_position(n, joined_at).await?),
         })
+    }
+
+    /// Where the last `n` messages start: of the stream's rooms together
+    /// when it has one filter (one room, or every room), of each room when
+    /// it has several (each room's start is kept in `room_starts`).
+    async fn last_position(&mut self, n: u32, joined_at: u64) -> Result<StartPosition, End> {
+        let before = Some(joined_at.saturating_add(1));
+        let Rooms::Only(rooms) = &self.rooms else {
+            return Ok(self.nth_last(&self.filter, n, before).await?);
+        };
+        if rooms.len() == 1 {
+            return Ok(self.nth_last(&self.filter, n, before).await?);
+        }
+        let mut first = u64::MAX;
+        for room in rooms {
+            let start = match self
+                .nth_last(&station::subject(room).into(), n, before)
+                .await?
+            {
+                StartPosition::FromSequence(sequence) => sequence,
+                _ => 0,
+            };
+            first = first.min(start);
+            self.room_starts.insert(room.clone(), start);
+        }
+        Ok(match first {
+            0 | u64::MAX => StartPosition::All,
+            first => StartPosition::FromSequence(first),
+        })
+    }
+
+    async fn nth_last(
+        &self,
+        filter: &Subjects,
+        n: u32,
+        before: Option<u64>,
+    ) -> Result<StartPosition, broker_client::Error> {
+        Ok(
+            match self
+                .station
+                .nth_last_sequence(filter, u64::from(n), before)
+                .await?
+            {
+                Some(sequence) => StartPosition::FromSequence(sequence),
+                None => StartPosition::All,
+            },
+        )
     }
 
     /// Follows the live feed; a subscriber too slow for it catches up from
     /// the station and rejoins.
     async fn live(&mut self, mut receiver: broadcast::Receiver<Shared>) -> Result<(), End> {
+        let idle = tokio::time::sleep(self.heartbeat);
+        tokio::pin!(idle);
         loop {
             let received = tokio::select! {
                 () = self.sink.cancel.cancelled() => return Err(End::Stopped),
                 // An idle subscription would otherwise notice a vanished client
                 // only at its next message, holding its place meanwhile.
                 () = self.sink.tx.closed() => return Err(End::Stopped),
+                () = &mut idle => {
+                    let heartbeat = Event::Heartbeat {
+                        sequence: self.sink.cursor,
+                        time: SystemTime::now(),
+                    };
+                    self.sink.send(heartbeat).await?;
+                    idle.as_mut().reset(tokio::time::Instant::now() + self.heartbeat);
+                    continue;
+                }
                 received = receiver.recv() => received,
             };
             match received {
@@ -438,8 +527,10 @@ impl Subscription {
                         continue;
                     }
                     let sequence = message.sequence;
-                    if self.room.as_deref().is_none_or(|r| r == message.room) {
+                    if self.rooms.contains(&message.room) {
                         self.sink.message(message).await?;
+                        idle.as_mut()
+                            .reset(tokio::time::Instant::now() + self.heartbeat);
                     }
                     self.sink.cursor = sequence;
                 }
@@ -493,6 +584,10 @@ impl Subscription {
             };
             if delivered.sequence > self.sink.cursor
                 && let Some(message) = hub::decode(&delivered)
+                && self
+                    .room_starts
+                    .get(&message.room)
+                    .is_none_or(|start| delivered.sequence >= *start)
             {
                 self.sink.message(Arc::new(message)).await?;
             }

@@ -8,7 +8,7 @@ use fastchat_backoff::{Backoff, ExponentialBackoff};
 use futures::StreamExt;
 
 use crate::{
-    Delivered, Error, ErrorKind, Result, StartPosition, Station,
+    Delivered, Error, ErrorKind, Result, StartPosition, Station, Subjects,
     station::{DeleteOnDrop, Scratch},
 };
 
@@ -54,15 +54,18 @@ impl Station {
     ///
     /// # Errors
     /// Transient errors when the consumer cannot be created.
-    pub async fn read(&self, filter: &str, start: StartPosition) -> Result<Read> {
+    pub async fn read(&self, filter: impl Into<Subjects>, start: StartPosition) -> Result<Read> {
+        let filter = filter.into();
         let op = || format!("read `{filter}` from station `{}`", self.name());
+        let (filter_subject, filter_subjects) = filter.consumer_filters();
         self.broker().ensure_connected(op())?;
         let consumer = self
             .reader_stream_handle()
             .await?
             .create_consumer(push::OrderedConfig {
                 deliver_subject: self.broker().reader().0.new_inbox(),
-                filter_subject: filter.to_owned(),
+                filter_subject,
+                filter_subjects,
                 deliver_policy: start.deliver_policy(),
                 ..Default::default()
             })
@@ -90,11 +93,11 @@ impl Station {
     /// Transient errors when the consumer cannot be created.
     pub async fn read_paced(
         &self,
-        filter: &str,
+        filter: impl Into<Subjects>,
         start: StartPosition,
         batch: usize,
     ) -> Result<Read> {
-        let scratch = self.scratch(filter, start.deliver_policy()).await?;
+        let scratch = self.scratch(&filter.into(), start.deliver_policy()).await?;
         if scratch.pending() == 0 {
             return Ok(Read::empty());
         }

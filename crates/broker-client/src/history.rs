@@ -5,17 +5,17 @@
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures::StreamExt;
 
-use crate::{Error, Result, StartPosition, Station};
+use crate::{Error, Result, StartPosition, Station, Subjects};
 
 impl Station {
     /// Number of messages matching `filter` with sequence ≥ `from`.
     ///
     /// # Errors
     /// Transient errors when the broker is unreachable.
-    pub async fn count_from(&self, filter: &str, from: u64) -> Result<u64> {
+    pub async fn count_from(&self, filter: impl Into<Subjects>, from: u64) -> Result<u64> {
         let scratch = self
             .scratch(
-                filter,
+                &filter.into(),
                 DeliverPolicy::ByStartSequence {
                     start_sequence: from.max(1),
                 },
@@ -27,17 +27,20 @@ impl Station {
 
     /// Number of messages matching `filter` in the whole station, from the
     /// broker's per-subject counts (no scan).
-    async fn count_all(&self, filter: &str) -> Result<u64> {
+    async fn count_all(&self, filter: &Subjects) -> Result<u64> {
         let op = || format!("count messages of `{filter}` in station `{}`", self.name());
         let stream = self.stream_handle().await?;
-        let mut subjects = stream
-            .info_with_subjects(filter)
-            .await
-            .map_err(|e| Error::nats(op(), e))?;
         let mut total = 0u64;
-        while let Some(entry) = subjects.next().await {
-            let (_, count) = entry.map_err(|e| Error::nats(op(), e))?;
-            total += u64::try_from(count).unwrap_or(0);
+        // The filters do not overlap (see `Subjects`): their counts add up.
+        for subject in filter.iter() {
+            let mut subjects = stream
+                .info_with_subjects(subject)
+                .await
+                .map_err(|e| Error::nats(op(), e))?;
+            while let Some(entry) = subjects.next().await {
+                let (_, count) = entry.map_err(|e| Error::nats(op(), e))?;
+                total += u64::try_from(count).unwrap_or(0);
+            }
         }
         Ok(total)
     }
@@ -55,10 +58,11 @@ impl Station {
     /// Transient errors when the broker is unreachable.
     pub async fn nth_last_sequence(
         &self,
-        filter: &str,
+        filter: impl Into<Subjects>,
         n: u64,
         before: Option<u64>,
     ) -> Result<Option<u64>> {
+        let filter = filter.into();
         if n == 0 {
             return Ok(None);
         }
@@ -69,11 +73,11 @@ impl Station {
         if end <= state.first_sequence || state.messages == 0 {
             return Ok(None);
         }
-        let total = self.count_all(filter).await?;
+        let total = self.count_all(&filter).await?;
         let after_end = if end > state.last_sequence {
             0
         } else {
-            self.count_from(filter, end).await?
+            self.count_from(&filter, end).await?
         };
         if total.saturating_sub(after_end) < n {
             return Ok(None);
@@ -90,7 +94,7 @@ impl Station {
         loop {
             let from = end.saturating_sub(window).max(state.first_sequence);
             let in_range = self
-                .count_from(filter, from)
+                .count_from(&filter, from)
                 .await?
                 .saturating_sub(after_end);
             if in_range >= n || from == state.first_sequence {
@@ -99,7 +103,9 @@ impl Station {
                 }
                 // Skip the oldest (in_range - n) matches of [from, end).
                 let skip = in_range - n;
-                let mut read = self.read(filter, StartPosition::FromSequence(from)).await?;
+                let mut read = self
+                    .read(&filter, StartPosition::FromSequence(from))
+                    .await?;
                 let mut index = 0;
                 while let Some(message) = read.next().await? {
                     if index == skip {

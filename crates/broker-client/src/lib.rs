@@ -19,8 +19,9 @@
 //!
 //! Modules, as layers from the ground up (each uses only those below it):
 //!
-//! 1. `config`, `error`, `message`: plain data — settings, typed errors
-//!    (and the one place async-nats errors are classified), what reads yield;
+//! 1. `config`, `error`, `message`, `subjects`: plain data — settings, typed
+//!    errors (and the one place async-nats errors are classified), what reads
+//!    yield, what they filter on;
 //! 2. `connection`: the [`Broker`] connection, reconnecting for ever;
 //! 3. `station`: ensuring a [`Station`], its state, random access, scratch
 //!    consumers;
@@ -33,6 +34,7 @@
 mod config;
 mod error;
 mod message;
+mod subjects;
 
 mod connection;
 mod station;
@@ -55,4 +57,5 @@ pub use group::{
 pub use message::{Delivered, StartPosition};
 pub use producer::{Producer, PublishAck};
 pub use station::{Station, StationState};
+pub use subjects::Subjects;
 pub use time::OffsetDateTime;

@@ -12,7 +12,9 @@ use async_nats::jetstream::{
 };
 use fastchat_backoff::ExponentialBackoff;
 
-use crate::{Broker, ConnectionState, Delivered, Error, ErrorKind, Result, StationConfig, Storage};
+use crate::{
+    Broker, ConnectionState, Delivered, Error, ErrorKind, Result, StationConfig, Storage, Subjects,
+};
 
 /// A station that exists on the broker with the configured definition.
 /// Cheap to clone.
@@ -350,16 +352,18 @@ impl Station {
     /// on the connection reserved for history reads.
     pub(crate) async fn scratch(
         &self,
-        filter: &str,
+        filter: &Subjects,
         deliver_policy: DeliverPolicy,
     ) -> Result<Scratch> {
         let operation = || format!("read `{filter}` from station `{}`", self.name);
+        let (filter_subject, filter_subjects) = filter.consumer_filters();
         self.broker.ensure_connected(operation())?;
         let consumer = self
             .reader_stream_handle()
             .await?
             .create_consumer(jetstream::consumer::pull::Config {
-                filter_subject: filter.to_owned(),
+                filter_subject,
+                filter_subjects,
                 deliver_policy,
                 ack_policy: jetstream::consumer::AckPolicy::None,
                 inactive_threshold: SCRATCH_INACTIVE,

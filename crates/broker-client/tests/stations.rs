@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use broker_client::{
-    Broker, BrokerConfig, ErrorKind, HeaderMap, StartPosition, Station, StationConfig,
+    Broker, BrokerConfig, ErrorKind, HeaderMap, StartPosition, Station, StationConfig, Subjects,
 };
 use bytes::Bytes;
 use fastchat_test_support::NatsServer;
@@ -284,6 +284,61 @@ async fn reads_honour_every_start_position_and_filter() {
         None
     );
     assert_eq!(station.count_from("test.even", 3).await.expect("count"), 2);
+}
+
+/// Several subjects in one read, count and "n-th last": what a
+/// subscription of several rooms asks for.
+#[tokio::test]
+async fn reads_and_counts_over_several_subjects() {
+    let server = NatsServer::start();
+    let broker = connect(&server).await;
+    let station = broker
+        .ensure_station(&station_config())
+        .await
+        .expect("station");
+    // a: 1, 4, 7; b: 2, 5; c: 3, 6
+    for i in 1..=7 {
+        let room = ["c", "a", "b"][i % 3];
+        publish(
+            &station,
+            &format!("test.{room}"),
+            &i.to_string(),
+            &format!("m{i}"),
+        )
+        .await;
+    }
+    let ab = Subjects::any(["test.a", "test.b", "test.a"]).expect("two subjects");
+    let mut read = station.read(&ab, StartPosition::All).await.expect("read");
+    let mut seqs = Vec::new();
+    while let Some(m) = read.next().await.expect("next") {
+        seqs.push(m.sequence);
+    }
+    assert_eq!(seqs, vec![1, 2, 4, 5, 7]);
+    let mut paced = station
+        .read_paced(&ab, StartPosition::after(2), 2)
+        .await
+        .expect("paced read");
+    let mut seqs = Vec::new();
+    while let Some(m) = paced.next().await.expect("next") {
+        seqs.push(m.sequence);
+    }
+    assert_eq!(seqs, vec![4, 5, 7]);
+    assert_eq!(station.count_from(&ab, 3).await.expect("count"), 3);
+    assert_eq!(
+        station.nth_last_sequence(&ab, 3, None).await.expect("nth"),
+        Some(4)
+    );
+    assert_eq!(
+        station
+            .nth_last_sequence(&ab, 2, Some(5))
+            .await
+            .expect("nth"),
+        Some(2)
+    );
+    assert_eq!(
+        station.nth_last_sequence(&ab, 6, None).await.expect("nth"),
+        None
+    );
 }
 
 #[tokio::test]

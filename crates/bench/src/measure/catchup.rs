@@ -42,6 +42,7 @@ pub async fn catchup(report: &mut Report) -> anyhow::Result<()> {
         let mut client = AllMessagesServiceClient::new(channel(&system.all.endpoint()).await?);
         let mut stream = client
             .subscribe(v1::SubscribeRequest {
+                rooms: Vec::new(),
                 room: "catchup".into(),
                 start: None,
             })

@@ -88,6 +88,7 @@ pub async fn subscribe_new(
 ) -> anyhow::Result<tonic::Streaming<v1::SubscribeResponse>> {
     Ok(AllMessagesServiceClient::new(channel)
         .subscribe(v1::SubscribeRequest {
+            rooms: Vec::new(),
             room: room.to_owned(),
             start: Some(Start::NewOnly(true)),
         })
@@ -124,7 +125,10 @@ pub fn since_nanos(sent: u64) -> Duration {
 }
 
 /// `count` per second of `elapsed`.
-#[expect(clippy::cast_precision_loss, reason = "counts and byte sizes far below 2^52 shown as floats")]
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "counts and byte sizes far below 2^52 shown as floats"
+)]
 pub fn rate(count: usize, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()
 }
@@ -223,7 +227,10 @@ impl Latencies {
     }
 
     /// The `percentile` (0–100) in milliseconds; NaN without samples.
-    #[expect(clippy::cast_precision_loss, reason = "counts and byte sizes far below 2^52 shown as floats")]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "counts and byte sizes far below 2^52 shown as floats"
+    )]
     pub fn ms(&self, percentile: f64) -> f64 {
         if self.0.is_empty() {
             return f64::NAN;

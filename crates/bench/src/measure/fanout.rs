@@ -81,6 +81,7 @@ pub async fn fanout(report: &mut Report) -> anyhow::Result<()> {
     for run in 1..=report.runs {
         eprintln!("[fanout] run {run}/{}", report.runs);
         let request = v1::SubscribeRequest {
+            rooms: Vec::new(),
             room: format!("round:{STREAMS}:{MESSAGES}:{run}"),
             start: None,
         };
@@ -97,6 +98,7 @@ pub async fn fanout(report: &mut Report) -> anyhow::Result<()> {
 
         let room = format!("fan{run}");
         let request = v1::SubscribeRequest {
+            rooms: Vec::new(),
             room: room.clone(),
             start: Some(Start::NewOnly(true)),
         };

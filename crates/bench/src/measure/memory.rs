@@ -19,6 +19,7 @@ pub async fn memory(report: &mut Report) -> anyhow::Result<()> {
     const SUBSCRIBERS: usize = 10_000;
     let nats = fastchat_test_support::NatsServer::start();
     let idle = || v1::SubscribeRequest {
+        rooms: Vec::new(),
         room: "idle".into(),
         start: Some(Start::NewOnly(true)),
     };
@@ -31,6 +32,7 @@ pub async fn memory(report: &mut Report) -> anyhow::Result<()> {
     // The same with the raw tonic server: what a connection and a stream
     // cost before FastChat adds anything (a round that never starts).
     let never = || v1::SubscribeRequest {
+        rooms: Vec::new(),
         room: "round:1000000000:1".into(),
         start: None,
     };
@@ -88,7 +90,10 @@ async fn idle_rss_per_stream(
     }
     if count_metric {
         let deadline = Instant::now() + LIMIT;
-        #[expect(clippy::cast_precision_loss, reason = "counts and byte sizes far below 2^52 shown as floats")]
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "counts and byte sizes far below 2^52 shown as floats"
+        )]
         while server.metric("fastchat_subscriptions_active")? < (streams + 1) as f64 {
             if Instant::now() > deadline {
                 bail!("subscriptions did not all open");
@@ -99,6 +104,9 @@ async fn idle_rss_per_stream(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = server.rss_kib()?;
     eprintln!("[memory] RSS {before} KiB → {after} KiB");
-    #[expect(clippy::cast_precision_loss, reason = "counts and byte sizes far below 2^52 shown as floats")]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "counts and byte sizes far below 2^52 shown as floats"
+    )]
     Ok(after.saturating_sub(before) as f64 / streams as f64)
 }

@@ -46,7 +46,10 @@ pub async fn slow(report: &mut Report) -> anyhow::Result<()> {
                     bail!("the slow reader never fell behind the live feed: nothing was measured");
                 }
                 catch_up_counts.push(catch_ups);
-                #[expect(clippy::cast_precision_loss, reason = "counts and byte sizes far below 2^52 shown as floats")]
+                #[expect(
+                    clippy::cast_precision_loss,
+                    reason = "counts and byte sizes far below 2^52 shown as floats"
+                )]
                 rate.push((RATE * SECONDS) as f64 / (SECONDS as f64 + r.slow_done.as_secs_f64()));
             }
         }

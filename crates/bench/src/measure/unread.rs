@@ -228,7 +228,10 @@ pub async fn unread(report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[expect(clippy::cast_precision_loss, reason = "counts and byte sizes far below 2^52 shown as floats")]
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "counts and byte sizes far below 2^52 shown as floats"
+)]
 fn count(n: usize) -> f64 {
     n as f64
 }
@@ -413,7 +416,10 @@ async fn unread_pages(nats_url: &str, room: &str) -> anyhow::Result<Pages> {
          {settled_s:.1} s ({answered} answered, {waiting} waiting, {refused} refused); {left} \
          KiB once they hung up"
     );
-    #[expect(clippy::cast_precision_loss, reason = "counts and byte sizes far below 2^52 shown as floats")]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "counts and byte sizes far below 2^52 shown as floats"
+    )]
     let mib = |kib: u64| kib.saturating_sub(before) as f64 / 1024.0;
     Ok(Pages {
         growth_mib: mib(after),
@@ -531,7 +537,10 @@ async fn subscribe_unread(
         streams.push(stream.context("subscribe")?);
     }
     drop(opening);
-    #[expect(clippy::cast_precision_loss, reason = "counts and byte sizes far below 2^52 shown as floats")]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "counts and byte sizes far below 2^52 shown as floats"
+    )]
     let wanted = before + SUBSCRIBERS as f64;
     while server.metric("fastchat_subscriptions_active")? < wanted {
         if Instant::now() > deadline {
@@ -583,13 +592,19 @@ async fn unread_subscribers(
          sent ({:.1} s); {taken} messages taken; {active} still subscribed",
         sent.elapsed().as_secs_f64()
     );
-    #[expect(clippy::cast_precision_loss, reason = "counts and byte sizes far below 2^52 shown as floats")]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "counts and byte sizes far below 2^52 shown as floats"
+    )]
     let active_count = SUBSCRIBERS as f64;
     if active < active_count {
         bail!("only {active} of {SUBSCRIBERS} unread subscribers are still open");
     }
     drop(unread);
-    #[expect(clippy::cast_precision_loss, reason = "counts and byte sizes far below 2^52 shown as floats")]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "counts and byte sizes far below 2^52 shown as floats"
+    )]
     let per = |kib: u64| kib as f64 / SUBSCRIBERS as f64;
     Ok(Subscribers {
         per_subscriber_kib: per(after.saturating_sub(before)),
@@ -662,7 +677,10 @@ async fn stalled_subscribers(
     if let Some(first) = other.first() {
         eprintln!("[unread] stall: {} others, e.g. {first}", other.len());
     }
-    #[expect(clippy::cast_precision_loss, reason = "counts and byte sizes far below 2^52 shown as floats")]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "counts and byte sizes far below 2^52 shown as floats"
+    )]
     let ratio = f64::from(ended) / SUBSCRIBERS as f64;
     Ok(Stalled {
         ratio,

@@ -91,8 +91,8 @@ impl Cursor {
     /// The subscription to open now: after the last sequence printed, or
     /// the asked-for start while nothing has been printed.
     ///
-    /// (With `--new`, messages stored while disconnected before the first
-    /// one arrived are not shown: there is no sequence to resume from yet.)
+    /// (The service's CaughtUp and Heartbeat events give a position even
+    /// before the first message, so `--new` resumes exactly too.)
     #[must_use]
     pub fn request(&self) -> v1::SubscribeRequest {
         v1::SubscribeRequest {
@@ -101,6 +101,7 @@ impl Cursor {
                 Some(sequence) => Some(Start::AfterSequence(sequence)),
                 None => self.start,
             },
+            rooms: Vec::new(),
         }
     }
 
@@ -117,6 +118,14 @@ impl Cursor {
         }
         self.last = Some(sequence);
         true
+    }
+
+    /// The stream is at `sequence` (a CaughtUp or Heartbeat event): nothing
+    /// to print, but a resume starts there.
+    pub fn accept_position(&mut self, sequence: u64) {
+        if self.last.is_none_or(|last| sequence > last) {
+            self.last = Some(sequence);
+        }
     }
 
     /// Whether to print `gap`; moves the cursor past it, since those
@@ -260,6 +269,13 @@ fn print_new<W: Write>(
             out.message(&message)
         }
         Some(Event::Gap(gap)) if cursor.accept_gap(&gap) => out.gap(&gap),
+        Some(
+            Event::CaughtUp(v1::CaughtUp { sequence })
+            | Event::Heartbeat(v1::Heartbeat { sequence, .. }),
+        ) => {
+            cursor.accept_position(sequence);
+            Ok(())
+        }
         // Already printed, or an event of a kind this client does not know.
         _ => Ok(()),
     }
