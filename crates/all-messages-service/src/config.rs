@@ -3,7 +3,7 @@
 use broker_client::{BrokerConfig, StationConfig};
 use fastchat_auth::AuthConfig;
 use fastchat_runtime::config::{
-    GrpcConfig, LimitsConfig, LogConfig, MetricsConfig, ShutdownConfig, Validate,
+    GrpcConfig, LimitsConfig, LogConfig, MetricsConfig, ShutdownConfig, Validate, WebConfig,
 };
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Per-identity limits.
     pub limits: LimitsConfig,
+    /// Browsers: CORS and the web page.
+    pub web: WebConfig,
     /// Logging.
     pub log: LogConfig,
     /// Prometheus metrics.
@@ -55,6 +57,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            web: WebConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::with_port(DEFAULT_METRICS_PORT),
             shutdown: ShutdownConfig::default(),
@@ -150,6 +153,7 @@ impl Validate for Config {
         self.station.validate()?;
         self.auth.validate()?;
         self.limits.validate()?;
+        self.web.validate()?;
         let s = &self.subscriptions;
         let h = &self.history;
         for (key, value) in [

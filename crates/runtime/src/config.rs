@@ -85,10 +85,12 @@ pub trait ServiceConfig:
     fn auth(&self) -> &fastchat_auth::AuthConfig;
     /// Per-identity limits.
     fn limits(&self) -> &LimitsConfig;
+    /// Browsers: cross-origin access and the web page.
+    fn web(&self) -> &WebConfig;
 }
 
 /// Implements [`ServiceConfig`] for a struct with the fields `grpc`, `nats`,
-/// `station`, `auth`, `limits`, `log`, `metrics` and `shutdown` (the
+/// `station`, `auth`, `limits`, `web`, `log`, `metrics` and `shutdown` (the
 /// sections every service has, named as in the configuration).
 #[macro_export]
 macro_rules! service_config {
@@ -117,6 +119,9 @@ macro_rules! service_config {
             }
             fn limits(&self) -> &$crate::config::LimitsConfig {
                 &self.limits
+            }
+            fn web(&self) -> &$crate::config::WebConfig {
+                &self.web
             }
         }
     };
@@ -587,6 +592,55 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Browsers: which web origins may call the port (CORS), and the web chat
+/// page the port may serve. Both services read the whole section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Origins (`scheme://host[:port]`, exactly as browsers send them) whose
+    /// pages may call this port with gRPC-web or JSON; `"*"` allows every
+    /// origin. Empty (the default): no cross-origin access.
+    pub allowed_origins: Vec<String>,
+    /// Directory of the built web page (`web/dist`) to serve at `/`; none
+    /// (the default): no page.
+    pub static_dir: Option<std::path::PathBuf>,
+    /// Where the page finds send-service (`https://chat.example.com`), told
+    /// to it at `/web-config.json`; empty (the default): the page's own
+    /// origin, as behind an ingress that routes by path.
+    pub send_url: String,
+}
+
+impl WebConfig {
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// A one-line reason naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        for origin in &self.allowed_origins {
+            let valid = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin
+                        .trim_end_matches('/')
+                        .contains(|c: char| c.is_whitespace())
+                    && origin.matches('/').count() == 2);
+            if !valid {
+                return Err(format!(
+                    "web.allowed_origins: `{origin}` is not an origin: scheme://host[:port] with \
+                     no path (e.g. https://chat.example.com), or \"*\""
+                ));
+            }
+        }
+        let url = &self.send_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "web.send_url: `{}` must be an http:// or https:// URL, or empty",
+                self.send_url
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl LimitsConfig {
     /// Checks the values.
     ///
@@ -753,5 +807,36 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn web_origins_are_origins() {
+        let web = |origins: &[&str], send_url: &str| WebConfig {
+            allowed_origins: origins.iter().map(|o| (*o).to_owned()).collect(),
+            send_url: send_url.to_owned(),
+            ..WebConfig::default()
+        };
+        assert!(web(&[], "").validate().is_ok());
+        assert!(
+            web(
+                &["*", "https://chat.example.com", "http://127.0.0.1:8080"],
+                "https://x"
+            )
+            .validate()
+            .is_ok()
+        );
+        for bad in [
+            "chat.example.com",
+            "https://chat.example.com/path",
+            "ftp://x",
+            "https://a b",
+        ] {
+            let error = web(&[bad], "").validate().expect_err(bad);
+            assert!(error.starts_with("web.allowed_origins"), "{error}");
+        }
+        let error = web(&[], "chat.example.com")
+            .validate()
+            .expect_err("no scheme");
+        assert!(error.starts_with("web.send_url"), "{error}");
     }
 }

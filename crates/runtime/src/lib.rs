@@ -6,6 +6,7 @@
 //! 1. [`config`] (figment layering and the sections every service has),
 //!    [`telemetry`] (tracing), [`shutdown`] (the signal future), [`throttle`]
 //!    (rate-limited logs), `limit` (the request size and body deadline),
+//!    `grpc_web` (gRPC-web translation where a request asks for it),
 //!    [`held`] (resources held until a response is sent), [`status`]
 //!    (structured statuses: ErrorInfo reasons, BadRequest, RetryInfo),
 //!    [`tls`] (the gRPC port's certificates, re-read when they change),
@@ -15,8 +16,9 @@
 //! 2. [`gate`] (who is calling: tokens, identities, stream deadlines),
 //!    [`ratelimit`] (a token bucket per identity),
 //!    [`health`] (readiness following the broker, liveness, a client),
-//!    [`server`] (the tonic scaffold: limits, reflection, serve and drain)
-//!    and `exporter` (the metrics port);
+//!    [`server`] (the tonic scaffold: limits, gRPC-web and CORS,
+//!    reflection, serve and drain), [`web`] (the web page's files) and
+//!    `exporter` (the metrics port);
 //! 3. [`service`]: the life cycle — broker, station, health, serve, drain;
 //! 4. [`cli`]: the binaries' `main` — arguments, config, logging, signals;
 //!    `probe` (the TLS client of its `healthcheck` subcommand).
@@ -24,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod grpc_web;
 pub mod held;
 mod limit;
 pub mod listener;
@@ -39,6 +42,7 @@ pub mod gate;
 pub mod health;
 pub mod ratelimit;
 pub mod server;
+pub mod web;
 
 pub mod service;
 

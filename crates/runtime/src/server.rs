@@ -1,23 +1,38 @@
 //! The gRPC server scaffold every service uses: tonic with the configured
-//! limits and the request-size layer, reflection, and serving on an
-//! already-bound listener (through the accept loop of [`crate::listener`],
-//! over TLS if `grpc.tls` says so) until a shutdown token fires, with a
-//! bounded drain.
+//! limits and the request-size layer, gRPC-web for browsers (HTTP/1.1 next
+//! to HTTP/2) with CORS from `web.allowed_origins`, reflection, and serving
+//! on an already-bound listener (through the accept loop of
+//! [`crate::listener`], over TLS if `grpc.tls` says so) until a shutdown
+//! token fires, with a bounded drain.
 
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::http::{HeaderName, HeaderValue, Method};
 use tonic::transport::Server;
 use tower::layer::util::{Identity, Stack};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
-    config::GrpcConfig, health::WatchLimitLayer, held::HoldLayer, limit::RequestLimitLayer,
-    listener, service::ServeError, tls::Tls,
+    config::{GrpcConfig, WebConfig},
+    grpc_web::GrpcWebLayer,
+    health::WatchLimitLayer,
+    held::HoldLayer,
+    limit::RequestLimitLayer,
+    listener,
+    service::ServeError,
+    tls::Tls,
 };
 
-/// The layers [`builder`] puts around every service.
-pub type Layers = Stack<WatchLimitLayer, Stack<HoldLayer, Stack<RequestLimitLayer, Identity>>>;
+/// The layers [`builder`] puts around every service, outermost first: CORS
+/// (a preflight is answered here, before anything else sees it), gRPC-web
+/// translation, the request bounds, page slots held until sent, and the
+/// health-watch cap.
+pub type Layers = Stack<
+    WatchLimitLayer,
+    Stack<HoldLayer, Stack<RequestLimitLayer, Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>>>,
+>;
 
 /// The router a service adds its gRPC services to.
 pub type Router = tonic::transport::server::Router<Layers>;
@@ -53,12 +68,16 @@ mod h2 {
     // connection caps (grpc.max_connections, _per_address) bound how many.
 }
 
-/// A tonic server builder with the configured limits.
+/// A tonic server builder with the configured limits, speaking gRPC over
+/// HTTP/2 and gRPC-web over HTTP/1.1 or HTTP/2, with CORS for `web`.
 #[must_use]
-pub fn builder(config: &GrpcConfig) -> Server<Layers> {
+pub fn builder(config: &GrpcConfig, web: &WebConfig) -> Server<Layers> {
     // TCP options are set by the accept loop (`listener`): tonic ignores
     // the builder's for a listener it did not bind itself.
     Server::builder()
+        // Browsers (gRPC-web) and curl (JSON) speak HTTP/1.1 too; hyper
+        // then bounds the time to read a request head (30 s).
+        .accept_http1(true)
         .max_concurrent_streams(config.max_concurrent_streams)
         .initial_stream_window_size(h2::STREAM_WINDOW)
         .initial_connection_window_size(h2::CONNECTION_WINDOW)
@@ -71,12 +90,60 @@ pub fn builder(config: &GrpcConfig) -> Server<Layers> {
         .http2_keepalive_timeout(Some(h2::KEEPALIVE_TIMEOUT))
         .max_connection_age(config.max_connection_age)
         .max_connection_age_grace(config.max_connection_age_grace)
+        .layer(cors(web))
+        .layer(GrpcWebLayer)
         .layer(RequestLimitLayer::new(
             config.max_request_bytes,
             config.request_body_timeout,
         ))
         .layer(HoldLayer)
         .layer(WatchLimitLayer::new(config.max_health_watches))
+}
+
+/// Request headers a web page may send: what gRPC-web, Connect and
+/// EventSource clients send, the bearer token and a trace context.
+const ALLOWED_HEADERS: [&str; 9] = [
+    "authorization",
+    "content-type",
+    "accept",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "traceparent",
+    "last-event-id",
+    "connect-protocol-version",
+];
+
+/// Response headers scripts may read: a gRPC-web status travels in them
+/// when a call fails before any message (trailers-only).
+const EXPOSED_HEADERS: [&str; 4] = [
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "retry-after",
+];
+
+/// CORS as `web.allowed_origins` says: exactly those origins (or any, for
+/// `"*"`); none by default, so a page elsewhere cannot call the port until
+/// an operator allows it. Preflights are answered here and never reach a
+/// service (so never authentication, which a preflight cannot pass: it
+/// carries no token).
+fn cors(web: &WebConfig) -> CorsLayer {
+    let origins = if web.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            web.allowed_origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin.trim_end_matches('/')).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(ALLOWED_HEADERS.map(HeaderName::from_static))
+        .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
+        .max_age(Duration::from_secs(3600))
 }
 
 /// Adds gRPC reflection (both `grpc.reflection.v1` and the older

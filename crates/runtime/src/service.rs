@@ -156,7 +156,9 @@ where
         tracker: tracker.clone(),
         gate,
     };
-    let mut router = server::builder(config.grpc()).add_service(health_service);
+    let mut router = server::builder(config.grpc(), config.web())
+        .add_routes(crate::web::routes(config.web()))
+        .add_service(health_service);
     if config.grpc().reflection {
         router = server::add_reflection(router, spec.services)?;
     }

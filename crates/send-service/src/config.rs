@@ -5,7 +5,7 @@ use std::time::Duration;
 use broker_client::{BrokerConfig, StationConfig};
 use fastchat_auth::AuthConfig;
 use fastchat_runtime::config::{
-    GrpcConfig, LimitsConfig, LogConfig, MetricsConfig, ShutdownConfig, Validate,
+    GrpcConfig, LimitsConfig, LogConfig, MetricsConfig, ShutdownConfig, Validate, WebConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Per-identity limits.
     pub limits: LimitsConfig,
+    /// Browsers: CORS and the web page.
+    pub web: WebConfig,
     /// Logging.
     pub log: LogConfig,
     /// Prometheus metrics.
@@ -52,6 +54,7 @@ impl Default for Config {
             send: SendConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            web: WebConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::with_port(DEFAULT_METRICS_PORT),
             shutdown: ShutdownConfig::default(),
@@ -93,6 +96,7 @@ impl Validate for Config {
         self.station.validate()?;
         self.auth.validate()?;
         self.limits.validate()?;
+        self.web.validate()?;
         if self.send.timeout.is_zero() {
             return Err("send.timeout must be greater than zero".into());
         }
