@@ -253,6 +253,7 @@ function joinRoom(name: string): void {
 }
 
 function leaveRoom(name: string): void {
+  clearError(`room:${name}`);
   rooms = rooms.filter((r) => r !== name);
   session.setJoinedRooms(rooms);
   forbidden.delete(name);
@@ -415,9 +416,9 @@ async function loadOlder(room: string, newest = false): Promise<void> {
   } catch (err) {
     const f = failure(err);
     if (f.reason === "ROOM_FORBIDDEN") forbid(f.metadata.room || room, f);
+    showError(f, f.reason === "ROOM_FORBIDDEN" ? `room:${f.metadata.room || room}` : "history");
     // Asked again when the room is shown next (after signing in, say).
     if (newest) historyAsked.delete(room);
-    showError(f, "history");
   } finally {
     loadingOlder.delete(room);
     if (room === current) renderRoomNotice();
@@ -627,11 +628,13 @@ async function start(): Promise<void> {
         if (state === "live") clearError("stream");
       },
       fatal: (f) => {
-        showError(f, "stream");
         if (f.reason === "ROOM_FORBIDDEN" && f.metadata.room && rooms.includes(f.metadata.room)) {
+          // Stays shown when the stream goes on live without that room.
+          showError(f, `room:${f.metadata.room}`);
           forbid(f.metadata.room, f);
           return streamRooms().length > 0;
         }
+        showError(f, "stream");
         if (f.auth) renderAuth(f.reason === "TOKEN_EXPIRED");
         return false;
       },
