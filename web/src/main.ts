@@ -132,9 +132,12 @@ ui.errorClose.addEventListener("click", () => clearError());
 
 // ---------------------------------------------------------------- auth
 
-function renderAuth(expired = false): void {
+/** Why the server refused the token we hold, if it did (sign in again). */
+let tokenRefused: "" | "expired" | "refused" = "";
+
+function renderAuth(): void {
   const t = session.token();
-  ui.signinForm.hidden = !!t;
+  ui.signinForm.hidden = !!t && !tokenRefused;
   ui.signout.hidden = !t;
   ui.author.hidden = !!t;
   ui.identity.replaceChildren();
@@ -144,15 +147,22 @@ function renderAuth(expired = false): void {
     const b = document.createElement("b");
     b.textContent = sub ?? "(token)";
     ui.identity.append(b);
-    if (expired) ui.identity.append(" — token expired");
+    if (tokenRefused) ui.identity.append(tokenRefused === "expired" ? " — token expired" : " — token refused");
   } else {
     ui.identity.textContent = "Anonymous";
   }
   ui.identity.dataset.signedIn = t ? "true" : "false";
 }
 
+function refuseToken(f: CallFailure): void {
+  if (!f.auth || !session.token()) return;
+  tokenRefused = f.reason === "TOKEN_EXPIRED" ? "expired" : "refused";
+  renderAuth();
+}
+
 function signIn(t: string | null): void {
   session.setToken(t);
+  tokenRefused = "";
   forbidden.clear();
   clearError();
   renderAuth();
@@ -415,6 +425,7 @@ async function loadOlder(room: string, newest = false): Promise<void> {
     clearError("history");
   } catch (err) {
     const f = failure(err);
+    refuseToken(f);
     if (f.reason === "ROOM_FORBIDDEN") forbid(f.metadata.room || room, f);
     showError(f, f.reason === "ROOM_FORBIDDEN" ? `room:${f.metadata.room || room}` : "history");
     // Asked again when the room is shown next (after signing in, say).
@@ -531,6 +542,7 @@ async function deliver(o: Outgoing): Promise<void> {
     } catch (err) {
       const f = failure(err);
       showError(f, "send");
+      refuseToken(f);
       if (f.reason === "ROOM_FORBIDDEN" && f.metadata.operation !== "write") forbid(f.metadata.room || o.room, f);
       if (f.retryable && attempt + 1 < SEND_ATTEMPTS) {
         const backoff = Math.min(10000, 500 * 2 ** attempt);
@@ -635,7 +647,7 @@ async function start(): Promise<void> {
           return streamRooms().length > 0;
         }
         showError(f, "stream");
-        if (f.auth) renderAuth(f.reason === "TOKEN_EXPIRED");
+        refuseToken(f);
         return false;
       },
       reset: () => {

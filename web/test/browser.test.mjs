@@ -239,10 +239,10 @@ async function mockBackend() {
 let chromium;
 let browser;
 
-const token = (sub, grants) => rpc.mintToken(secret, sub, grants);
+const token = (sub, grants, ttlSeconds) => rpc.mintToken(secret, sub, grants, ttlSeconds);
 const everything = [{ rooms: ["*"], allow: ["read", "write"] }];
 
-async function openPage(sub, grants, viewport = { width: 1000, height: 640 }) {
+async function openPage(sub, grants, viewport = { width: 1000, height: 640 }, { ttlSeconds, live = true } = {}) {
   const context = await browser.newContext({ viewport });
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${sub} page error]`, e.message));
@@ -253,8 +253,8 @@ async function openPage(sub, grants, viewport = { width: 1000, height: 640 }) {
       if (body) page.subscribes.push(rpc.decodeSubscribe(new Uint8Array(body)));
     }
   });
-  await page.goto(`${backend.allUrl}/#token=${grants ? token(sub, grants) : ""}`);
-  await waitLive(page);
+  await page.goto(`${backend.allUrl}/#token=${grants ? token(sub, grants, ttlSeconds) : ""}`);
+  if (live) await waitLive(page);
   return page;
 }
 
@@ -291,6 +291,7 @@ async function waitText(page, text, timeout = 15000) {
 }
 
 before(async () => {
+  await rm(path.join(artifacts, "logs"), { recursive: true, force: true });
   await mkdir(path.join(artifacts, "logs"), { recursive: true });
   if (!existsSync(chromiumBin)) {
     throw new Error(
@@ -425,6 +426,45 @@ test("a forbidden room shows its reason", async () => {
   await carol.click('[data-testid="room-secret"]');
   await shot(carol, "forbidden-room");
   await carol.context().close();
+});
+
+test("an expired token says so", async () => {
+  // Past the services' 30 s leeway.
+  const erin = await openPage("erin", everything, undefined, { ttlSeconds: -300, live: false });
+  await erin.waitForSelector('#status[data-state="stopped"]');
+  assert.equal(await erin.textContent("#status"), "signed out");
+  assert.equal(await erin.getAttribute("#error", "data-reason"), "TOKEN_EXPIRED");
+  assert.match(await erin.textContent("#error-text"), /token has expired/);
+  assert.match(await erin.textContent("#identity"), /token expired/);
+  // The URL fragment no longer holds the token.
+  assert.equal(new URL(erin.url()).hash, "");
+  // Signing in with a good token goes live.
+  await erin.fill("#token", token("erin", everything));
+  await erin.click("#signin");
+  await waitLive(erin);
+  assert.equal(await erin.isHidden("#error"), true);
+  await shot(erin, "signed-in-again");
+  await erin.context().close();
+});
+
+test("a send whose answer was lost is retried with the same id and stored once (mock only)", { skip: mode !== "mock" && "needs fault injection" }, async () => {
+  await sendFromPage(alice, "lose-first-answer");
+  await alice.waitForFunction(() => document.querySelectorAll("#pending li").length === 0, null, { timeout: 15000 });
+  await waitText(alice, "lose-first-answer");
+  const api = rpc.clients(backend.sendUrl, backend.allUrl, token("alice", everything));
+  const stored = (await api.list("general")).messages.filter((m) => m.text === "lose-first-answer");
+  assert.equal(stored.length, 1, "stored once");
+  const shown = await alice.$$eval("#message-list li[data-sequence] .text", (els) => els.filter((e) => e.textContent === "lose-first-answer").length);
+  assert.equal(shown, 1, "shown once");
+});
+
+test("rate limited: the delay in words, then sent (mock only)", { skip: mode !== "mock" && "needs fault injection" }, async () => {
+  await sendFromPage(alice, "rate-limit-me");
+  await alice.waitForSelector('#error[data-reason="RATE_LIMITED"]');
+  assert.match(await alice.textContent("#error-text"), /Sending too fast: retrying in 1\.5 s/);
+  await shot(alice, "rate-limited");
+  await waitText(alice, "rate-limit-me");
+  await alice.waitForSelector("#error", { state: "hidden" });
 });
 
 test("an all-messages-service restart: reconnecting, then the missed messages, no gap", async () => {

@@ -132,7 +132,8 @@ export async function startMock(opts: MockOptions): Promise<Mock> {
         const room = req.room || "general";
         const c = check(ctx.requestHeader, room, "write");
         if (!req.text.trim()) throw errorInfo(Code.InvalidArgument, "INVALID_FIELD");
-        if (req.text === "rate-limit-me" && sendCount++ % 2 === 0) throw errorInfo(Code.ResourceExhausted, "RATE_LIMITED", {}, 300);
+        // Fault injection: every other such send is over the rate limit.
+        if (req.text === "rate-limit-me" && sendCount++ % 2 === 0) throw errorInfo(Code.ResourceExhausted, "RATE_LIMITED", {}, 1500);
         const key = `${c.sub}\u0000${room}\u0000${req.clientMessageId}`;
         const dup = req.clientMessageId ? byClientId.get(key) : undefined;
         if (dup) return { message: dup, duplicate: true };
@@ -149,6 +150,9 @@ export async function startMock(opts: MockOptions): Promise<Mock> {
         stored.push(m);
         if (req.clientMessageId) byClientId.set(key, m);
         wakeAll();
+        // Fault injection: stored, but the answer is lost (the caller must
+        // retry with the same client_message_id to have it stored once).
+        if (req.text === "lose-first-answer") throw errorInfo(Code.Unavailable, "BROKER_UNAVAILABLE");
         return { message: m, duplicate: false };
       },
     });
