@@ -477,6 +477,7 @@ interface Outgoing {
 const outbox: Outgoing[] = [];
 
 function renderPending(): void {
+  const stick = nearBottom();
   const items = outbox
     .filter((o) => o.room === current)
     .map((o) => {
@@ -512,6 +513,7 @@ function renderPending(): void {
       return li;
     });
   ui.pending.replaceChildren(...items);
+  if (stick) scrollToBottom();
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
