@@ -172,14 +172,16 @@ export class Subscriber {
       let delay = base / 2 + (Math.random() * base) / 2;
       if (failed?.retryAfterMs !== undefined) delay = Math.max(delay, failed.retryAfterMs);
       attempt++;
+      let wake: (() => void) | undefined;
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, delay);
-        this.wake = () => {
+        wake = () => {
           clearTimeout(t);
           resolve();
         };
+        this.wake = wake;
       });
-      this.wake = undefined;
+      if (this.wake === wake) this.wake = undefined;
     }
   }
 }
