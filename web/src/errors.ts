@@ -76,8 +76,11 @@ function seconds(ms: number | undefined): string {
 function operationWords(op: string | undefined): string {
   switch (op) {
     case "write":
+    case "send":
       return "write in";
     case "read":
+    case "subscribe":
+    case "list":
       return "read";
     default:
       return op ? `${op}` : "use";
