@@ -1,0 +1,489 @@
+// Browser test of the chat page: headless Debian Chromium (playwright-core)
+// against the real services, which it starts itself: a nats-server with
+// JetStream, send-service and all-messages-service on free loopback ports.
+//
+//   npm run build && npm run test:browser
+//
+// Environment: NATS_SERVER_BIN (default <repo>/target/tools/nats/bin/nats-server),
+// SEND_SERVICE_BIN / ALL_MESSAGES_SERVICE_BIN (default <repo>/target/debug/…),
+// CHROMIUM_BIN (default /usr/bin/chromium). FASTCHAT_WEB_TEST_BACKEND=mock runs
+// the same scenarios against an in-process stand-in of both services
+// (test/support/rpc.ts) to check the page's own logic without the Rust side.
+// Screenshots and service logs go to <repo>/target/browser/.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, open, rm, writeFile, copyFile } from "node:fs/promises";
+import * as net from "node:net";
+import { tmpdir } from "node:os";
+import * as path from "node:path";
+import { after, before, test } from "node:test";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { build } from "esbuild";
+
+const web = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const repo = path.resolve(web, "..");
+const artifacts = path.join(repo, "target", "browser");
+const chromiumBin = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
+const mode = process.env.FASTCHAT_WEB_TEST_BACKEND || "services";
+
+// ---------------------------------------------------------------- processes
+
+const children = new Set();
+function killAll() {
+  for (const c of children) {
+    try {
+      c.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+  children.clear();
+}
+process.on("exit", killAll);
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.on(sig, () => {
+    killAll();
+    process.exit(130);
+  });
+}
+
+async function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function start(name, bin, args, env) {
+  const log = await open(path.join(artifacts, "logs", `${name}.log`), "a");
+  const child = spawn(bin, args, { env: { ...process.env, ...env }, stdio: ["ignore", log.fd, log.fd] });
+  children.add(child);
+  child.exited = new Promise((resolve) => {
+    child.once("exit", (code, signal) => {
+      children.delete(child);
+      void log.close();
+      resolve({ code, signal });
+    });
+  });
+  child.once("error", () => {});
+  return child;
+}
+
+async function stop(child, signal = "SIGTERM") {
+  if (!children.has(child)) return;
+  child.kill(signal);
+  const t = setTimeout(() => child.kill("SIGKILL"), 10000);
+  await child.exited;
+  clearTimeout(t);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function until(what, fn, timeoutMs = 30000, child) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < deadline) {
+    if (child && !children.has(child)) {
+      const { code, signal } = await child.exited;
+      throw new Error(`${what}: the process exited (${code ?? signal}); see ${artifacts}/logs`);
+    }
+    try {
+      if (await fn()) return;
+    } catch (e) {
+      last = e;
+    }
+    await sleep(200);
+  }
+  throw new Error(`${what}: not within ${timeoutMs} ms${last ? ` (last: ${last.message ?? last})` : ""}`);
+}
+
+async function portOpen(port) {
+  return new Promise((resolve) => {
+    const s = net.connect(port, "127.0.0.1");
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+}
+
+// ---------------------------------------------------------------- backends
+
+let rpc; // test/support/rpc.ts, bundled
+const secret = randomBytes(48);
+let backend; // { sendUrl, allUrl, restartAll(), close() }
+
+async function loadRpc() {
+  const out = path.join(artifacts, ".build", "rpc.mjs");
+  await build({
+    entryPoints: [path.join(web, "test", "support", "rpc.ts")],
+    bundle: true,
+    platform: "node",
+    format: "esm",
+    packages: "external",
+    outfile: out,
+    logLevel: "warning",
+    absWorkingDir: web,
+  });
+  // Resolve its imports from web/node_modules.
+  const dest = path.join(web, "node_modules", ".fastchat-test-rpc.mjs");
+  await copyFile(out, dest);
+  return import(pathToFileURL(dest).href);
+}
+
+function need(file, what, how) {
+  if (!existsSync(file)) throw new Error(`${what} not found at ${file}: ${how}`);
+  return file;
+}
+
+async function servicesBackend() {
+  const nats = need(
+    process.env.NATS_SERVER_BIN || path.join(repo, "target", "tools", "nats", "bin", "nats-server"),
+    "nats-server",
+    "set NATS_SERVER_BIN or run `make setup` in the repository",
+  );
+  const sendBin = need(
+    process.env.SEND_SERVICE_BIN || path.join(repo, "target", "debug", "send-service"),
+    "send-service",
+    "set SEND_SERVICE_BIN or run `cargo build --bins`",
+  );
+  const allBin = need(
+    process.env.ALL_MESSAGES_SERVICE_BIN || path.join(repo, "target", "debug", "all-messages-service"),
+    "all-messages-service",
+    "set ALL_MESSAGES_SERVICE_BIN or run `cargo build --bins`",
+  );
+  need(path.join(web, "dist", "index.html"), "the built page", "run `npm run build` in web/ first");
+  const work = await mkdtemp(path.join(tmpdir(), "fastchat-web-test-"));
+  const secretFile = path.join(work, "hmac-secret");
+  await writeFile(secretFile, secret, { mode: 0o600 });
+  const [natsPort, sendPort, allPort, sendMetrics, allMetrics] = await Promise.all(
+    [1, 2, 3, 4, 5].map(() => freePort()),
+  );
+  const natsChild = await start("nats-server", nats, ["-a", "127.0.0.1", "-p", String(natsPort), "-js", "-sd", path.join(work, "js")], {});
+  await until("nats-server listening", () => portOpen(natsPort), 15000, natsChild);
+  const sendUrl = `http://127.0.0.1:${sendPort}`;
+  const allUrl = `http://127.0.0.1:${allPort}`;
+  const common = {
+    FASTCHAT_NATS__URL: `nats://127.0.0.1:${natsPort}`,
+    FASTCHAT_AUTH__JWT__HMAC_SECRET_FILE: secretFile,
+    FASTCHAT_STATION__MAX_BYTES: "67108864",
+    FASTCHAT_STATION__STORAGE: "file",
+    RUST_LOG: process.env.RUST_LOG || "info,async_nats=warn",
+  };
+  const sendEnv = {
+    ...common,
+    FASTCHAT_GRPC__LISTEN: `127.0.0.1:${sendPort}`,
+    FASTCHAT_METRICS__LISTEN: `127.0.0.1:${sendMetrics}`,
+    FASTCHAT_WEB__ALLOWED_ORIGINS: JSON.stringify([allUrl]),
+    FASTCHAT_LIMITS__SEND_PER_SECOND: "1000",
+    FASTCHAT_LIMITS__SEND_BURST: "1000",
+  };
+  const allEnv = {
+    ...common,
+    FASTCHAT_GRPC__LISTEN: `127.0.0.1:${allPort}`,
+    FASTCHAT_METRICS__LISTEN: `127.0.0.1:${allMetrics}`,
+    FASTCHAT_WEB__STATIC_DIR: path.join(web, "dist"),
+    FASTCHAT_WEB__SEND_URL: sendUrl,
+  };
+  const serving = (port) => async () => {
+    const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+    return res.ok && /^fastchat_serving\{[^}]*\} 1$/m.test(await res.text());
+  };
+  let sendChild = await start("send-service", sendBin, [], sendEnv);
+  let allChild;
+  const startAll = async () => {
+    allChild = await start("all-messages-service", allBin, [], allEnv);
+    await until("all-messages-service serving (metrics fastchat_serving 1)", serving(allMetrics), 30000, allChild);
+    await until(
+      "all-messages-service serving the page at / (web.static_dir)",
+      async () => (await fetch(`${allUrl}/`)).ok,
+      10000,
+      allChild,
+    );
+  };
+  await until("send-service serving (metrics fastchat_serving 1)", serving(sendMetrics), 30000, sendChild);
+  await startAll();
+  const cfg = await (await fetch(`${allUrl}/web-config.json`)).json();
+  assert.equal(cfg.send_url.replace(/\/$/, ""), sendUrl, "web-config.json send_url");
+  return {
+    sendUrl,
+    allUrl,
+    async restartAll(downMs) {
+      await stop(allChild, "SIGKILL");
+      await sleep(downMs);
+      await startAll();
+    },
+    async close() {
+      await Promise.all([stop(allChild), stop(sendChild)]);
+      await stop(natsChild);
+      await rm(work, { recursive: true, force: true });
+    },
+    async beforeRestartSends() {},
+  };
+}
+
+async function mockBackend() {
+  need(path.join(web, "dist", "index.html"), "the built page", "run `npm run build` in web/ first");
+  return rpc.startMock({ secret, staticDir: path.join(web, "dist"), heartbeatMs: 2000 });
+}
+
+// ---------------------------------------------------------------- browser
+
+let chromium;
+let browser;
+
+const token = (sub, grants, ttlSeconds) => rpc.mintToken(secret, sub, grants, ttlSeconds);
+const everything = [{ rooms: ["*"], allow: ["read", "write"] }];
+
+async function openPage(sub, grants, viewport = { width: 1000, height: 640 }, { ttlSeconds, live = true } = {}) {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error(`[${sub} page error]`, e.message));
+  page.subscribes = [];
+  page.on("request", (req) => {
+    if (req.url().endsWith("/fastchat.v1.AllMessagesService/Subscribe")) {
+      const body = req.postDataBuffer();
+      if (body) page.subscribes.push(rpc.decodeSubscribe(new Uint8Array(body)));
+    }
+  });
+  await page.goto(`${backend.allUrl}/#token=${grants ? token(sub, grants, ttlSeconds) : ""}`);
+  if (live) await waitLive(page);
+  return page;
+}
+
+async function waitLive(page, timeout = 20000) {
+  await page.waitForSelector('#status[data-state="live"]', { timeout });
+}
+
+/** The data-sequence values shown, as numbers, in page order. */
+async function shownSequences(page) {
+  return page.$$eval("#message-list li[data-sequence]", (els) => els.map((e) => Number(e.dataset.sequence)));
+}
+
+function assertStrictlyIncreasing(seqs, what) {
+  for (let i = 1; i < seqs.length; i++) {
+    assert.ok(seqs[i] > seqs[i - 1], `${what}: sequences not strictly increasing at ${i}: ${seqs[i - 1]} then ${seqs[i]}`);
+  }
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: path.join(artifacts, `${name}.png`) });
+}
+
+async function sendFromPage(page, text) {
+  await page.fill("#composer", text);
+  await page.press("#composer", "Enter");
+}
+
+async function waitText(page, text, timeout = 15000) {
+  await page.waitForFunction(
+    (t) => [...document.querySelectorAll("#message-list li[data-sequence] .text")].some((e) => e.textContent === t),
+    text,
+    { timeout },
+  );
+}
+
+before(async () => {
+  await rm(path.join(artifacts, "logs"), { recursive: true, force: true });
+  await mkdir(path.join(artifacts, "logs"), { recursive: true });
+  if (!existsSync(chromiumBin)) {
+    throw new Error(
+      `Chromium not found at ${chromiumBin}. Install Debian's package as root: ` +
+        "`apt-get update && apt-get install -y chromium` (or set CHROMIUM_BIN); `npx playwright install` cannot work here.",
+    );
+  }
+  rpc = await loadRpc();
+  ({ chromium } = await import("playwright-core"));
+  backend = mode === "mock" ? await mockBackend() : await servicesBackend();
+  browser = await chromium.launch({
+    executablePath: chromiumBin,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await backend?.close().catch(() => {});
+  await rm(path.join(web, "node_modules", ".fastchat-test-rpc.mjs"), { force: true });
+  killAll();
+});
+
+// ---------------------------------------------------------------- scenarios
+
+let alice;
+let bob;
+
+test("two users in one room see each other's messages", async () => {
+  alice = await openPage("alice", everything);
+  bob = await openPage("bob", everything, { width: 390, height: 720 });
+  assert.match(await alice.textContent("#identity"), /alice/);
+  await sendFromPage(alice, "hello from alice");
+  await waitText(bob, "hello from alice");
+  await sendFromPage(bob, "hi alice, bob here\nsecond line");
+  await waitText(alice, "hi alice, bob here\nsecond line");
+  const verified = await bob.$eval(
+    "#message-list li[data-author='alice']",
+    (li) => li.dataset.verified,
+  );
+  assert.equal(verified, "true", "alice's message is shown as verified");
+  // The pending item goes away once stored.
+  await alice.waitForFunction(() => document.querySelectorAll("#pending li").length === 0);
+  // The first subscription asks for the last 50 of each joined room.
+  assert.deepEqual(alice.subscribes[0], { rooms: ["general"], start: "last", value: "50" });
+  await shot(alice, "two-users-alice");
+  await shot(bob, "two-users-bob-phone");
+});
+
+test("a reload resumes from the saved position: no gap, no duplicate", async () => {
+  const api = rpc.clients(backend.sendUrl, backend.allUrl, token("bob", everything));
+  for (let i = 0; i < 5; i++) await api.send("general", `before reload ${i}`);
+  await waitText(alice, "before reload 4");
+  const position = await alice.evaluate(() => document.getElementById("status").dataset.position);
+  assert.ok(Number(position) > 0, "a position is kept");
+  alice.subscribes.length = 0;
+  const reloaded = alice.reload();
+  for (let i = 0; i < 3; i++) await api.send("general", `during reload ${i}`);
+  await reloaded;
+  await waitLive(alice);
+  await api.send("general", "after reload");
+  await waitText(alice, "after reload");
+  const resumed = alice.subscribes[0];
+  assert.equal(resumed.start, "afterSequence", "the reloaded page resumes");
+  assert.ok(Number(resumed.value) >= Number(position), `resumed after ${resumed.value}, position was ${position}`);
+  const stored = (await api.list("general")).messages.map((m) => Number(m.sequence));
+  const shown = await shownSequences(alice);
+  assertStrictlyIncreasing(shown, "after reload");
+  assert.deepEqual(shown, stored.slice(-shown.length), "shown = the newest stored, none missing");
+  assert.ok(shown.length >= Math.min(stored.length, 50), "at least a page is shown");
+  await shot(alice, "reload");
+});
+
+test("scroll-back loads older pages", async () => {
+  const api = rpc.clients(backend.sendUrl, backend.allUrl, token("alice", everything));
+  const sent = [];
+  for (let i = 0; i < 72; i++) sent.push(Number((await api.send("history", `old ${i}`, `seed-${i}`)).sequence));
+  // A page opened now is positioned past these (CaughtUp counts every room),
+  // so joining the room shows its newest page and scrolling up the rest.
+  const dave = await openPage("dave", everything);
+  await dave.fill("#join-room", "history");
+  await dave.press("#join-room", "Enter");
+  await dave.waitForSelector('#room-list li[data-room="history"][aria-current="true"]');
+  await dave.waitForFunction(() => document.querySelectorAll("#message-list li[data-sequence]").length >= 50);
+  let shown = await shownSequences(dave);
+  assert.equal(shown.length, 50, "first page: 50");
+  assert.deepEqual(shown, sent.slice(-50));
+  // Scroll to the top: the next page comes.
+  await dave.$eval("#messages", (m) => {
+    m.scrollTop = 0;
+  });
+  await dave.waitForFunction(() => document.querySelectorAll("#message-list li[data-sequence]").length === 72, null, { timeout: 15000 });
+  await dave.waitForSelector("#history-start:not([hidden])");
+  shown = await shownSequences(dave);
+  assertStrictlyIncreasing(shown, "scroll-back");
+  assert.deepEqual(shown, sent);
+  // The resubscription names both rooms and resumes.
+  const last = dave.subscribes[dave.subscribes.length - 1];
+  assert.deepEqual([...last.rooms].sort(), ["general", "history"]);
+  assert.equal(last.start, "afterSequence");
+  await shot(dave, "scroll-back");
+  // A live message in a room not shown counts as unread there.
+  await api.send("general", "while dave reads history");
+  await dave.waitForSelector('#room-list li[data-room="general"] [data-testid="unread"]');
+  await dave.click('[data-testid="room-general"]');
+  await waitText(dave, "while dave reads history");
+  await dave.context().close();
+});
+
+test("a forbidden room shows its reason", async () => {
+  const carol = await openPage("carol", [{ rooms: ["general"], allow: ["read", "write"] }]);
+  await carol.fill("#join-room", "secret");
+  await carol.press("#join-room", "Enter");
+  await carol.waitForSelector("#error:not([hidden])");
+  assert.equal(await carol.getAttribute("#error", "data-reason"), "ROOM_FORBIDDEN");
+  assert.match(await carol.textContent("#error-text"), /not allowed to .* room “secret”/);
+  await carol.waitForSelector('#room-list li[data-room="secret"][data-forbidden="true"]');
+  // The stream goes on for the rooms that are allowed.
+  await waitLive(carol);
+  await sendFromPage(alice, "general still works for carol");
+  await carol.click('[data-testid="room-general"]');
+  await waitText(carol, "general still works for carol");
+  await carol.click('[data-testid="room-secret"]');
+  await shot(carol, "forbidden-room");
+  await carol.context().close();
+});
+
+test("an expired token says so", async () => {
+  // Past the services' 30 s leeway.
+  const erin = await openPage("erin", everything, undefined, { ttlSeconds: -300, live: false });
+  await erin.waitForSelector('#status[data-state="stopped"]');
+  assert.equal(await erin.textContent("#status"), "signed out");
+  assert.equal(await erin.getAttribute("#error", "data-reason"), "TOKEN_EXPIRED");
+  assert.match(await erin.textContent("#error-text"), /token has expired/);
+  assert.match(await erin.textContent("#identity"), /token expired/);
+  // The URL fragment no longer holds the token.
+  assert.equal(new URL(erin.url()).hash, "");
+  // Signing in with a good token goes live.
+  await erin.fill("#token", token("erin", everything));
+  await erin.click("#signin");
+  await waitLive(erin);
+  assert.equal(await erin.isHidden("#error"), true);
+  await shot(erin, "signed-in-again");
+  await erin.context().close();
+});
+
+test("a send whose answer was lost is retried with the same id and stored once (mock only)", { skip: mode !== "mock" && "needs fault injection" }, async () => {
+  await sendFromPage(alice, "lose-first-answer");
+  await alice.waitForFunction(() => document.querySelectorAll("#pending li").length === 0, null, { timeout: 15000 });
+  await waitText(alice, "lose-first-answer");
+  const api = rpc.clients(backend.sendUrl, backend.allUrl, token("alice", everything));
+  const stored = (await api.list("general")).messages.filter((m) => m.text === "lose-first-answer");
+  assert.equal(stored.length, 1, "stored once");
+  const shown = await alice.$$eval("#message-list li[data-sequence] .text", (els) => els.filter((e) => e.textContent === "lose-first-answer").length);
+  assert.equal(shown, 1, "shown once");
+});
+
+test("rate limited: the delay in words, then sent (mock only)", { skip: mode !== "mock" && "needs fault injection" }, async () => {
+  await sendFromPage(alice, "rate-limit-me");
+  await alice.waitForSelector('#error[data-reason="RATE_LIMITED"]');
+  assert.match(await alice.textContent("#error-text"), /Sending too fast: retrying in 1\.5 s/);
+  await shot(alice, "rate-limited");
+  await waitText(alice, "rate-limit-me");
+  await alice.waitForSelector("#error", { state: "hidden" });
+});
+
+test("an all-messages-service restart: reconnecting, then the missed messages, no gap", async () => {
+  const api = rpc.clients(backend.sendUrl, backend.allUrl, token("bob", everything));
+  await waitLive(alice);
+  const restarted = backend.restartAll(3000);
+  await alice.waitForSelector('#status[data-state="reconnecting"]', { timeout: 15000 });
+  await shot(alice, "reconnecting");
+  for (let i = 0; i < 3; i++) await api.send("general", `while restarting ${i}`);
+  await restarted;
+  await waitLive(alice, 45000);
+  await waitText(alice, "while restarting 2", 20000);
+  await sendFromPage(bob, "after the restart");
+  await waitText(alice, "after the restart", 20000);
+  const stored = (await api.list("general")).messages.map((m) => Number(m.sequence));
+  const shown = await shownSequences(alice);
+  assertStrictlyIncreasing(shown, "after restart");
+  assert.deepEqual(shown, stored.slice(-shown.length), "shown = the newest stored, none missing");
+  await shot(alice, "after-restart");
+  await mkdir(path.join(artifacts), { recursive: true });
+  await alice.screenshot({ path: path.join(web, "screenshot.png") });
+});
