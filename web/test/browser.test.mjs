@@ -1,20 +1,20 @@
 // Browser test of the chat page: headless Debian Chromium (playwright-core)
 // against the real services, which it starts itself: a nats-server with
-// JetStream, send-service and all-messages-service on free loopback ports.
+// JetStream, two send-services (one with the test's own rate limit) and an
+// all-messages-service (heartbeats every 2 s) on free loopback ports.
 //
 //   npm run build && npm run test:browser
 //
 // Environment: NATS_SERVER_BIN (default <repo>/target/tools/nats/bin/nats-server),
 // SEND_SERVICE_BIN / ALL_MESSAGES_SERVICE_BIN (default <repo>/target/debug/…),
-// CHROMIUM_BIN (default /usr/bin/chromium). FASTCHAT_WEB_TEST_BACKEND=mock runs
-// the same scenarios against an in-process stand-in of both services
-// (test/support/rpc.ts) to check the page's own logic without the Rust side.
-// Screenshots and service logs go to <repo>/target/browser/.
+// CHROMIUM_BIN (default /usr/bin/chromium). A missing one fails the run and
+// says how to get it. Screenshots and service logs go to <repo>/target/browser/;
+// UPDATE_SCREENSHOT=1 also writes web/screenshot.png (else it is left alone).
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, open, rm, writeFile, copyFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, open, rm, writeFile } from "node:fs/promises";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
@@ -25,8 +25,8 @@ import { build } from "esbuild";
 const web = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const repo = path.resolve(web, "..");
 const artifacts = path.join(repo, "target", "browser");
-const chromiumBin = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
-const mode = process.env.FASTCHAT_WEB_TEST_BACKEND || "services";
+const updateScreenshot = process.env.UPDATE_SCREENSHOT === "1";
+const HEARTBEAT_MS = 2000;
 
 // ---------------------------------------------------------------- processes
 
@@ -118,7 +118,7 @@ async function portOpen(port) {
 
 let rpc; // test/support/rpc.ts, bundled
 const secret = randomBytes(48);
-let backend; // { sendUrl, allUrl, restartAll(), close() }
+let backend; // { sendUrl, allUrl, limitedSendUrl, restartAll(), close() }
 
 async function loadRpc() {
   const out = path.join(artifacts, ".build", "rpc.mjs");
@@ -138,38 +138,44 @@ async function loadRpc() {
   return import(pathToFileURL(dest).href);
 }
 
-function need(file, what, how) {
-  if (!existsSync(file)) throw new Error(`${what} not found at ${file}: ${how}`);
-  return file;
+/** Everything the run needs, checked before anything starts; a missing one fails it. */
+function prerequisites() {
+  const bins = {
+    chromium: process.env.CHROMIUM_BIN || "/usr/bin/chromium",
+    nats: process.env.NATS_SERVER_BIN || path.join(repo, "target", "tools", "nats", "bin", "nats-server"),
+    send: process.env.SEND_SERVICE_BIN || path.join(repo, "target", "debug", "send-service"),
+    all: process.env.ALL_MESSAGES_SERVICE_BIN || path.join(repo, "target", "debug", "all-messages-service"),
+  };
+  const missing = [];
+  const need = (file, what, how) => {
+    if (!existsSync(file)) missing.push(`- ${what} not found at ${file}: ${how}`);
+  };
+  need(
+    bins.chromium,
+    "Chromium",
+    "install Debian's package as root, `apt-get update && apt-get install -y chromium` (or set CHROMIUM_BIN; `npx playwright install` cannot work here)",
+  );
+  need(bins.nats, "nats-server", "run `make setup` in the repository (or set NATS_SERVER_BIN)");
+  const cargo = "run `cargo build --workspace --bins` in the repository";
+  need(bins.send, "send-service", `${cargo} (or set SEND_SERVICE_BIN)`);
+  need(bins.all, "all-messages-service", `${cargo} (or set ALL_MESSAGES_SERVICE_BIN)`);
+  need(path.join(web, "dist", "index.html"), "the built page", "run `make web` in the repository, or `npm ci && npm run build` in web/");
+  if (missing.length) throw new Error(`the browser test cannot run:\n${missing.join("\n")}`);
+  return bins;
 }
 
-async function servicesBackend() {
-  const nats = need(
-    process.env.NATS_SERVER_BIN || path.join(repo, "target", "tools", "nats", "bin", "nats-server"),
-    "nats-server",
-    "set NATS_SERVER_BIN or run `make setup` in the repository",
-  );
-  const sendBin = need(
-    process.env.SEND_SERVICE_BIN || path.join(repo, "target", "debug", "send-service"),
-    "send-service",
-    "set SEND_SERVICE_BIN or run `cargo build --bins`",
-  );
-  const allBin = need(
-    process.env.ALL_MESSAGES_SERVICE_BIN || path.join(repo, "target", "debug", "all-messages-service"),
-    "all-messages-service",
-    "set ALL_MESSAGES_SERVICE_BIN or run `cargo build --bins`",
-  );
-  need(path.join(web, "dist", "index.html"), "the built page", "run `npm run build` in web/ first");
+async function servicesBackend(bins) {
   const work = await mkdtemp(path.join(tmpdir(), "fastchat-web-test-"));
   const secretFile = path.join(work, "hmac-secret");
   await writeFile(secretFile, secret, { mode: 0o600 });
-  const [natsPort, sendPort, allPort, sendMetrics, allMetrics] = await Promise.all(
-    [1, 2, 3, 4, 5].map(() => freePort()),
+  const [natsPort, sendPort, allPort, limitedPort, sendMetrics, allMetrics, limitedMetrics] = await Promise.all(
+    [1, 2, 3, 4, 5, 6, 7].map(() => freePort()),
   );
-  const natsChild = await start("nats-server", nats, ["-a", "127.0.0.1", "-p", String(natsPort), "-js", "-sd", path.join(work, "js")], {});
+  const natsChild = await start("nats-server", bins.nats, ["-a", "127.0.0.1", "-p", String(natsPort), "-js", "-sd", path.join(work, "js")], {});
   await until("nats-server listening", () => portOpen(natsPort), 15000, natsChild);
   const sendUrl = `http://127.0.0.1:${sendPort}`;
   const allUrl = `http://127.0.0.1:${allPort}`;
+  const limitedSendUrl = `http://127.0.0.1:${limitedPort}`;
   const common = {
     FASTCHAT_NATS__URL: `nats://127.0.0.1:${natsPort}`,
     FASTCHAT_AUTH__JWT__HMAC_SECRET_FILE: secretFile,
@@ -177,29 +183,32 @@ async function servicesBackend() {
     FASTCHAT_STATION__STORAGE: "file",
     RUST_LOG: process.env.RUST_LOG || "info,async_nats=warn",
   };
-  const sendEnv = {
+  const sendEnv = (port, metrics, perSecond, burst) => ({
     ...common,
-    FASTCHAT_GRPC__LISTEN: `127.0.0.1:${sendPort}`,
-    FASTCHAT_METRICS__LISTEN: `127.0.0.1:${sendMetrics}`,
+    FASTCHAT_GRPC__LISTEN: `127.0.0.1:${port}`,
+    FASTCHAT_METRICS__LISTEN: `127.0.0.1:${metrics}`,
     FASTCHAT_WEB__ALLOWED_ORIGINS: JSON.stringify([allUrl]),
-    FASTCHAT_LIMITS__SEND_PER_SECOND: "1000",
-    FASTCHAT_LIMITS__SEND_BURST: "1000",
-  };
+    FASTCHAT_LIMITS__SEND_PER_SECOND: String(perSecond),
+    FASTCHAT_LIMITS__SEND_BURST: String(burst),
+  });
   const allEnv = {
     ...common,
     FASTCHAT_GRPC__LISTEN: `127.0.0.1:${allPort}`,
     FASTCHAT_METRICS__LISTEN: `127.0.0.1:${allMetrics}`,
     FASTCHAT_WEB__STATIC_DIR: path.join(web, "dist"),
     FASTCHAT_WEB__SEND_URL: sendUrl,
+    FASTCHAT_SUBSCRIPTIONS__HEARTBEAT_INTERVAL: `${HEARTBEAT_MS / 1000}s`,
   };
   const serving = (port) => async () => {
     const res = await fetch(`http://127.0.0.1:${port}/metrics`);
     return res.ok && /^fastchat_serving\{[^}]*\} 1$/m.test(await res.text());
   };
-  let sendChild = await start("send-service", sendBin, [], sendEnv);
+  const sendChild = await start("send-service", bins.send, [], sendEnv(sendPort, sendMetrics, 1000, 1000));
+  // The same service with a limit the rate-limit scenario can reach: one a second.
+  const limitedChild = await start("send-service-limited", bins.send, [], sendEnv(limitedPort, limitedMetrics, 1, 1));
   let allChild;
   const startAll = async () => {
-    allChild = await start("all-messages-service", allBin, [], allEnv);
+    allChild = await start("all-messages-service", bins.all, [], allEnv);
     await until("all-messages-service serving (metrics fastchat_serving 1)", serving(allMetrics), 30000, allChild);
     await until(
       "all-messages-service serving the page at / (web.static_dir)",
@@ -208,30 +217,28 @@ async function servicesBackend() {
       allChild,
     );
   };
-  await until("send-service serving (metrics fastchat_serving 1)", serving(sendMetrics), 30000, sendChild);
-  await startAll();
+  await Promise.all([
+    until("send-service serving (metrics fastchat_serving 1)", serving(sendMetrics), 30000, sendChild),
+    until("rate-limited send-service serving (metrics fastchat_serving 1)", serving(limitedMetrics), 30000, limitedChild),
+    startAll(),
+  ]);
   const cfg = await (await fetch(`${allUrl}/web-config.json`)).json();
   assert.equal(cfg.send_url.replace(/\/$/, ""), sendUrl, "web-config.json send_url");
   return {
     sendUrl,
     allUrl,
+    limitedSendUrl,
     async restartAll(downMs) {
       await stop(allChild, "SIGKILL");
       await sleep(downMs);
       await startAll();
     },
     async close() {
-      await Promise.all([stop(allChild), stop(sendChild)]);
+      await Promise.all([stop(allChild), stop(sendChild), stop(limitedChild)]);
       await stop(natsChild);
       await rm(work, { recursive: true, force: true });
     },
-    async beforeRestartSends() {},
   };
-}
-
-async function mockBackend() {
-  need(path.join(web, "dist", "index.html"), "the built page", "run `npm run build` in web/ first");
-  return rpc.startMock({ secret, staticDir: path.join(web, "dist"), heartbeatMs: 2000 });
 }
 
 // ---------------------------------------------------------------- browser
@@ -242,7 +249,8 @@ let browser;
 const token = (sub, grants, ttlSeconds) => rpc.mintToken(secret, sub, grants, ttlSeconds);
 const everything = [{ rooms: ["*"], allow: ["read", "write"] }];
 
-async function openPage(sub, grants, viewport = { width: 1000, height: 640 }, { ttlSeconds, live = true } = {}) {
+/** A new browser context on the page; `query` (e.g. "?send=…") goes before the token fragment. */
+async function openPage(sub, grants, viewport = { width: 1000, height: 640 }, { ttlSeconds, live = true, query = "" } = {}) {
   const context = await browser.newContext({ viewport });
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${sub} page error]`, e.message));
@@ -253,7 +261,7 @@ async function openPage(sub, grants, viewport = { width: 1000, height: 640 }, { 
       if (body) page.subscribes.push(rpc.decodeSubscribe(new Uint8Array(body)));
     }
   });
-  await page.goto(`${backend.allUrl}/#token=${grants ? token(sub, grants, ttlSeconds) : ""}`);
+  await page.goto(`${backend.allUrl}/${query}#token=${grants ? token(sub, grants, ttlSeconds) : ""}`);
   if (live) await waitLive(page);
   return page;
 }
@@ -290,20 +298,25 @@ async function waitText(page, text, timeout = 15000) {
   );
 }
 
+/** How many messages with this text are stored in the room (real ListMessages). */
+async function storedCount(room, text) {
+  const api = rpc.clients(backend.sendUrl, backend.allUrl, token("checker", everything));
+  return (await api.list(room)).messages.filter((m) => m.text === text).length;
+}
+
+async function shownCount(page, text) {
+  return page.$$eval("#message-list li[data-sequence] .text", (els, t) => els.filter((e) => e.textContent === t).length, text);
+}
+
 before(async () => {
+  const bins = prerequisites();
   await rm(path.join(artifacts, "logs"), { recursive: true, force: true });
   await mkdir(path.join(artifacts, "logs"), { recursive: true });
-  if (!existsSync(chromiumBin)) {
-    throw new Error(
-      `Chromium not found at ${chromiumBin}. Install Debian's package as root: ` +
-        "`apt-get update && apt-get install -y chromium` (or set CHROMIUM_BIN); `npx playwright install` cannot work here.",
-    );
-  }
   rpc = await loadRpc();
   ({ chromium } = await import("playwright-core"));
-  backend = mode === "mock" ? await mockBackend() : await servicesBackend();
+  backend = await servicesBackend(bins);
   browser = await chromium.launch({
-    executablePath: chromiumBin,
+    executablePath: bins.chromium,
     args: [
       "--headless",
       "--no-sandbox",
@@ -337,6 +350,10 @@ test("two users in one room see each other's messages", async () => {
   await waitText(bob, "hello from alice");
   await sendFromPage(bob, "hi alice, bob here\nsecond line");
   await waitText(alice, "hi alice, bob here\nsecond line");
+  await sendFromPage(alice, "the page resumes where it left off after a reload");
+  await waitText(bob, "the page resumes where it left off after a reload");
+  await sendFromPage(bob, "and scrolls back through the history, 50 at a time");
+  await waitText(alice, "and scrolls back through the history, 50 at a time");
   const verified = await bob.$eval(
     "#message-list li[data-author='alice']",
     (li) => li.dataset.verified,
@@ -346,8 +363,10 @@ test("two users in one room see each other's messages", async () => {
   await alice.waitForFunction(() => document.querySelectorAll("#pending li").length === 0);
   // The first subscription asks for the last 50 of each joined room.
   assert.deepEqual(alice.subscribes[0], { rooms: ["general"], start: "last", value: "50" });
+  await bob.waitForFunction(() => document.querySelectorAll("#pending li").length === 0);
   await shot(alice, "two-users-alice");
   await shot(bob, "two-users-bob-phone");
+  if (updateScreenshot) await copyFile(path.join(artifacts, "two-users-alice.png"), path.join(web, "screenshot.png"));
 });
 
 test("a reload resumes from the saved position: no gap, no duplicate", async () => {
@@ -447,24 +466,116 @@ test("an expired token says so", async () => {
   await erin.context().close();
 });
 
-test("a send whose answer was lost is retried with the same id and stored once (mock only)", { skip: mode !== "mock" && "needs fault injection" }, async () => {
-  await sendFromPage(alice, "lose-first-answer");
-  await alice.waitForFunction(() => document.querySelectorAll("#pending li").length === 0, null, { timeout: 15000 });
-  await waitText(alice, "lose-first-answer");
-  const api = rpc.clients(backend.sendUrl, backend.allUrl, token("alice", everything));
-  const stored = (await api.list("general")).messages.filter((m) => m.text === "lose-first-answer");
-  assert.equal(stored.length, 1, "stored once");
-  const shown = await alice.$$eval("#message-list li[data-sequence] .text", (els) => els.filter((e) => e.textContent === "lose-first-answer").length);
-  assert.equal(shown, 1, "shown once");
+test("a send whose answer was lost is retried with the same id and stored once", async () => {
+  const text = "lose-first-answer";
+  const sends = [];
+  const pattern = "**/fastchat.v1.SendMessageService/SendMessage";
+  await alice.route(pattern, async (route) => {
+    const req = route.request();
+    sends.push(rpc.decodeSend(new Uint8Array(req.postDataBuffer())));
+    if (sends.length === 1) {
+      // The request reaches send-service (which stores the message); its
+      // answer never reaches the page.
+      const res = await route.fetch();
+      sends[0].answer = { status: res.status(), grpcStatus: res.headers()["grpc-status"] };
+      await route.abort("connectionreset");
+    } else {
+      await route.continue();
+    }
+  });
+  try {
+    await sendFromPage(alice, text);
+    await alice.waitForFunction(() => document.querySelectorAll("#pending li").length === 0, null, { timeout: 15000 });
+    await waitText(alice, text);
+  } finally {
+    await alice.unroute(pattern);
+  }
+  assert.ok(sends.length >= 2, `retried (${sends.length} SendMessage calls)`);
+  assert.equal(sends[0].text, text);
+  assert.equal(sends[0].answer.status, 200, "the first call was answered by send-service");
+  assert.ok([undefined, "0"].includes(sends[0].answer.grpcStatus), `first call OK (grpc-status ${sends[0].answer.grpcStatus})`);
+  assert.match(sends[0].clientMessageId, /^[0-9a-f-]{36}$/, "a client_message_id is sent");
+  for (const s of sends) assert.equal(s.clientMessageId, sends[0].clientMessageId, "the retry carries the same client_message_id");
+  assert.equal(await storedCount("general", text), 1, "stored once");
+  assert.equal(await shownCount(alice, text), 1, "shown once");
 });
 
-test("rate limited: the delay in words, then sent (mock only)", { skip: mode !== "mock" && "needs fault injection" }, async () => {
-  await sendFromPage(alice, "rate-limit-me");
-  await alice.waitForSelector('#error[data-reason="RATE_LIMITED"]');
-  assert.match(await alice.textContent("#error-text"), /Sending too fast: retrying in 1\.5 s/);
-  await shot(alice, "rate-limited");
-  await waitText(alice, "rate-limit-me");
-  await alice.waitForSelector("#error", { state: "hidden" });
+test("rate limited: the delay in words, then sent once", async () => {
+  // send-service at limitedSendUrl allows one message a second (burst 1).
+  const frank = await openPage("frank", everything, undefined, { query: `?send=${encodeURIComponent(backend.limitedSendUrl)}` });
+  // When the page first shows the reason and each message (page clock).
+  await frank.evaluate(() => {
+    const seen = (window.__seen = {});
+    const look = () => {
+      const e = document.getElementById("error");
+      if (!e.hidden && e.dataset.reason === "RATE_LIMITED") seen.RATE_LIMITED ??= performance.now();
+      for (const t of document.querySelectorAll("#message-list li[data-sequence] .text")) seen[`text:${t.textContent}`] ??= performance.now();
+    };
+    new MutationObserver(look).observe(document.body, { subtree: true, childList: true, attributes: true, characterData: true });
+  });
+  const texts = ["fast 1", "fast 2", "fast 3"];
+  await sendFromPage(frank, texts[0]);
+  await frank.waitForFunction(() => document.querySelectorAll("#pending li").length === 0);
+  // Within the second: both over the limit.
+  await sendFromPage(frank, texts[1]);
+  await sendFromPage(frank, texts[2]);
+  await frank.waitForSelector('#error[data-reason="RATE_LIMITED"]:not([hidden])', { timeout: 5000 });
+  const words = await frank.textContent("#error-text");
+  const m = /^Sending too fast: retrying in (\d+(?:\.\d)?) s\.$/.exec(words);
+  assert.ok(m, `the reason with its delay in words: “${words}”`);
+  const delayMs = Number(m[1]) * 1000;
+  assert.ok(delayMs > 0 && delayMs <= 1000, `a delay of at most 1 s at 1 message/s: ${m[1]} s`);
+  await frank.waitForSelector('#pending li[data-state="waiting"]');
+  await shot(frank, "rate-limited");
+  for (const t of texts) await waitText(frank, t, 15000);
+  await frank.waitForFunction(() => document.querySelectorAll("#pending li").length === 0);
+  await frank.waitForSelector("#error", { state: "hidden" });
+  const seen = await frank.evaluate(() => window.__seen);
+  for (const t of texts.slice(1)) {
+    const after = seen[`text:${t}`] - seen.RATE_LIMITED;
+    assert.ok(after >= delayMs - 100, `“${t}” sent after the delay (${Math.round(after)} ms ≥ ${delayMs} ms)`);
+  }
+  for (const t of texts) {
+    assert.equal(await storedCount("general", t), 1, `“${t}” stored once`);
+    assert.equal(await shownCount(frank, t), 1, `“${t}” shown once`);
+  }
+  await frank.context().close();
+});
+
+test("heartbeats: an idle page stays live and its position follows other rooms", async () => {
+  // A watchdog of 2.5 heartbeat intervals: without heartbeats the page would
+  // take the stream for dead and reconnect within the window below.
+  const watchdogMs = Math.round(HEARTBEAT_MS * 2.5);
+  const gina = await openPage("gina", everything, undefined, { query: `?watchdog_ms=${watchdogMs}` });
+  const subscribes = gina.subscribes.length;
+  const position = async () => Number(await gina.getAttribute("#status", "data-position"));
+  const before = await position();
+  assert.ok(before > 0, "a position after CaughtUp");
+  const api = rpc.clients(backend.sendUrl, backend.allUrl, token("bob", everything));
+  // A room gina has not joined: only heartbeats can tell her page about it.
+  const elsewhere = Number((await api.send("elsewhere", "not for gina")).sequence);
+  assert.ok(elsewhere > before);
+  const windowMs = HEARTBEAT_MS * 3 + 1000;
+  const states = new Set();
+  let reachedAt;
+  const t0 = Date.now();
+  while (Date.now() - t0 < windowMs) {
+    states.add(await gina.getAttribute("#status", "data-state"));
+    if (reachedAt === undefined && (await position()) >= elsewhere) reachedAt = Date.now() - t0;
+    await sleep(100);
+  }
+  assert.deepEqual([...states], ["live"], `live for ${windowMs} ms`);
+  assert.equal(gina.subscribes.length, subscribes, "no resubscription while idle");
+  assert.ok(reachedAt !== undefined, `position ${await position()} reached ${elsewhere} (a message in another room)`);
+  assert.ok(reachedAt <= HEARTBEAT_MS + 1000, `within a heartbeat interval (${reachedAt} ms)`);
+  assert.equal(await gina.$$eval("#message-list li[data-room='elsewhere']", (l) => l.length), 0, "the other room's message is not shown");
+  // A reload resumes after that position.
+  gina.subscribes.length = 0;
+  await gina.reload();
+  await waitLive(gina);
+  assert.equal(gina.subscribes[0].start, "afterSequence");
+  assert.ok(Number(gina.subscribes[0].value) >= elsewhere, `resumed after ${gina.subscribes[0].value}`);
+  await gina.context().close();
 });
 
 test("an all-messages-service restart: reconnecting, then the missed messages, no gap", async () => {
@@ -484,6 +595,4 @@ test("an all-messages-service restart: reconnecting, then the missed messages, n
   assertStrictlyIncreasing(shown, "after restart");
   assert.deepEqual(shown, stored.slice(-shown.length), "shown = the newest stored, none missing");
   await shot(alice, "after-restart");
-  await mkdir(path.join(artifacts), { recursive: true });
-  await alice.screenshot({ path: path.join(web, "screenshot.png") });
 });
