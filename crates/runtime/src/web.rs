@@ -33,9 +33,8 @@ pub fn routes(web: &WebConfig) -> tonic::service::Routes {
         ));
     };
     let page_config = serde_json::json!({ "send_url": web.send_url });
-    let files = ServeDir::new(&dir)
-        .append_index_html_on_directories(true)
-        .fallback(ServeFile::new(dir.join("index.html")));
+    let files = ServeDir::new(&dir).append_index_html_on_directories(true);
+    let page = ServeFile::new(dir.join("index.html"));
     let router = Router::new()
         .route(
             "/web-config.json",
@@ -45,12 +44,25 @@ pub fn routes(web: &WebConfig) -> tonic::service::Routes {
             }),
         )
         .fallback(move |request: Request| {
-            let files = files.clone();
+            let (files, page) = (files.clone(), page.clone());
             async move {
                 if is_grpc(&request) {
                     return unimplemented(&request);
                 }
-                match files.oneshot(request).await {
+                // A file (`/app.js`) is that file or 404; any other path
+                // (`/`, a deep link such as `/rooms/general`) is the page.
+                let is_file = request
+                    .uri()
+                    .path()
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|last| last.contains('.'));
+                let served = if is_file {
+                    files.oneshot(request).await
+                } else {
+                    page.oneshot(request).await
+                };
+                match served {
                     Ok(response) => response.into_response(),
                     Err(infallible) => match infallible {},
                 }
