@@ -15,6 +15,7 @@
 
 pub mod config;
 mod error;
+mod http;
 mod hub;
 mod service;
 mod shares;
@@ -62,9 +63,13 @@ pub async fn run(
             context.cancel.clone(),
             context.tracker.clone(),
         );
-        router
+        let json = http::routes(api.clone());
+        let mut router = router
             .add_service(SeedServer::new(api.clone()))
-            .add_service(V1Server::new(api))
+            .add_service(V1Server::new(api));
+        let grpc = std::mem::take(router.axum_router_mut());
+        *router.axum_router_mut() = grpc.merge(json);
+        router
     })
     .await
 }

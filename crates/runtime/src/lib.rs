@@ -17,7 +17,8 @@
 //!    [`ratelimit`] (a token bucket per identity),
 //!    [`health`] (readiness following the broker, liveness, a client),
 //!    [`server`] (the tonic scaffold: limits, gRPC-web and CORS,
-//!    reflection, serve and drain), [`web`] (the web page's files) and
+//!    reflection, serve and drain), [`json`] (the HTTP/JSON face: canonical
+//!    JSON, statuses as HTTP errors), [`web`] (the web page's files) and
 //!    `exporter` (the metrics port);
 //! 3. [`service`]: the life cycle — broker, station, health, serve, drain;
 //! 4. [`cli`]: the binaries' `main` — arguments, config, logging, signals;
@@ -40,6 +41,7 @@ pub mod unavailable;
 mod exporter;
 pub mod gate;
 pub mod health;
+pub mod json;
 pub mod ratelimit;
 pub mod server;
 pub mod web;

@@ -34,8 +34,10 @@ pub type Layers = Stack<
     Stack<HoldLayer, Stack<RequestLimitLayer, Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>>>,
 >;
 
-/// The router a service adds its gRPC services to.
-pub type Router = tonic::transport::server::Router<Layers>;
+/// What a service serves: its gRPC services (`add_service`) and any plain
+/// HTTP routes (`axum_router_mut`, e.g. the JSON API), all behind the same
+/// layers of [`builder`].
+pub type Router = tonic::service::Routes;
 
 /// The HTTP/2 limits, all in one place, with the reason for each value.
 mod h2 {
@@ -186,6 +188,7 @@ pub async fn serve(
     router: Router,
     listener: TcpListener,
     config: &GrpcConfig,
+    web: &WebConfig,
     cancel: CancellationToken,
     drain: Duration,
 ) -> Result<(), ServeError> {
@@ -209,9 +212,11 @@ pub async fn serve(
         cancel.child_token(),
     );
     let shutdown = cancel.clone();
-    let server = router.serve_with_incoming_shutdown(incoming, async move {
-        shutdown.cancelled().await;
-    });
+    let server = builder(config, web)
+        .add_routes(router)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.cancelled().await;
+        });
     tokio::pin!(server);
     if let Some(result) = cancel.run_until_cancelled(&mut server).await {
         return Ok(result?);

@@ -156,15 +156,21 @@ where
         tracker: tracker.clone(),
         gate,
     };
-    let mut router = server::builder(config.grpc(), config.web())
-        .add_routes(crate::web::routes(config.web()))
-        .add_service(health_service);
+    let mut router = crate::web::routes(config.web()).add_service(health_service);
     if config.grpc().reflection {
         router = server::add_reflection(router, spec.services)?;
     }
     let router = routes(router, &context);
     let drain = config.shutdown().drain_timeout;
-    let served = server::serve(router, listener, config.grpc(), cancel.clone(), drain).await;
+    let served = server::serve(
+        router,
+        listener,
+        config.grpc(),
+        config.web(),
+        cancel.clone(),
+        drain,
+    )
+    .await;
 
     cancel.cancel();
     let fatal = station_outcome(preparing).await;

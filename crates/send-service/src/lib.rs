@@ -12,6 +12,7 @@
 
 pub mod config;
 mod error;
+mod http;
 mod service;
 mod store;
 mod trace;
@@ -60,9 +61,17 @@ pub async fn run(
                 rate.forget_idle();
             }
         });
-        router
+        let json = http::routes(
+            api.clone(),
+            config.grpc.max_request_bytes,
+            config.grpc.request_body_timeout,
+        );
+        let mut router = router
             .add_service(SeedServer::new(api.clone()))
-            .add_service(V1Server::new(api))
+            .add_service(V1Server::new(api));
+        let grpc = std::mem::take(router.axum_router_mut());
+        *router.axum_router_mut() = grpc.merge(json);
+        router
     })
     .await
 }
