@@ -7,7 +7,9 @@
 #   (`nats-server -t`), NATS per-service accounts and permissions (a real nats-server on
 #   loopback), and each kustomize overlay (rendered with `kubectl kustomize`, validated
 #   offline with kubernetes-validate --strict, then checked for FastChat's conventions,
-#   auth.conf's included; prod also with the optional components tls and jwks), the
+#   auth.conf's included; prod also with the optional components tls, jwks and ingress: the
+#   web page's routes reach the right Services), the web page (built into the
+#   all-messages-service image only; compose's send URL and allowed origins agree), the
 #   authentication conventions (no anonymous grants in compose or Kubernetes, the JWT key a
 #   read-only mounted Secret file that the variables point at, TLS probes that work; and
 #   that the checks refuse manifests breaking them), and that every version and image name written here agrees with
@@ -146,11 +148,12 @@ compose_env() {
   echo "$WORK/compose.env"
 }
 
-# compose ARGS: docker compose on the compose file, ignoring credentials in this shell's
-# environment (compose would prefer them to the --env-file).
+# compose ARGS: docker compose on the compose file, ignoring credentials and web settings in
+# this shell's environment (compose would prefer them to the --env-file).
 compose() {
   env -u SEND_SERVICE_PASSWORD -u SEND_SERVICE_PASSWORD_BCRYPT -u ALL_MESSAGES_SERVICE_PASSWORD \
-    -u ALL_MESSAGES_SERVICE_PASSWORD_BCRYPT "$COMPOSE_BIN" -f deploy/compose/docker-compose.yml "$@"
+    -u ALL_MESSAGES_SERVICE_PASSWORD_BCRYPT -u FASTCHAT_WEB__ALLOWED_ORIGINS \
+    "$COMPOSE_BIN" -f deploy/compose/docker-compose.yml "$@"
 }
 
 check_compose_config() {
@@ -183,9 +186,14 @@ check_compose_hardening() {
   env="$(compose_env)"
   # NATS runs non-root, read-only, without capabilities, with limits; gets only hashes; and
   # its monitoring stays unpublished whatever FASTCHAT_BIND_ADDR says.
+  # The web page's send URL and send-service's allowed origins follow FASTCHAT_WEB_HOST
+  # (default: the bind address) as well.
   for bind in 127.0.0.1 0.0.0.0; do
-    FASTCHAT_BIND_ADDR="$bind" compose --env-file "$env" config --format json >"$WORK/compose.json"
-    "$PY" deploy/check_manifests.py compose "$WORK/compose.json"
+    for host in "" chat.example.test; do
+      FASTCHAT_BIND_ADDR="$bind" FASTCHAT_WEB_HOST="$host" compose --env-file "$env" config \
+        --format json >"$WORK/compose.json"
+      "$PY" deploy/check_manifests.py compose "$WORK/compose.json"
+    done
   done
   grep -qxF 'http: 127.0.0.1:8222' deploy/compose/nats.conf \
     || { echo "deploy/compose/nats.conf: monitoring must listen on 127.0.0.1:8222 only"; return 1; }
@@ -383,6 +391,21 @@ check_versions() {
   return "$bad"
 }
 
+# The web page in the images: built by a node stage whose base is a build ARG with a public
+# default, copied into all-messages-service's runtime stage only, where
+# FASTCHAT_WEB__STATIC_DIR points at it; the stage builds from what web/ has.
+check_dockerfile_web() {
+  "$PY" deploy/check_manifests.py dockerfile deploy/docker/Dockerfile
+  local f bad=0
+  for f in web/package.json web/package-lock.json web/buf.gen.yaml; do
+    [[ -f "$f" ]] || { echo "$f is missing: the Dockerfile's web stage builds from it"; bad=1; }
+  done
+  for f in web proto; do
+    if grep -qxE -- "/?${f}(/.*)?" .dockerignore; then echo ".dockerignore must not exclude $f"; bad=1; fi
+  done
+  return "$bad"
+}
+
 check_overlay_conventions() {
   EXPECT_NATS_VERSION="$NATS_VERSION" EXPECT_APP_VERSION="$APP_VERSION" \
     EXPECT_IMAGE_NAMESPACE="$IMAGE_NAMESPACE_DEFAULT" EXPECT_IMAGE_TAG="$IMAGE_TAG_DEFAULT" \
@@ -417,6 +440,7 @@ PYTHON
 check_variant_conventions() {
   local expect=EXPECT_TLS
   [[ "$1" == jwks ]] && expect=EXPECT_JWKS
+  [[ "$1" == ingress ]] && expect=EXPECT_INGRESS
   env "$expect=1" EXPECT_NATS_VERSION="$NATS_VERSION" EXPECT_APP_VERSION="$APP_VERSION" \
     EXPECT_IMAGE_NAMESPACE="$IMAGE_NAMESPACE_DEFAULT" EXPECT_IMAGE_TAG="$IMAGE_TAG_DEFAULT" \
     "$PY" deploy/check_manifests.py prod "$WORK/prod+$1.yaml"
@@ -425,14 +449,14 @@ check_variant_conventions() {
 # The authentication and TLS checks refuse manifests that break them, one way at a time.
 check_conventions_refuse() {
   local f
-  for f in dev.yaml prod+tls.yaml prod+jwks.yaml; do
+  for f in dev.yaml prod+tls.yaml prod+jwks.yaml prod+ingress.yaml; do
     [[ -s "$WORK/$f" ]] || { echo "$f was not rendered (see the checks above)"; return 1; }
   done
   compose --env-file "$(compose_env)" config --format json >"$WORK/compose-auth.json"
   EXPECT_NATS_VERSION="$NATS_VERSION" EXPECT_APP_VERSION="$APP_VERSION" \
     EXPECT_IMAGE_NAMESPACE="$IMAGE_NAMESPACE_DEFAULT" EXPECT_IMAGE_TAG="$IMAGE_TAG_DEFAULT" \
     "$PY" deploy/check_manifests_test.py "$WORK/dev.yaml" "$WORK/prod+tls.yaml" \
-    "$WORK/prod+jwks.yaml" "$WORK/compose-auth.json"
+    "$WORK/prod+jwks.yaml" "$WORK/compose-auth.json" "$WORK/prod+ingress.yaml"
 }
 
 # --- run ---------------------------------------------------------------------------------
@@ -450,13 +474,14 @@ run_check "dockerignore: excludes and keeps" check_dockerignore
 run_check "yaml: header comments" check_yaml_headers
 run_check "compose: compose-spec schema" check_compose_schema
 run_check "compose: docker compose config" check_compose_config
-run_check "compose: NATS hardened, monitoring private" check_compose_hardening
+run_check "compose: NATS hardened, web page wired" check_compose_hardening
 run_check "compose: .env, keys stay out of git" check_env_not_committed
 run_check "secrets: generated and example hashes" check_secrets
 run_check "secrets: JWT keys (compose, k8s, dev)" check_jwt_keys
 run_check "nats: compose nats.conf (nats-server -t)" check_nats_compose_conf
 run_check "nats: per-service permissions" check_nats_permissions
 run_check "versions: compose, Dockerfile (one source)" check_versions
+run_check "dockerfile: web page in all-messages only" check_dockerfile_web
 for overlay in "${OVERLAYS[@]}"; do
   run_check "k8s/$overlay: kubectl kustomize" check_overlay_render "$overlay"
   if [[ -s "$WORK/$overlay.yaml" ]]; then
@@ -464,14 +489,14 @@ for overlay in "${OVERLAYS[@]}"; do
     run_check "k8s/$overlay: conventions, versions, nats.conf" check_overlay_conventions "$overlay"
   fi
 done
-for variant in tls jwks; do
+for variant in tls jwks ingress; do
   run_check "k8s/prod+$variant: kubectl kustomize" check_variant_render "$variant"
   if [[ -s "$WORK/prod+$variant.yaml" ]]; then
     run_check "k8s/prod+$variant: kubernetes-validate --strict" check_overlay_schema "prod+$variant"
     run_check "k8s/prod+$variant: conventions" check_variant_conventions "$variant"
   fi
 done
-run_check "auth, tls: the checks refuse breakage" check_conventions_refuse
+run_check "auth, tls, web: the checks refuse breakage" check_conventions_refuse
 
 log ""
 if [[ $FAILED -gt 0 ]]; then

@@ -15,16 +15,32 @@ kubelet's gRPC probes have no TLS) and cert-manager Certificates name the Servic
 
 Usage: python check_manifests.py OVERLAY_NAME RENDERED.yaml [NATS_CONFIG_DIR]
        python check_manifests.py compose COMPOSE_CONFIG.json
+       python check_manifests.py dockerfile deploy/docker/Dockerfile
   OVERLAY_NAME     dev or prod (sets the expected NATS / station replica counts)
   NATS_CONFIG_DIR  if given, the nats-config ConfigMap's files are written there so the
                    caller can run `nats-server -t` on them.
   compose          checks `docker compose config --format json` output instead: NATS
                    hardening, monitoring not published, only hashes for the broker; the
-                   services' JWT key from a compose secret file, nothing granted anonymously.
+                   services' JWT key from a compose secret file, nothing granted anonymously;
+                   the web page's send URL is send-service's published port and send-service
+                   allows (CORS) the page's published origins.
+
+  dockerfile       the web page in the images: a node build stage whose base image is the
+                   build ARG NODE_IMAGE with a public node:20 default, running npm ci and
+                   npm run build; its dist copied to /usr/share/fastchat/web in
+                   all-messages-service's runtime stage, with FASTCHAT_WEB__STATIC_DIR there,
+                   and nothing of it in send-service's stages or the shared ones.
 
 What the overlay must have, from the environment (deploy/check.sh sets them):
   EXPECT_TLS=1             TLS on both gRPC ports (components/tls)
   EXPECT_JWKS=1            tokens checked against a JWK set, not the HMAC key (components/jwks)
+  EXPECT_INGRESS=1         the web page's Ingresses (components/ingress)
+Ingresses (whenever there are any): each route of the page, gRPC-web and JSON reaches the
+right Service port (ROUTES, matched as ingress-nginx does: Exact, then the longest prefix),
+paths with dots are ImplementationSpecific, no regex/rewrite/snippet annotations, HTTP (or
+HTTPS with TLS) to the backends, streaming without buffering and with long timeouts, TLS
+from a Secret for every host, the controller's namespace admitted by a NetworkPolicy, the
+page on its own origin (no web.send_url), per-address caps raised to the per-process ones.
 Expected versions come from the environment (deploy/check.sh sets them):
   EXPECT_NATS_VERSION      deploy/nats-version: nats image tag <it>-alpine and version label
   EXPECT_APP_VERSION       Cargo.toml's workspace version: the services' version label, and
@@ -425,6 +441,8 @@ def check_versions(overlay, docs):
 def check_references(docs):
     secrets = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "Secret"}
     configmaps = {d["metadata"]["name"] for d in docs if d.get("kind") == "ConfigMap"}
+    configmap_data = {d["metadata"]["name"]: d.get("data") or {} for d in docs
+                      if d.get("kind") == "ConfigMap"}
     certificates = {d["spec"].get("secretName") for d in docs if d.get("kind") == "Certificate"}
     for d in docs:
         if d.get("kind") not in ("Deployment", "StatefulSet"):
@@ -454,6 +472,11 @@ def check_references(docs):
                 name = e.get("configMapRef", {}).get("name")
                 if name and name not in configmaps:
                     problem(where, f"ConfigMap {name} is not in the output")
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("configMapKeyRef")
+                if ref and ref.get("key") not in configmap_data.get(ref.get("name"), {}):
+                    problem(where, f"{e['name']}: ConfigMap {ref.get('name')} with key "
+                                   f"{ref.get('key')} is not in the output")
         for v in pod.get("volumes", []):
             name = v.get("configMap", {}).get("name")
             if name and name not in configmaps:
@@ -710,6 +733,7 @@ def check_compose(path):
     for name in SERVICES:
         if name in services:
             check_compose_auth(name, services[name], top_secrets)
+    check_compose_web(services)
     print(f"compose: {len(services)} services, {len(problems)} problem(s)")
 
 
@@ -753,6 +777,181 @@ def check_compose_auth(name, svc, top_secrets):
             problem(where, f"{volume['source']} is bind-mounted writable")
 
 
+def published_ports(svc):
+    """Host ports a compose service publishes, a range ("50052-50053") expanded."""
+    ports = []
+    for p in svc.get("ports", []):
+        first, _, last = str(p.get("published", "")).partition("-")
+        if first.isdigit():
+            ports.extend(range(int(first), int(last or first) + 1))
+    return ports
+
+
+def origin_of(url):
+    """(scheme, host, port) of an http(s) origin or URL without a path, else None."""
+    m = re.fullmatch(r"(https?)://([^/:\s]+)(?::(\d+))?/?", str(url))
+    if not m:
+        return None
+    return m.group(1), m.group(2), int(m.group(3) or (443 if m.group(1) == "https" else 80))
+
+
+def check_compose_web(services):
+    """The page the all-messages replicas serve can send: web.send_url is send-service's
+    published port, and send-service allows (CORS) every published page origin."""
+    import json
+
+    send, page = services.get("send-service"), services.get("all-messages-service")
+    if send is None or page is None:
+        return
+    send_url = (page.get("environment") or {}).get("FASTCHAT_WEB__SEND_URL")
+    target = origin_of(send_url) if send_url else None
+    if target is None:
+        problem("compose/all-messages-service", f"FASTCHAT_WEB__SEND_URL={send_url!r} must be "
+                                                "send-service's published http:// URL (no path)")
+    elif target[2] not in published_ports(send):
+        problem("compose/all-messages-service", f"FASTCHAT_WEB__SEND_URL {send_url}: port "
+                f"{target[2]} is not send-service's published port {published_ports(send)}")
+    raw = (send.get("environment") or {}).get("FASTCHAT_WEB__ALLOWED_ORIGINS")
+    where = "compose/send-service"
+    try:
+        allowed = json.loads(raw) if raw else None
+    except ValueError:
+        allowed = None
+    if not isinstance(allowed, list) or not all(isinstance(o, str) for o in allowed):
+        problem(where, f"FASTCHAT_WEB__ALLOWED_ORIGINS={raw!r} must be a list of origins, "
+                       '[\"http://host:port\", ...]')
+        return
+    if "*" in allowed:
+        problem(where, "FASTCHAT_WEB__ALLOWED_ORIGINS must name the page's origins, not *")
+    for o in allowed:
+        if o != "*" and (origin_of(o) is None or o.endswith("/")):
+            problem(where, f"{o!r} in FASTCHAT_WEB__ALLOWED_ORIGINS is not an origin "
+                           "(scheme://host[:port], no path)")
+    host = target[1] if target else None
+    have = {origin_of(o) for o in allowed}
+    for port in published_ports(page):
+        for name in dict.fromkeys([host, "localhost"]):
+            if name and ("http", name, port) not in have:
+                problem(where, f"FASTCHAT_WEB__ALLOWED_ORIGINS lacks http://{name}:{port}, "
+                               "an origin of the page (all-messages-service's published port)")
+
+
+WEB_DIR = "/usr/share/fastchat/web"
+NODE_MAJOR = "20"
+
+
+def dockerfile_stages(text):
+    """(global ARG defaults, {stage: {"base", "copies_from", "env", "run", "copies"}})."""
+    logical, current = [], ""
+    for line in text.splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if current and line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            current += line.rstrip()[:-1] + " "
+            continue
+        logical.append(current + line)
+        current = ""
+    args, stages, stage = {}, {}, None
+    for line in logical:
+        word, _, rest = line.strip().partition(" ")
+        word = word.upper()
+        if word == "FROM":
+            parts = rest.split()
+            parts = [p for p in parts if not p.startswith("--")]
+            name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else f"#{len(stages)}"
+            stage = stages[name] = {"base": parts[0], "copies": [], "env": {}, "run": []}
+        elif stage is None:
+            if word == "ARG":
+                key, _, value = rest.strip().partition("=")
+                args[key] = value if _ else None
+        elif word == "COPY":
+            src = re.search(r"--from=(\S+)", rest)
+            paths = [p for p in rest.split() if not p.startswith("--")]
+            stage["copies"].append((src.group(1) if src else None, paths[:-1], paths[-1]))
+        elif word == "ENV":
+            for m in re.finditer(r'(\w+)=("[^"]*"|\S+)', rest):
+                stage["env"][m.group(1)] = m.group(2).strip('"')
+        elif word == "RUN":
+            stage["run"].append(rest)
+    return args, stages
+
+
+def stage_chain(stages, name, service):
+    """The stage and those it is built FROM, ${SERVICE} resolved."""
+    chain = []
+    while name in stages and name not in chain:
+        chain.append(name)
+        name = stages[name]["base"].replace("${SERVICE}", service)
+    return chain
+
+
+def public_image(ref):
+    """A Docker Hub image (no registry host in front), e.g. node:20-bookworm-slim."""
+    first = ref.split("/")[0]
+    hub = "/" not in ref or not ("." in first or ":" in first or first == "localhost") \
+        or first == "docker.io"
+    return hub and "${" not in ref
+
+
+def check_dockerfile(path):
+    where = "Dockerfile"
+    with open(path) as f:
+        args, stages = dockerfile_stages(f.read())
+    node = args.get("NODE_IMAGE")
+    if not node:
+        problem(where, "ARG NODE_IMAGE=<public node image> missing before the first FROM "
+                       "(the web stage's base)")
+    else:
+        repo, _, tag = node.rpartition("/")[2].partition(":")
+        if not public_image(node) or repo != "node" or not tag.startswith(NODE_MAJOR):
+            problem(where, f"ARG NODE_IMAGE default {node!r} must be the public "
+                           f"node:{NODE_MAJOR}-... image (a mirror goes in --build-arg)")
+    web = [n for n, st in stages.items() if st["base"] in ("${NODE_IMAGE}", "$NODE_IMAGE")]
+    if len(web) != 1:
+        problem(where, f"exactly one stage must be FROM ${{NODE_IMAGE}}, found {web}")
+        return
+    web = web[0]
+    runs = " && ".join(stages[web]["run"])
+    for command in ("npm ci", "npm run build"):
+        if command not in runs:
+            problem(where, f"stage {web} must run `{command}` (web/package-lock.json, "
+                           "web/package.json's build)")
+    if "runtime" not in stages:
+        problem(where, "final stage `runtime` missing")
+        return
+    for service in SERVICES:
+        chain = stage_chain(stages, "runtime", service)
+        own = f"runtime-{service}"
+        if own not in chain:
+            problem(where, f"runtime of {service} is not built from stage {own}: {chain}")
+            continue
+        copies = [(n, c) for n in chain for c in stages[n]["copies"] if c[0] == web]
+        env = {}
+        for n in reversed(chain):
+            env.update(stages[n]["env"])
+        static = env.get("FASTCHAT_WEB__STATIC_DIR")
+        if service == "all-messages-service":
+            if not any(n == own and c[2].rstrip("/") == WEB_DIR and
+                       any(src.rstrip("/").endswith("/dist") for src in c[1])
+                       for n, c in copies):
+                problem(where, f"stage {own} must COPY --from={web} .../dist/ {WEB_DIR}/")
+            if static != WEB_DIR:
+                problem(where, f"{service}: ENV FASTCHAT_WEB__STATIC_DIR must be {WEB_DIR}, "
+                               f"got {static!r}")
+            for n, c in copies:
+                if n != own:
+                    problem(where, f"stage {n} copies from {web}: only {own} gets the page")
+        else:
+            for n, _ in copies:
+                problem(where, f"{service} must not contain the web page (stage {n} copies "
+                               f"from {web})")
+            if static:
+                problem(where, f"{service}: FASTCHAT_WEB__STATIC_DIR is set ({static})")
+    print(f"dockerfile: {len(stages)} stages, web stage {web}, {len(problems)} problem(s)")
+
+
 # Memory per subscriber in the worst case (one that reads nothing, on its own connection:
 # 26 KiB idle on its connection + ~40 KiB its queue and transport hold; make bench,
 # `memory` and `unread`), and what an all-messages-service holds besides (the process,
@@ -793,6 +992,199 @@ def check_memory_limits(docs, config):
                     f"{SUBSCRIBER_WORST_KIB} KiB = {fits} (docs/limits.md)")
 
 
+# (path, method, the Service it must reach) through the page's host. POST
+# /v1/rooms/{room}/messages (send-service's JSON send) shares its path with the GET below, and
+# an Ingress routes by path only: it is documented as not routed (deploy/README.md).
+ROUTES = [
+    ("/", "GET", "all-messages-service"),
+    ("/index.html", "GET", "all-messages-service"),
+    ("/app.js", "GET", "all-messages-service"),
+    ("/rooms/general", "GET", "all-messages-service"),
+    ("/web-config.json", "GET", "all-messages-service"),
+    ("/fastchat.v1.AllMessagesService/Subscribe", "POST", "all-messages-service"),
+    ("/fastchat.v1.AllMessagesService/ListMessages", "POST", "all-messages-service"),
+    ("/ChatMessage.AllMessagesService/all", "POST", "all-messages-service"),
+    ("/v1/rooms/general/messages", "GET", "all-messages-service"),
+    ("/v1/rooms/general/events", "GET", "all-messages-service"),
+    ("/v1/events", "GET", "all-messages-service"),
+    ("/fastchat.v1.SendMessageService/SendMessage", "POST", "send-service"),
+    ("/ChatMessage.SendMessageService/send", "POST", "send-service"),
+    ("/client", "POST", "send-service"),
+]
+STREAMING_PATHS = ("/fastchat.v1.AllMessagesService/Subscribe", "/v1/rooms/general/events",
+                   "/v1/events", "/ChatMessage.AllMessagesService/all")
+NGINX = "nginx.ingress.kubernetes.io/"
+# ingress-nginx's strict-validate-path-type: what a Prefix or Exact path may contain.
+STRICT_PATH = re.compile(r"^/[A-Za-z0-9_\-/]*$")
+INGRESS_NAMESPACE = "ingress-nginx"
+MIN_STREAM_TIMEOUT = 300
+
+
+def path_matches(path_type, path, request):
+    if path_type == "Exact":
+        return request == path
+    if path_type == "Prefix":
+        p = path.rstrip("/")
+        return p == "" or request == p or request.startswith(p + "/")
+    return request.startswith(path)  # ImplementationSpecific without regex: nginx prefix
+
+
+def route(ingresses, host, request):
+    """(ingress, path entry) that ingress-nginx picks for `request` on `host`."""
+    found = []
+    for ing in ingresses.values():
+        for rule in ing["spec"].get("rules", []):
+            if rule.get("host") != host:
+                continue
+            for entry in rule.get("http", {}).get("paths", []):
+                kind = entry.get("pathType")
+                if path_matches(kind, entry.get("path", "/"), request):
+                    found.append((kind == "Exact", len(entry.get("path", "/")), ing, entry))
+    if not found:
+        return None
+    best = max(found, key=lambda f: (f[0], f[1]))
+    return best[2], best[3]
+
+
+def check_ingress(docs, config):
+    ingresses = by_kind(docs, "Ingress")
+    if os.environ.get("EXPECT_INGRESS") == "1" and not ingresses:
+        problem("ingress", "Ingresses expected (components/ingress), none rendered")
+    if not ingresses:
+        return
+    services = by_kind(docs, "Service")
+    deployments = by_kind(docs, "Deployment")
+    tls_backends = set()
+    for name, dep in deployments.items():
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        if any(e["name"] in TLS_FILE_VARS for e in c.get("env", [])):
+            tls_backends.add(name)
+    hosts = set()
+    for name, ing in ingresses.items():
+        where = f"ingress/{name}"
+        notes = ing["metadata"].get("annotations") or {}
+        if not ing["spec"].get("ingressClassName"):
+            problem(where, "spec.ingressClassName must name the controller's class (nginx)")
+        for key in notes:
+            if key.startswith(NGINX) and key[len(NGINX):] in (
+                    "use-regex", "rewrite-target", "configuration-snippet", "server-snippet"):
+                problem(where, f"{key}: regex, rewrites and snippets change every path of the "
+                               "host (or are disabled by default); route by plain paths")
+        tls_hosts = set()
+        for t in ing["spec"].get("tls", []):
+            # The Secret itself is the operator's (or cert-manager's ingress-shim's).
+            if not t.get("secretName"):
+                problem(where, "every tls entry needs a secretName")
+            tls_hosts.update(t.get("hosts", []))
+        backends = set()
+        for rule in ing["spec"].get("rules", []):
+            host = rule.get("host")
+            if not host:
+                problem(where, "every rule needs a host (the page's origin)")
+                continue
+            hosts.add(host)
+            if host not in tls_hosts:
+                problem(where, f"host {host} has no tls entry: the page must be served over HTTPS")
+            for entry in rule.get("http", {}).get("paths", []):
+                path, kind = entry.get("path", ""), entry.get("pathType")
+                if kind in ("Prefix", "Exact") and not STRICT_PATH.match(path):
+                    problem(where, f"path {path}: ingress-nginx refuses '.' and other characters "
+                                   f"in {kind} paths (strict-validate-path-type); use "
+                                   "ImplementationSpecific")
+                svc = entry.get("backend", {}).get("service", {})
+                target = services.get(svc.get("name"))
+                if target is None:
+                    problem(where, f"path {path}: Service {svc.get('name')} is not in the output")
+                    continue
+                port = svc.get("port", {})
+                ports = [p for p in target["spec"]["ports"]
+                         if p.get("name") == port.get("name") or p.get("port") == port.get("number")]
+                if not ports or (not port.get("name") and not port.get("number")):
+                    problem(where, f"path {path}: Service {svc['name']} has no port {port}")
+                elif svc["name"] in SERVICES and ports[0]["port"] != SERVICES[svc["name"]]:
+                    problem(where, f"path {path}: port {ports[0]['port']} is not "
+                                   f"{svc['name']}'s {SERVICES[svc['name']]}")
+                backends.add(svc["name"])
+        protocol = notes.get(NGINX + "backend-protocol", "HTTP")
+        want = "HTTPS" if backends & tls_backends else "HTTP"
+        if protocol != want:
+            problem(where, f"backend-protocol {protocol}: gRPC-web and JSON are HTTP/1.1 to the "
+                           f"pods, so it must be {want}" + (" (the backends have TLS)"
+                                                            if want == "HTTPS" else ""))
+    for host in sorted(hosts):
+        for request, method, want in ROUTES:
+            got = route(ingresses, host, request)
+            name = got[1]["backend"]["service"]["name"] if got else None
+            if name != want:
+                problem(f"ingress host {host}", f"{method} {request} reaches {name}, not {want}")
+        for request in STREAMING_PATHS:
+            got = route(ingresses, host, request)
+            if not got:
+                continue
+            notes = got[0]["metadata"].get("annotations") or {}
+            where = f"ingress/{got[0]['metadata']['name']}"
+            if notes.get(NGINX + "proxy-buffering") != "off":
+                problem(where, f"{request} streams: needs {NGINX}proxy-buffering: \"off\"")
+            for key in ("proxy-read-timeout", "proxy-send-timeout"):
+                value = str(notes.get(NGINX + key, "60"))
+                if not value.isdigit() or int(value) < MIN_STREAM_TIMEOUT:
+                    problem(where, f"{request} streams: {NGINX}{key} {value} < "
+                                   f"{MIN_STREAM_TIMEOUT} s")
+    check_ingress_services(docs, config, deployments)
+
+
+def check_ingress_services(docs, config, deployments):
+    """Behind the page's Ingress: the controller is admitted, the page is same-origin, and
+    the per-address caps do not cap every browser together."""
+    admitted = set()
+    for pol in by_kind(docs, "NetworkPolicy").values():
+        for rule in pol["spec"].get("ingress", []):
+            if not any((peer.get("namespaceSelector") or {}).get("matchLabels", {})
+                       .get("kubernetes.io/metadata.name") == INGRESS_NAMESPACE
+                       for peer in rule.get("from", [])):
+                continue
+            sel = pol["spec"]["podSelector"]
+            names = {sel.get("matchLabels", {}).get("app.kubernetes.io/name")}
+            for expr in sel.get("matchExpressions", []):
+                if expr["key"] == "app.kubernetes.io/name" and expr["operator"] == "In":
+                    names.update(expr["values"])
+            ports = {p.get("port") for p in rule.get("ports", [])}
+            admitted.update(n for n in names if n in SERVICES and
+                            (not ports or SERVICES[n] in ports or "grpc" in ports))
+    for name in SERVICES:
+        if name not in admitted:
+            problem("networkpolicy", f"{name}: no policy admits namespace {INGRESS_NAMESPACE} "
+                                      f"to port {SERVICES[name]} (the Ingress could not reach it)")
+    caps = {"send-service": [("FASTCHAT_GRPC__MAX_CONNECTIONS_PER_ADDRESS",
+                              "FASTCHAT_GRPC__MAX_CONNECTIONS")],
+            "all-messages-service": [("FASTCHAT_GRPC__MAX_CONNECTIONS_PER_ADDRESS",
+                                      "FASTCHAT_GRPC__MAX_CONNECTIONS"),
+                                     ("FASTCHAT_SUBSCRIPTIONS__MAX_PER_ADDRESS",
+                                      "FASTCHAT_SUBSCRIPTIONS__MAX")]}
+    for name, pairs in caps.items():
+        dep = deployments.get(name)
+        if dep is None:
+            continue
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in c.get("env", [])}
+        where = f"deployment/{name}"
+        if name == "all-messages-service":
+            send_url = effective_env(c, config).get("FASTCHAT_WEB__SEND_URL")
+            if send_url:
+                problem(where, f"FASTCHAT_WEB__SEND_URL={send_url}: behind the Ingress the page "
+                               "sends to its own origin (leave it empty)")
+        for per_address, per_process in pairs:
+            e = env.get(per_address)
+            ref = (e or {}).get("valueFrom", {}).get("configMapKeyRef", {})
+            value = (e or {}).get("value", config.get(per_address))
+            if ref.get("key") == per_process:
+                continue
+            if value is None or not str(value).isdigit() or \
+                    int(value) < int(config.get(per_process, 0) or 0):
+                problem(where, f"{per_address}: every browser comes from the ingress controller's "
+                               f"addresses; raise it to {per_process} (components/ingress)")
+
+
 def check_overlay(overlay, docs, out_dir=None):
     """Every check of a rendered overlay (parsed documents); the problems are in `problems`."""
     configs = [d for d in docs if d.get("kind") == "ConfigMap"
@@ -803,6 +1195,7 @@ def check_overlay(overlay, docs, out_dir=None):
     for name, port in SERVICES.items():
         check_service(name, port, docs, config)
     check_references(docs)
+    check_ingress(docs, config)
     check_no_anonymous(docs)
     check_memory_limits(docs, config)
     check_versions(overlay, docs)
@@ -810,8 +1203,8 @@ def check_overlay(overlay, docs, out_dir=None):
 
 
 def main():
-    if len(sys.argv) == 3 and sys.argv[1] == "compose":
-        check_compose(sys.argv[2])
+    if len(sys.argv) == 3 and sys.argv[1] in ("compose", "dockerfile"):
+        (check_compose if sys.argv[1] == "compose" else check_dockerfile)(sys.argv[2])
         for p in problems:
             print(f"  {p}")
         return 1 if problems else 0

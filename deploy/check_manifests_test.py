@@ -2,9 +2,13 @@
 deploy/check.sh): each case breaks one rendered manifest (or compose config) in one way and
 expects the named problem; the unbroken inputs must pass.
 
-Usage: python check_manifests_test.py DEV.yaml PROD_TLS.yaml PROD_JWKS.yaml COMPOSE.json
+The web page's checks as well: the Ingresses of components/ingress, compose's send URL and
+allowed origins, and the Dockerfile's web stage (deploy/docker/Dockerfile, edited in memory).
+
+Usage: python check_manifests_test.py DEV.yaml PROD_TLS.yaml PROD_JWKS.yaml COMPOSE.json PROD_INGRESS.yaml
 (the outputs check.sh rendered: the dev overlay, prod with components/tls, prod with
-components/jwks, `docker compose config --format json`). EXPECT_* as for check_manifests.py.
+components/jwks, `docker compose config --format json`, prod with components/ingress).
+EXPECT_* as for check_manifests.py.
 """
 
 import base64
@@ -22,7 +26,7 @@ import check_manifests as cm  # noqa: E402
 
 def run_overlay(overlay, docs, expect):
     cm.problems.clear()
-    saved = {k: os.environ.get(k) for k in ("EXPECT_TLS", "EXPECT_JWKS")}
+    saved = {k: os.environ.get(k) for k in ("EXPECT_TLS", "EXPECT_JWKS", "EXPECT_INGRESS")}
     for key, value in expect.items():
         os.environ[key] = value
     try:
@@ -170,6 +174,129 @@ OVERLAY_CASES = [
 ]
 
 
+def ingress_path(docs, ingress, path):
+    ing = kind(docs, "Ingress", ingress)
+    return next(p for p in ing["spec"]["rules"][0]["http"]["paths"] if p["path"] == path)
+
+
+def annotate(docs, ingress, key, value):
+    notes = kind(docs, "Ingress", ingress)["metadata"]["annotations"]
+    if value is None:
+        notes.pop(cm.NGINX + key)
+    else:
+        notes[cm.NGINX + key] = value
+
+
+def drop_path(docs, ingress, path):
+    paths = kind(docs, "Ingress", ingress)["spec"]["rules"][0]["http"]["paths"]
+    paths.remove(ingress_path(docs, ingress, path))
+
+
+OVERLAY_CASES += [
+    ("Ingresses expected but missing", "prod-as-ingress", lambda d: None,
+     "Ingresses expected (components/ingress)"),
+    ("gRPC-web send path dropped", "ingress",
+     lambda d: drop_path(d, "fastchat-send", "/fastchat.v1.SendMessageService/"),
+     "POST /fastchat.v1.SendMessageService/SendMessage reaches all-messages-service"),
+    ("seed JSON send dropped", "ingress", lambda d: drop_path(d, "fastchat-send", "/client"),
+     "POST /client reaches all-messages-service"),
+    ("gRPC path as Prefix (dots refused by ingress-nginx)", "ingress",
+     lambda d: ingress_path(d, "fastchat-send", "/ChatMessage.SendMessageService/").update(
+         {"pathType": "Prefix"}), "strict-validate-path-type"),
+    ("JSON reads sent to send-service", "ingress",
+     lambda d: kind(d, "Ingress", "fastchat-send")["spec"]["rules"][0]["http"]["paths"].append(
+         {"path": "/v1/rooms", "pathType": "Prefix", "backend": {"service": {
+             "name": "send-service", "port": {"name": "grpc"}}}}),
+     "GET /v1/rooms/general/messages reaches send-service"),
+    ("backend to a Service that does not exist", "ingress",
+     lambda d: ingress_path(d, "fastchat-web", "/")["backend"]["service"].update(
+         {"name": "web"}), "Service web is not in the output"),
+    ("backend to a port the Service lacks", "ingress",
+     lambda d: ingress_path(d, "fastchat-send", "/client")["backend"]["service"].update(
+         {"port": {"name": "http"}}), "has no port"),
+    ("native gRPC backend protocol", "ingress",
+     lambda d: annotate(d, "fastchat-web", "backend-protocol", "GRPC"), "must be HTTP"),
+    ("HTTP to TLS backends", "ingress",
+     lambda d: env_set(container(d, "all-messages-service"), "FASTCHAT_GRPC__TLS__CERT_FILE",
+                       "/etc/fastchat/tls/tls.crt"), "must be HTTPS (the backends have TLS)"),
+    ("streams buffered", "ingress",
+     lambda d: annotate(d, "fastchat-web", "proxy-buffering", None),
+     "/v1/events streams: needs nginx.ingress.kubernetes.io/proxy-buffering"),
+    ("streams cut after 60 s", "ingress",
+     lambda d: annotate(d, "fastchat-web", "proxy-read-timeout", "60"),
+     "proxy-read-timeout 60 < 300"),
+    ("regex paths for the host", "ingress",
+     lambda d: annotate(d, "fastchat-send", "use-regex", "true"), "route by plain paths"),
+    ("host without TLS", "ingress",
+     lambda d: kind(d, "Ingress", "fastchat-web")["spec"].pop("tls"),
+     "has no tls entry"),
+    ("controller not admitted", "ingress",
+     lambda d: d.remove(kind(d, "NetworkPolicy", "fastchat-ingress")),
+     "no policy admits namespace ingress-nginx"),
+    ("page sends cross-origin behind the Ingress", "ingress",
+     lambda d: config_of(d).update({"FASTCHAT_WEB__SEND_URL": "https://send.example.com"}),
+     "sends to its own origin"),
+    ("per-address cap left at the default", "ingress",
+     lambda d: env_set(container(d, "all-messages-service"),
+                       "FASTCHAT_SUBSCRIPTIONS__MAX_PER_ADDRESS", None),
+     "FASTCHAT_SUBSCRIPTIONS__MAX_PER_ADDRESS: every browser comes from"),
+    ("cap from a ConfigMap key that does not exist", "ingress",
+     lambda d: next(e for e in container(d)["env"]
+                    if e["name"] == "FASTCHAT_GRPC__MAX_CONNECTIONS_PER_ADDRESS")[
+         "valueFrom"]["configMapKeyRef"].update({"key": "NO_SUCH_KEY"}),
+     "with key NO_SUCH_KEY is not in the output"),
+]
+
+
+def dockerfile_cases():
+    """(description, edit of the Dockerfile's text, expected problem text)."""
+    return [
+        ("node base not a build ARG",
+         lambda t: t.replace("FROM ${NODE_IMAGE} AS web", "FROM node:20-bookworm-slim AS web"),
+         "exactly one stage must be FROM ${NODE_IMAGE}"),
+        ("node base default from a private registry",
+         lambda t: t.replace("ARG NODE_IMAGE=node:20-bookworm-slim",
+                             "ARG NODE_IMAGE=registry.example.com/node:20-bookworm-slim"),
+         "must be the public node:20"),
+        ("node base without a default",
+         lambda t: t.replace("ARG NODE_IMAGE=node:20-bookworm-slim", "ARG NODE_IMAGE"),
+         "ARG NODE_IMAGE=<public node image> missing"),
+        ("another node major",
+         lambda t: t.replace("ARG NODE_IMAGE=node:20-bookworm-slim",
+                             "ARG NODE_IMAGE=node:22-bookworm-slim"), "must be the public node:20"),
+        ("npm install instead of npm ci",
+         lambda t: t.replace("RUN npm ci", "RUN npm install"), "must run `npm ci`"),
+        ("page not copied",
+         lambda t: t.replace("COPY --from=web /src/web/dist/ /usr/share/fastchat/web/\n", ""),
+         "must COPY --from=web .../dist/ /usr/share/fastchat/web/"),
+        ("static dir elsewhere",
+         lambda t: t.replace("FASTCHAT_WEB__STATIC_DIR=/usr/share/fastchat/web",
+                             "FASTCHAT_WEB__STATIC_DIR=/web"),
+         "FASTCHAT_WEB__STATIC_DIR must be /usr/share/fastchat/web"),
+        ("page in send-service",
+         lambda t: t.replace("ENV FASTCHAT_GRPC__LISTEN=0.0.0.0:50051",
+                             "COPY --from=web /src/web/dist/ /usr/share/fastchat/web/\n"
+                             "ENV FASTCHAT_GRPC__LISTEN=0.0.0.0:50051"),
+         "send-service must not contain the web page"),
+        ("page in the shared runtime stage",
+         lambda t: t.replace("COPY --from=builder /out/bin/ /usr/local/bin/",
+                             "COPY --from=builder /out/bin/ /usr/local/bin/\n"
+                             "COPY --from=web /src/web/dist/ /usr/share/fastchat/web/"),
+         "send-service must not contain the web page"),
+    ]
+
+
+def run_dockerfile(text):
+    cm.problems.clear()
+    with tempfile.NamedTemporaryFile("w", suffix=".Dockerfile", delete=False) as f:
+        f.write(text)
+    try:
+        cm.check_dockerfile(f.name)
+    finally:
+        os.unlink(f.name)
+    return list(cm.problems)
+
+
 def compose_service(c, name="send-service"):
     return c["services"][name]
 
@@ -187,23 +314,42 @@ COMPOSE_CASES = [
      "none of the service's secrets (none)"),
     ("secret file outside deploy/compose/secrets", lambda c: c["secrets"]["jwt-hmac"].update(
         {"file": "/tmp/jwt-hmac"}), "is not in deploy/compose/secrets/"),
+    ("page sends to an unpublished port", lambda c: compose_service(c, "all-messages-service")[
+        "environment"].update({"FASTCHAT_WEB__SEND_URL": "http://127.0.0.1:50050"}),
+     "is not send-service's published port"),
+    ("page without a send URL", lambda c: compose_service(c, "all-messages-service")[
+        "environment"].pop("FASTCHAT_WEB__SEND_URL"), "must be send-service's published"),
+    ("second replica's origin not allowed", lambda c: compose_service(c)["environment"].update(
+        {"FASTCHAT_WEB__ALLOWED_ORIGINS": '["http://127.0.0.1:50052", "http://localhost:50052"]'}),
+     "lacks http://127.0.0.1:50053"),
+    ("every origin allowed", lambda c: compose_service(c)["environment"].update(
+        {"FASTCHAT_WEB__ALLOWED_ORIGINS": '["*"]'}), "not *"),
+    ("origin with a path", lambda c: compose_service(c)["environment"].update(
+        {"FASTCHAT_WEB__ALLOWED_ORIGINS": '["http://127.0.0.1:50052/"]'}), "is not an origin"),
 ]
 
 
 def main():
-    dev_path, tls_path, jwks_path, compose_path = sys.argv[1:5]
+    if len(sys.argv) != 6:
+        print(__doc__, file=sys.stderr)
+        return 64
+    dev_path, tls_path, jwks_path, compose_path, ingress_path_ = sys.argv[1:6]
     inputs = {}
-    for key, path in (("dev", dev_path), ("tls", tls_path), ("jwks", jwks_path)):
+    for key, path in (("dev", dev_path), ("tls", tls_path), ("jwks", jwks_path),
+                      ("ingress", ingress_path_)):
         with open(path) as f:
             inputs[key] = [d for d in yaml.safe_load_all(f) if d]
     inputs["dev-as-tls"] = inputs["dev"]
-    overlay = {"dev": "dev", "tls": "prod", "jwks": "prod", "dev-as-tls": "dev"}
+    inputs["prod-as-ingress"] = inputs["tls"]
+    overlay = {"dev": "dev", "tls": "prod", "jwks": "prod", "dev-as-tls": "dev",
+               "ingress": "prod", "prod-as-ingress": "prod"}
     expect = {"dev": {}, "tls": {"EXPECT_TLS": "1"}, "jwks": {"EXPECT_JWKS": "1"},
-              "dev-as-tls": {"EXPECT_TLS": "1"}}
+              "dev-as-tls": {"EXPECT_TLS": "1"}, "ingress": {"EXPECT_INGRESS": "1"},
+              "prod-as-ingress": {"EXPECT_INGRESS": "1"}}
     with open(compose_path) as f:
         compose = json.load(f)
     failed = 0
-    for key in ("dev", "tls", "jwks"):
+    for key in ("dev", "tls", "jwks", "ingress"):
         found = run_overlay(overlay[key], copy.deepcopy(inputs[key]), expect[key])
         if found:
             print(f"FAIL unbroken {key}: {found}")
@@ -225,7 +371,24 @@ def main():
         if not any(want in p for p in found):
             print(f"FAIL compose {what}: expected a problem with {want!r}, got {found}")
             failed += 1
-    total = len(OVERLAY_CASES) + len(COMPOSE_CASES)
+    dockerfile = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docker", "Dockerfile")
+    with open(dockerfile) as f:
+        text = f.read()
+    if run_dockerfile(text):
+        print(f"FAIL unbroken Dockerfile: {cm.problems}")
+        failed += 1
+    cases = dockerfile_cases()
+    for what, edit, want in cases:
+        broken = edit(text)
+        if broken == text:
+            print(f"FAIL Dockerfile {what}: the edit changed nothing (update the case)")
+            failed += 1
+            continue
+        found = run_dockerfile(broken)
+        if not any(want in p for p in found):
+            print(f"FAIL Dockerfile {what}: expected a problem with {want!r}, got {found}")
+            failed += 1
+    total = len(OVERLAY_CASES) + len(COMPOSE_CASES) + len(cases)
     print(f"{total - failed} of {total} broken inputs refused, "
           f"{failed} failure(s)")
     return 1 if failed else 0
