@@ -400,8 +400,9 @@ check_dockerfile_web() {
   for f in web/package.json web/package-lock.json web/buf.gen.yaml; do
     [[ -f "$f" ]] || { echo "$f is missing: the Dockerfile's web stage builds from it"; bad=1; }
   done
-  for f in web proto; do
-    if grep -qxE -- "/?${f}(/.*)?" .dockerignore; then echo ".dockerignore must not exclude $f"; bad=1; fi
+  # The sources must go in; their build output (web/node_modules, web/dist) may stay out.
+  for f in web proto web/src web/proto web/package.json web/package-lock.json; do
+    if grep -qxE -- "/?${f}/?(\*|\*\*)?" .dockerignore; then echo ".dockerignore must not exclude $f"; bad=1; fi
   done
   return "$bad"
 }
