@@ -429,6 +429,11 @@ pub async fn web(report: &mut Report) -> anyhow::Result<()> {
         }
     }
     let [grpc, grpc_web, sse] = results;
+    report.note(format!(
+        "web: per transport and run, {} messages at {RATE} msg/s to {SUBSCRIBERS} subscribers of \
+         one room, each on its own connection; the transports take turns going first",
+        RATE * SECONDS
+    ));
     let mut figures = |transport: Transport, got: &Percentiles| {
         let what = format!(
             "SendMessage → 100 subscribers, one connection each, {}",
