@@ -71,6 +71,7 @@ pub enum Measure {
     Slow,
     History,
     Unread,
+    Web,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,6 +119,9 @@ fn main() -> anyhow::Result<()> {
         }
         if wanted(Measure::Unread) {
             measure::unread(&mut report).await?;
+        }
+        if wanted(Measure::Web) {
+            measure::web(&mut report).await?;
         }
         if let Some(dir) = system::bin_dir_override() {
             report.note(format!(

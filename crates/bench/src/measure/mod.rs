@@ -12,6 +12,7 @@ mod paced;
 mod send;
 mod slow;
 mod unread;
+mod web;
 
 pub use catchup::catchup;
 pub use fanout::fanout;
@@ -21,3 +22,4 @@ pub use memory::memory;
 pub use send::send;
 pub use slow::slow;
 pub use unread::unread;
+pub use web::web;
