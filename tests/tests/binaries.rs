@@ -182,7 +182,21 @@ async fn binaries_chat_through_the_seed_api_and_stop_gracefully() {
 
     let send_metrics = send.metrics();
     assert!(
-        send_metrics.contains("fastchat_send_requests_total{service=\"send-service\",api=\"seed\",outcome=\"stored\"} 2"),
+        send_metrics.contains("fastchat_send_requests_total{service_name=\"send-service\",api=\"seed\",outcome=\"stored\"} 2"),
+        "{send_metrics}"
+    );
+    assert_exposition_is_complete(&send_metrics);
+    // Latencies are histograms (they add up across replicas), with buckets.
+    assert!(
+        send_metrics.contains("# TYPE fastchat_send_duration_seconds histogram")
+            && send_metrics.contains("fastchat_send_duration_seconds_bucket{service_name=\"send-service\",api=\"seed\",le=\"0.005\"}"),
+        "{send_metrics}"
+    );
+    assert!(
+        send_metrics.contains(&format!(
+            "fastchat_build_info{{service_name=\"send-service\",version=\"{}\",revision=",
+            env!("CARGO_PKG_VERSION")
+        )),
         "{send_metrics}"
     );
     // The metrics port serves /metrics and /healthz, nothing else.
@@ -191,9 +205,11 @@ async fn binaries_chat_through_the_seed_api_and_stop_gracefully() {
     assert_eq!(status, 404, "{body}");
     let all_metrics = all.metrics();
     assert!(
-        all_metrics.contains("fastchat_subscriptions_active{service=\"all-messages-service\"} 1"),
+        all_metrics
+            .contains("fastchat_subscriptions_active{service_name=\"all-messages-service\"} 1"),
         "{all_metrics}"
     );
+    assert_exposition_is_complete(&all_metrics);
 
     // SIGTERM with a stream open: the stream ends with UNAVAILABLE (resume
     // hint), and the process exits 0 within the drain time.
@@ -409,4 +425,32 @@ fn at_the_descriptor_limit_the_service_backs_off_and_recovers() {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_file(&log_path);
+}
+
+/// Every FastChat metric in `text` has HELP and TYPE lines, and no series
+/// carries a `service` label (Prometheus Operator's own).
+fn assert_exposition_is_complete(text: &str) {
+    let names: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("fastchat_"))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|n| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| n.strip_suffix(suffix))
+                .unwrap_or(n)
+        })
+        .collect();
+    assert!(names.len() >= 3, "some metrics: {text}");
+    for name in names {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "HELP for {name}: {text}"
+        );
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "TYPE for {name}: {text}"
+        );
+    }
+    assert!(!text.contains("{service=\""), "a `service` label: {text}");
 }

@@ -156,9 +156,7 @@ where
         let cancel = CancellationToken::new();
         let metrics = config.metrics();
         if metrics.enabled {
-            let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-                .add_global_label("service", name)
-                .install_recorder()
+            let handle = crate::catalog::install(name, binary.version)
                 .context("cannot install the metrics recorder")?;
             let listener = TcpListener::bind(metrics.listen).await.with_context(|| {
                 format!(

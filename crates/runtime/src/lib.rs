@@ -19,7 +19,8 @@
 //!    [`server`] (the tonic scaffold: limits, gRPC-web and CORS,
 //!    reflection, serve and drain), [`json`] (the HTTP/JSON face: canonical
 //!    JSON, statuses as HTTP errors), [`web`] (the web page's files) and
-//!    `exporter` (the metrics port);
+//!    `catalog` (every metric, its help and buckets) and `exporter` (the
+//!    metrics port);
 //! 3. [`service`]: the life cycle — broker, station, health, serve, drain;
 //! 4. [`cli`]: the binaries' `main` — arguments, config, logging, signals;
 //!    `probe` (the TLS client of its `healthcheck` subcommand).
@@ -38,6 +39,7 @@ pub mod throttle;
 pub mod tls;
 pub mod unavailable;
 
+mod catalog;
 mod exporter;
 pub mod gate;
 pub mod health;
