@@ -186,6 +186,15 @@ async fn binaries_chat_through_the_seed_api_and_stop_gracefully() {
         "{send_metrics}"
     );
     assert_exposition_is_complete(&send_metrics);
+    // Per RPC, by status code, when the call has ended.
+    assert!(
+        send_metrics.contains("fastchat_grpc_requests_total{service_name=\"send-service\",method=\"ChatMessage.SendMessageService/send\",code=\"OK\"} 2"),
+        "{send_metrics}"
+    );
+    assert!(
+        send_metrics.contains("fastchat_grpc_request_duration_seconds_count{service_name=\"send-service\",method=\"ChatMessage.SendMessageService/send\"} 2"),
+        "{send_metrics}"
+    );
     // Latencies are histograms (they add up across replicas), with buckets.
     assert!(
         send_metrics.contains("# TYPE fastchat_send_duration_seconds histogram")
@@ -210,6 +219,11 @@ async fn binaries_chat_through_the_seed_api_and_stop_gracefully() {
         "{all_metrics}"
     );
     assert_exposition_is_complete(&all_metrics);
+    assert!(
+        all_metrics
+            .contains("fastchat_live_feed_lag_messages{service_name=\"all-messages-service\"} 0"),
+        "the live feed keeps up: {all_metrics}"
+    );
 
     // SIGTERM with a stream open: the stream ends with UNAVAILABLE (resume
     // hint), and the process exits 0 within the drain time.

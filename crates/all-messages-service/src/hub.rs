@@ -17,6 +17,7 @@ use fastchat_backoff::ExponentialBackoff;
 use fastchat_proto::{station, v1};
 use fastchat_runtime::service::Context;
 use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
 
 /// A stored chat message, shared by every subscriber that gets it: it is
 /// copied into a response only when a client's stream is written.
@@ -31,6 +32,9 @@ pub fn decode(delivered: &Delivered) -> Option<v1::ChatMessage> {
         })
         .ok()
 }
+
+/// How often the live feed's lag behind the station is measured.
+const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// The live feed as a subscription joined it.
 #[derive(Debug)]
@@ -87,6 +91,38 @@ impl Hub {
         }
     }
 
+    /// Sequence of the last message the live feed passed on.
+    fn position(&self) -> u64 {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Publishes how far the live feed is behind the station, every
+    /// [`LAG_EVERY`], until shutdown: `fastchat_live_feed_lag_messages`
+    /// (0 when it keeps up; growing when this replica cannot keep up with
+    /// the station's rate, or its broker connection is stuck).
+    async fn report_lag(
+        self: Arc<Self>,
+        station: broker_client::Station,
+        cancel: CancellationToken,
+    ) {
+        let lag = metrics::gauge!("fastchat_live_feed_lag_messages");
+        let mut tick = tokio::time::interval(LAG_EVERY);
+        while cancel.run_until_cancelled(tick.tick()).await.is_some() {
+            // A broker that does not answer is readiness's business; the
+            // gauge keeps its last value meanwhile.
+            if let Some(Ok(state)) = cancel.run_until_cancelled(station.state()).await {
+                #[expect(
+                    clippy::cast_precision_loss,
+                    reason = "a gauge; exact below 2^53 messages"
+                )]
+                lag.set(state.last_sequence.saturating_sub(self.position()) as f64);
+            }
+        }
+    }
+
     fn broadcast(&self, sequence: u64, message: Option<v1::ChatMessage>) {
         let mut last = self
             .last
@@ -139,6 +175,9 @@ impl Hub {
         };
         self.broadcast(start, None);
         self.started.send_replace(true);
+        context
+            .tracker
+            .spawn(Arc::clone(&self).report_lag(station.clone(), context.cancel.clone()));
         tracing::info!(after_sequence = start, "live feed started");
         let sequence_gauge = metrics::gauge!("fastchat_live_feed_sequence");
         while let Some(delivered) = context.cancel.run_until_cancelled(fan_out.next()).await {

@@ -8,8 +8,9 @@
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Bucket bounds of `fastchat_send_duration_seconds`: a send takes about a
-/// millisecond on a quiet broker and is given up at `send.timeout` (5 s).
+/// Bucket bounds of `fastchat_send_duration_seconds` and of the per-RPC
+/// durations: a send takes about a millisecond on a quiet broker and is
+/// given up at `send.timeout` (5 s); streams end in the last buckets.
 const SEND_BUCKETS: [f64; 14] = [
     0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 ];
@@ -24,6 +25,10 @@ pub fn install(name: &str, version: &str) -> Result<PrometheusHandle, BuildError
         .add_global_label("service_name", name)
         .set_buckets_for_metric(
             Matcher::Full("fastchat_send_duration_seconds".into()),
+            &SEND_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("fastchat_grpc_request_duration_seconds".into()),
             &SEND_BUCKETS,
         )?
         .install_recorder()?;
@@ -42,6 +47,15 @@ fn describe() {
     describe_gauge!(
         "fastchat_build_info",
         "Always 1; the labels say which build runs (version, revision)"
+    );
+    describe_counter!(
+        "fastchat_grpc_requests_total",
+        "gRPC and gRPC-web calls by method and status code, counted when they end (unknown methods as `unknown`)"
+    );
+    describe_histogram!(
+        "fastchat_grpc_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a call's request to its end, by method (a stream's whole life)"
     );
     describe_gauge!(
         "fastchat_serving",
@@ -88,6 +102,10 @@ fn describe() {
     describe_gauge!(
         "fastchat_live_feed_sequence",
         "Station sequence of the last message the live feed passed on"
+    );
+    describe_gauge!(
+        "fastchat_live_feed_lag_messages",
+        "Messages stored in the station that the live feed has not passed on yet (measured every 5 s)"
     );
     describe_counter!(
         "fastchat_connections_refused_total",

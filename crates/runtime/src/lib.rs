@@ -7,6 +7,7 @@
 //!    [`telemetry`] (tracing), [`shutdown`] (the signal future), [`throttle`]
 //!    (rate-limited logs), `limit` (the request size and body deadline),
 //!    `grpc_web` (gRPC-web translation where a request asks for it),
+//!    `rpc_metrics` (per-RPC counts and durations by status code),
 //!    [`held`] (resources held until a response is sent), [`status`]
 //!    (structured statuses: ErrorInfo reasons, BadRequest, RetryInfo),
 //!    [`tls`] (the gRPC port's certificates, re-read when they change),
@@ -32,6 +33,7 @@ mod grpc_web;
 pub mod held;
 mod limit;
 pub mod listener;
+mod rpc_metrics;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

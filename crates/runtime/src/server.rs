@@ -21,17 +21,24 @@ use crate::{
     held::HoldLayer,
     limit::RequestLimitLayer,
     listener,
+    rpc_metrics::RpcMetricsLayer,
     service::ServeError,
     tls::Tls,
 };
 
 /// The layers [`builder`] puts around every service, outermost first: CORS
 /// (a preflight is answered here, before anything else sees it), gRPC-web
-/// translation, the request bounds, page slots held until sent, and the
+/// translation, per-RPC metrics, the request bounds, page slots held until sent, and the
 /// health-watch cap.
 pub type Layers = Stack<
     WatchLimitLayer,
-    Stack<HoldLayer, Stack<RequestLimitLayer, Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>>>,
+    Stack<
+        HoldLayer,
+        Stack<
+            RequestLimitLayer,
+            Stack<RpcMetricsLayer, Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>>,
+        >,
+    >,
 >;
 
 /// What a service serves: its gRPC services (`add_service`) and any plain
@@ -94,6 +101,7 @@ pub fn builder(config: &GrpcConfig, web: &WebConfig) -> Server<Layers> {
         .max_connection_age_grace(config.max_connection_age_grace)
         .layer(cors(web))
         .layer(GrpcWebLayer)
+        .layer(RpcMetricsLayer)
         .layer(RequestLimitLayer::new(
             config.max_request_bytes,
             config.request_body_timeout,
