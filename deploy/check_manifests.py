@@ -3,7 +3,8 @@
 Schema validity is kubernetes-validate's job; this checks what a schema cannot: labels,
 named ports and probes that agree, security settings, a grace period longer than the
 drain, references that resolve, station replicas that fit the NATS cluster, versions and
-images that agree with the one place each is written, and the broker's protections: the
+images that agree with the one place each is written, the metrics port (named `metrics` on
+the container and the Service, at FASTCHAT_METRICS__LISTEN's port), and the broker's protections: the
 broker gets only password hashes, monitoring is exposed by no Service and admitted from
 the monitoring namespace only, each service keeps its own inbox prefix, and the per-user
 connection limits in auth.conf cover the HPA's largest rollout. Authentication: nothing is
@@ -58,6 +59,8 @@ import sys
 import yaml
 
 SERVICES = {"send-service": 50051, "all-messages-service": 50052}
+# Each service's metrics port (metrics.listen's default): GET /metrics and GET /healthz.
+METRICS_PORTS = {"send-service": 9091, "all-messages-service": 9092}
 EXPECTED_REPLICAS = {"dev": 1, "prod": 3}
 SECRET = "fastchat-nats-credentials"
 # Secret keys: the clear password of each service's NATS user (for the service), and its
@@ -216,6 +219,7 @@ def check_service(name, port, docs, config):
         problem(f"service/{name}", "needs a port named grpc targeting the named port")
     elif tls and any(p.get("appProtocol") == "kubernetes.io/h2c" for p in svc["spec"]["ports"]):
         problem(f"service/{name}", "appProtocol kubernetes.io/h2c on a TLS port: drop it")
+    check_metrics_port(name, c, svc, effective)
     hpa = by_kind(docs, "HorizontalPodAutoscaler").get(name)
     if hpa is None or hpa["spec"]["scaleTargetRef"]["name"] != name:
         problem(name, "HorizontalPodAutoscaler missing or targeting something else")
@@ -227,6 +231,44 @@ def check_service(name, port, docs, config):
     netpol = by_kind(docs, "NetworkPolicy").get(name)
     if netpol is None or not selects(netpol["spec"]["podSelector"].get("matchLabels"), labels):
         problem(name, "NetworkPolicy missing or not selecting the pods")
+
+
+def listen_port(value):
+    """(host, port) of an address like 0.0.0.0:9091 or [::]:9091, or None."""
+    m = re.fullmatch(r"(\[[0-9a-fA-F:.]*\]|[^:\[\]]+):(\d+)", str(value or "").strip())
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def check_metrics_port(name, container, svc, env):
+    """The metrics listener serves on every address of the pod, at the port named `metrics`
+    of the container and of the Service."""
+    where = f"deployment/{name}"
+    enabled = str(env.get("FASTCHAT_METRICS__ENABLED", "true")).strip().lower()
+    if enabled not in ("true", "1"):
+        problem(where, f"FASTCHAT_METRICS__ENABLED={env.get('FASTCHAT_METRICS__ENABLED')}: "
+                       "the metrics port must be served (Prometheus scrapes it)")
+    listen = env.get("FASTCHAT_METRICS__LISTEN", f"0.0.0.0:{METRICS_PORTS[name]}")
+    parsed = listen_port(listen)
+    if parsed is None:
+        problem(where, f"FASTCHAT_METRICS__LISTEN {listen!r} is not a plain host:port value")
+        return
+    host, port = parsed
+    if host not in ("0.0.0.0", "[::]"):
+        problem(where, f"FASTCHAT_METRICS__LISTEN {listen}: listen on 0.0.0.0 (or [::]), "
+                       "or no scraper outside the pod reaches it")
+    declared = [p for p in container.get("ports", []) if p.get("name") == "metrics"]
+    if len(declared) != 1 or declared[0].get("containerPort") != port \
+            or declared[0].get("protocol", "TCP") != "TCP":
+        problem(where, f"container port named metrics must be {port}/TCP "
+                       f"(FASTCHAT_METRICS__LISTEN {listen}), got "
+                       f"{[p.get('containerPort') for p in declared]}")
+    if svc is None:
+        return
+    ports = [p for p in svc["spec"].get("ports", []) if p.get("name") == "metrics"]
+    if len(ports) != 1 or ports[0].get("targetPort") not in ("metrics", port) \
+            or ports[0].get("port") != port:
+        problem(f"service/{name}", f"needs a port named metrics, {port}, targeting the "
+                                   f"container port metrics, got {ports}")
 
 
 def effective_env(container, config):

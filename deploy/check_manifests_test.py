@@ -248,6 +248,39 @@ OVERLAY_CASES += [
 ]
 
 
+def drop_port(ports, name):
+    ports[:] = [p for p in ports if p.get("name") != name]
+
+
+def port_of(ports, name):
+    return next(p for p in ports if p.get("name") == name)
+
+
+# The metrics port: declared on the container and the Service, where the service listens.
+OVERLAY_CASES += [
+    ("metrics port not declared on the container", "dev",
+     lambda d: drop_port(container(d)["ports"], "metrics"),
+     "container port named metrics must be 9091/TCP"),
+    ("metrics listen moved, container port not", "dev",
+     lambda d: env_set(container(d, "all-messages-service"), "FASTCHAT_METRICS__LISTEN",
+                       "0.0.0.0:9100"),
+     "container port named metrics must be 9100/TCP"),
+    ("metrics on loopback only", "dev",
+     lambda d: env_set(container(d), "FASTCHAT_METRICS__LISTEN", "127.0.0.1:9091"),
+     "listen on 0.0.0.0"),
+    ("metrics switched off", "dev",
+     lambda d: config_of(d).update({"FASTCHAT_METRICS__ENABLED": "false"}),
+     "the metrics port must be served"),
+    ("metrics port not on the Service", "dev",
+     lambda d: drop_port(kind(d, "Service", "send-service")["spec"]["ports"], "metrics"),
+     "needs a port named metrics, 9091"),
+    ("Service metrics port targeting grpc", "dev",
+     lambda d: port_of(kind(d, "Service", "all-messages-service")["spec"]["ports"],
+                       "metrics").update({"targetPort": "grpc"}),
+     "needs a port named metrics, 9092"),
+]
+
+
 def dockerfile_cases():
     """(description, edit of the Dockerfile's text, expected problem text)."""
     return [
