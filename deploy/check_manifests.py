@@ -72,6 +72,9 @@ HASH_KEYS = {k + "_BCRYPT" for k in PASSWORD_KEY.values()}
 ACCOUNT = {"send-service": "SEND", "all-messages-service": "STATION"}
 INBOX = {"send-service": "_INBOX.send", "all-messages-service": "_INBOX.all"}
 MONITOR_PORT = 8222
+# Where the Prometheus scraper runs: the one namespace admitted to the metrics ports (and to
+# NATS' 8222). Scraper elsewhere: change it in the NetworkPolicies and here.
+MONITORING_NAMESPACE = "monitoring"
 # A process of either service opens this many NATS connections (main + history reader).
 CONNECTIONS_PER_PROCESS = 2
 # all-messages-service's subscriptions.max default (open gRPC subscribers per process).
@@ -219,7 +222,9 @@ def check_service(name, port, docs, config):
         problem(f"service/{name}", "needs a port named grpc targeting the named port")
     elif tls and any(p.get("appProtocol") == "kubernetes.io/h2c" for p in svc["spec"]["ports"]):
         problem(f"service/{name}", "appProtocol kubernetes.io/h2c on a TLS port: drop it")
-    check_metrics_port(name, c, svc, effective)
+    metrics_port = check_metrics_port(name, c, svc, effective)
+    if metrics_port is not None:
+        check_metrics_policy(name, labels, metrics_port, docs)
     hpa = by_kind(docs, "HorizontalPodAutoscaler").get(name)
     if hpa is None or hpa["spec"]["scaleTargetRef"]["name"] != name:
         problem(name, "HorizontalPodAutoscaler missing or targeting something else")
@@ -251,7 +256,7 @@ def check_metrics_port(name, container, svc, env):
     parsed = listen_port(listen)
     if parsed is None:
         problem(where, f"FASTCHAT_METRICS__LISTEN {listen!r} is not a plain host:port value")
-        return
+        return None
     host, port = parsed
     if host not in ("0.0.0.0", "[::]"):
         problem(where, f"FASTCHAT_METRICS__LISTEN {listen}: listen on 0.0.0.0 (or [::]), "
@@ -262,13 +267,82 @@ def check_metrics_port(name, container, svc, env):
         problem(where, f"container port named metrics must be {port}/TCP "
                        f"(FASTCHAT_METRICS__LISTEN {listen}), got "
                        f"{[p.get('containerPort') for p in declared]}")
-    if svc is None:
-        return
-    ports = [p for p in svc["spec"].get("ports", []) if p.get("name") == "metrics"]
-    if len(ports) != 1 or ports[0].get("targetPort") not in ("metrics", port) \
-            or ports[0].get("port") != port:
-        problem(f"service/{name}", f"needs a port named metrics, {port}, targeting the "
-                                   f"container port metrics, got {ports}")
+    if svc is not None:
+        ports = [p for p in svc["spec"].get("ports", []) if p.get("name") == "metrics"]
+        if len(ports) != 1 or ports[0].get("targetPort") not in ("metrics", port) \
+                or ports[0].get("port") != port:
+            problem(f"service/{name}", f"needs a port named metrics, {port}, targeting the "
+                                       f"container port metrics, got {ports}")
+    return port
+
+
+def selects_pod(selector, labels):
+    """A LabelSelector (matchLabels and matchExpressions) matches these labels."""
+    if not selects((selector or {}).get("matchLabels"), labels):
+        return False
+    for expr in (selector or {}).get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if (op == "In" and labels.get(key) not in values) or \
+                (op == "NotIn" and labels.get(key) in values) or \
+                (op == "Exists" and key not in labels) or \
+                (op == "DoesNotExist" and key in labels):
+            return False
+    return True
+
+
+def rule_ports(rule):
+    """The ports an ingress rule admits: None for every port."""
+    if not rule.get("ports"):
+        return None
+    return [(p.get("port"), p.get("endPort"), p.get("protocol", "TCP")) for p in rule["ports"]]
+
+
+def admits_port(ports, number, name):
+    if ports is None:
+        return True
+    return any(p is None or p in (number, name) or
+               (isinstance(p, int) and end is not None and p <= number <= end)
+               for p, end, _ in ports)
+
+
+def check_metrics_policy(name, labels, port, docs):
+    """The metrics port (no authentication) is admitted from the monitoring namespace only,
+    and that rule admits nothing but the metrics port."""
+    admitted = False
+    for pol_name, pol in by_kind(docs, "NetworkPolicy").items():
+        spec = pol["spec"]
+        if not selects_pod(spec.get("podSelector"), labels) or \
+                "Ingress" not in spec.get("policyTypes", ["Ingress"]):
+            continue
+        where = f"networkpolicy/{pol_name}"
+        for rule in spec.get("ingress", []):
+            ports = rule_ports(rule)
+            peers = rule.get("from")
+            monitoring = [peer for peer in peers or []
+                          if (peer.get("namespaceSelector") or {}).get("matchLabels", {})
+                          .get("kubernetes.io/metadata.name") == MONITORING_NAMESPACE
+                          and not peer.get("ipBlock")]
+            if monitoring:
+                if ports is None or [(p, end) for p, end, _ in ports] not in \
+                        ([(port, None)], [("metrics", None)]) or ports[0][2] != "TCP":
+                    problem(where, f"{name}: the rule for namespace {MONITORING_NAMESPACE} must "
+                                   f"admit exactly the metrics port {port}/TCP, got "
+                                   f"{'every port' if ports is None else ports}")
+                else:
+                    admitted = True
+            if not admits_port(ports, port, "metrics"):
+                continue
+            if not peers:
+                problem(where, f"{name}: the metrics port {port} is open to every source")
+                continue
+            for peer in peers:
+                if peer not in monitoring:
+                    problem(where, f"{name}: the metrics port {port} (no authentication) may be "
+                                   f"admitted from namespace {MONITORING_NAMESPACE} only, not "
+                                   f"from {peer}")
+    if not admitted:
+        problem(f"networkpolicy/{name}", f"no rule admits namespace {MONITORING_NAMESPACE} to the "
+                                         f"metrics port {port}: Prometheus could not scrape it")
 
 
 def effective_env(container, config):

@@ -281,6 +281,42 @@ OVERLAY_CASES += [
 ]
 
 
+def netpol_rules(docs, name="send-service"):
+    return kind(docs, "NetworkPolicy", name)["spec"]["ingress"]
+
+
+def monitoring_rule(docs, name="send-service"):
+    return next(r for r in netpol_rules(docs, name) if any(
+        (p.get("namespaceSelector") or {}).get("matchLabels", {}).get(
+            "kubernetes.io/metadata.name") == "monitoring" for p in r.get("from", [])))
+
+
+# The metrics port's NetworkPolicy: the monitoring namespace, that port, nothing else.
+OVERLAY_CASES += [
+    ("monitoring namespace not admitted", "dev",
+     lambda d: netpol_rules(d).remove(monitoring_rule(d)),
+     "no rule admits namespace monitoring to the metrics port 9091"),
+    ("monitoring namespace admitted to the wrong port", "dev",
+     lambda d: monitoring_rule(d, "all-messages-service")["ports"][0].update({"port": 9091}),
+     "must admit exactly the metrics port 9092/TCP"),
+    ("monitoring namespace admitted to gRPC too", "dev",
+     lambda d: monitoring_rule(d)["ports"].append({"port": 50051, "protocol": "TCP"}),
+     "must admit exactly the metrics port 9091/TCP"),
+    ("monitoring namespace admitted to every port", "dev",
+     lambda d: monitoring_rule(d).pop("ports"),
+     "got every port"),
+    ("metrics port open to the whole namespace", "dev",
+     lambda d: netpol_rules(d)[0]["ports"].append({"port": "metrics", "protocol": "TCP"}),
+     "may be admitted from namespace monitoring only"),
+    ("another policy opens every port to everyone", "tls",
+     lambda d: d.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                         "metadata": {"name": "allow-all", "namespace": "fastchat"},
+                         "spec": {"podSelector": {}, "policyTypes": ["Ingress"],
+                                  "ingress": [{}]}}),
+     "the metrics port 9091 is open to every source"),
+]
+
+
 def dockerfile_cases():
     """(description, edit of the Dockerfile's text, expected problem text)."""
     return [
