@@ -36,6 +36,11 @@ What the overlay must have, from the environment (deploy/check.sh sets them):
   EXPECT_TLS=1             TLS on both gRPC ports (components/tls)
   EXPECT_JWKS=1            tokens checked against a JWK set, not the HMAC key (components/jwks)
   EXPECT_INGRESS=1         the web page's Ingresses (components/ingress)
+  EXPECT_MONITORING=1      Prometheus Operator PodMonitors (components/monitoring)
+Monitors (PodMonitor/ServiceMonitor, whenever there are any; structural, no CRD schema):
+each service scraped by exactly one, in its namespace, selecting its pods only, GET
+/metrics on the port named metrics, interval 15s, honorLabels false, no relabeling that
+writes or drops the services' own labels (service_name, ...).
 Ingresses (whenever there are any): each route of the page, gRPC-web and JSON reaches the
 right Service port (ROUTES, matched as ingress-nginx does: Exact, then the longest prefix),
 paths with dots are ImplementationSpecific, no regex/rewrite/snippet annotations, HTTP (or
@@ -1301,6 +1306,114 @@ def check_ingress_services(docs, config, deployments):
                                f"addresses; raise it to {per_process} (components/ingress)")
 
 
+# Prometheus Operator (components/monitoring): how often, and which labels the services'
+# series carry (service_name on every one; a relabeling that writes one of them would make
+# Prometheus rename the series' own to exported_<name>, or overwrite it).
+MONITOR_KINDS = {"PodMonitor": "podMetricsEndpoints", "ServiceMonitor": "endpoints"}
+SCRAPE_INTERVAL = "15s"
+METRIC_LABELS = {"service_name", "api", "outcome", "reason", "version", "revision", "le",
+                 "__name__"}
+
+
+def check_monitors(docs):
+    """Each service is scraped by one PodMonitor (or ServiceMonitor) of monitoring.coreos.com/v1
+    in its namespace: its pods, GET /metrics on the port named metrics, every 15 s,
+    honorLabels false, no relabeling of the services' own labels. A structural check:
+    kubernetes-validate has no schema for these kinds (deploy/check.sh leaves them out)."""
+    monitors = [d for d in docs if d.get("kind") in MONITOR_KINDS]
+    if os.environ.get("EXPECT_MONITORING") == "1" and not monitors:
+        problem("monitoring", "PodMonitors expected (components/monitoring), none rendered")
+    if not monitors:
+        return
+    workloads = [d for d in docs if d.get("kind") in ("Deployment", "StatefulSet")]
+    services = by_kind(docs, "Service")
+    scraped = {}
+    for mon in monitors:
+        kind_, name = mon["kind"], mon["metadata"]["name"]
+        where = f"{kind_.lower()}/{name}"
+        spec = mon.get("spec") or {}
+        namespace = mon["metadata"].get("namespace")
+        if mon.get("apiVersion") != "monitoring.coreos.com/v1":
+            problem(where, f"apiVersion must be monitoring.coreos.com/v1, got {mon.get('apiVersion')}")
+        selector = spec.get("selector")
+        if not isinstance(selector, dict) or not (selector.get("matchLabels") or
+                                                  selector.get("matchExpressions")):
+            problem(where, "spec.selector must name the service's labels (an empty one selects "
+                           "every pod of the namespace, NATS' too)")
+            continue
+        ns_sel = spec.get("namespaceSelector") or {}
+        if ns_sel.get("any") or (ns_sel.get("matchNames") and
+                                 ns_sel["matchNames"] != [namespace]):
+            problem(where, f"namespaceSelector {ns_sel}: scrape the monitor's own namespace "
+                           f"({namespace}) only")
+        # The pods it scrapes: selected directly (PodMonitor) or through Services.
+        if kind_ == "PodMonitor":
+            targets = [w for w in workloads
+                       if selects_pod(selector, w["spec"]["template"]["metadata"].get("labels", {}))]
+        else:
+            chosen = [s for s in services.values()
+                      if selects_pod(selector, s["metadata"].get("labels", {}))]
+            targets = [w for w in workloads for s in chosen
+                       if selects(s["spec"].get("selector"),
+                                  w["spec"]["template"]["metadata"].get("labels", {}))]
+        if not targets:
+            problem(where, "selects no pods of the output")
+        for w in targets:
+            wname = w["metadata"]["name"]
+            if wname not in SERVICES:
+                problem(where, f"selects the pods of {w['kind'].lower()}/{wname}, which serve no "
+                               "FastChat metrics port")
+            elif w["metadata"].get("namespace") != namespace:
+                problem(where, f"namespace {namespace} is not {wname}'s "
+                               f"({w['metadata'].get('namespace')})")
+            else:
+                scraped.setdefault(wname, []).append(name)
+        endpoints = spec.get(MONITOR_KINDS[kind_])
+        if not isinstance(endpoints, list) or not endpoints:
+            problem(where, f"spec.{MONITOR_KINDS[kind_]} must list the metrics endpoint")
+            continue
+        for ep in endpoints:
+            if ep.get("port") != "metrics" or ep.get("targetPort") or ep.get("portNumber"):
+                problem(where, f"endpoint must scrape the port named metrics (port: metrics), "
+                               f"got {ep.get('port') or ep.get('targetPort') or ep.get('portNumber')}")
+            else:
+                for w in targets:
+                    c = w["spec"]["template"]["spec"]["containers"]
+                    if not any(p.get("name") == "metrics" for x in c for p in x.get("ports", [])):
+                        problem(where, f"{w['metadata']['name']}'s pods declare no port named metrics")
+                if kind_ == "ServiceMonitor":
+                    for s in chosen:
+                        if not any(p.get("name") == "metrics" for p in s["spec"].get("ports", [])):
+                            problem(where, f"service/{s['metadata']['name']} has no port named metrics")
+            if ep.get("path", "/metrics") != "/metrics":
+                problem(where, f"path {ep.get('path')}: the services serve GET /metrics")
+            if ep.get("scheme", "http") != "http":
+                problem(where, f"scheme {ep.get('scheme')}: the metrics port is plain HTTP")
+            if ep.get("interval") != SCRAPE_INTERVAL:
+                problem(where, f"interval {ep.get('interval')}: scrape every {SCRAPE_INTERVAL}")
+            if ep.get("honorLabels") is not False:
+                problem(where, f"honorLabels must be false (got {ep.get('honorLabels')}): the "
+                               "target's labels win, a series' colliding ones become exported_*")
+            timeout = seconds(ep.get("scrapeTimeout", "10s"))
+            if timeout is None or timeout > seconds(SCRAPE_INTERVAL):
+                problem(where, f"scrapeTimeout {ep.get('scrapeTimeout')} must not exceed the interval")
+            for field in ("relabelings", "metricRelabelings"):
+                for r in ep.get(field) or []:
+                    target = r.get("targetLabel")
+                    action = str(r.get("action", "replace")).lower()
+                    regex = re.compile(str(r.get("regex", "(.*)")))
+                    if target in METRIC_LABELS or \
+                            (action in ("labeldrop", "labelkeep", "labelmap") and
+                             any(bool(regex.fullmatch(l)) == (action != "labelkeep")
+                                 for l in ("service_name",))):
+                        problem(where, f"{field}: {r} touches the services' own label "
+                                       f"{target or 'service_name'} ({', '.join(sorted(METRIC_LABELS - {'__name__'}))})")
+    for name in SERVICES:
+        who = scraped.get(name, [])
+        if len(who) != 1:
+            problem("monitoring", f"{name} must be scraped by exactly one monitor, got {who}")
+
+
 def check_overlay(overlay, docs, out_dir=None):
     """Every check of a rendered overlay (parsed documents); the problems are in `problems`."""
     configs = [d for d in docs if d.get("kind") == "ConfigMap"
@@ -1312,6 +1425,7 @@ def check_overlay(overlay, docs, out_dir=None):
         check_service(name, port, docs, config)
     check_references(docs)
     check_ingress(docs, config)
+    check_monitors(docs)
     check_no_anonymous(docs)
     check_memory_limits(docs, config)
     check_versions(overlay, docs)
