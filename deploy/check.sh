@@ -7,8 +7,10 @@
 #   (`nats-server -t`), NATS per-service accounts and permissions (a real nats-server on
 #   loopback), and each kustomize overlay (rendered with `kubectl kustomize`, validated
 #   offline with kubernetes-validate --strict, then checked for FastChat's conventions,
-#   auth.conf's included; prod also with the optional components tls, jwks and ingress: the
-#   web page's routes reach the right Services), the web page (built into the
+#   auth.conf's included; prod also with the optional components tls, jwks, ingress and
+#   monitoring: the web page's routes reach the right Services, the PodMonitors scrape the
+#   metrics ports), the metrics ports (declared where the services listen, admitted from the
+#   monitoring namespace only), the web page (built into the
 #   all-messages-service image only; compose's send URL and allowed origins agree), the
 #   authentication conventions (no anonymous grants in compose or Kubernetes, the JWT key a
 #   read-only mounted Secret file that the variables point at, TLS probes that work; and
@@ -351,15 +353,18 @@ check_overlay_render() {
 
 check_overlay_schema() {
   local out="$WORK/$1.validate" input="$WORK/$1.yaml"
-  # cert-manager resources (components/tls) have no schema in kubernetes-validate: they are
-  # left out here and checked by check_manifests.py (check_certificate).
-  if grep -q '^apiVersion: cert-manager.io/' "$input"; then
+  # Custom resources have no schema in kubernetes-validate: cert-manager's (components/tls)
+  # and Prometheus Operator's (components/monitoring) are left out here and checked by
+  # check_manifests.py (check_certificate, check_monitors), structurally, not by the CRDs'
+  # schemas. Only these two groups: any other unknown kind still fails.
+  if grep -qE '^apiVersion: (cert-manager\.io|monitoring\.coreos\.com)/' "$input"; then
     "$PY" - "$input" "$WORK/$1.core.yaml" <<'PYTHON'
 import sys, yaml
+CRD_GROUPS = ("cert-manager.io/", "monitoring.coreos.com/")
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-core = [d for d in docs if not d.get("apiVersion", "").startswith("cert-manager.io/")]
+core = [d for d in docs if not d.get("apiVersion", "").startswith(CRD_GROUPS)]
 yaml.safe_dump_all(core, open(sys.argv[2], "w"), sort_keys=False)
-print(f"validating {len(core)} resources; {len(docs) - len(core)} cert-manager resource(s) left to check_manifests.py")
+print(f"validating {len(core)} resources; {len(docs) - len(core)} cert-manager/monitoring resource(s) left to check_manifests.py")
 PYTHON
     input="$WORK/$1.core.yaml"
   fi
@@ -442,6 +447,7 @@ check_variant_conventions() {
   local expect=EXPECT_TLS
   [[ "$1" == jwks ]] && expect=EXPECT_JWKS
   [[ "$1" == ingress ]] && expect=EXPECT_INGRESS
+  [[ "$1" == monitoring ]] && expect=EXPECT_MONITORING
   env "$expect=1" EXPECT_NATS_VERSION="$NATS_VERSION" EXPECT_APP_VERSION="$APP_VERSION" \
     EXPECT_IMAGE_NAMESPACE="$IMAGE_NAMESPACE_DEFAULT" EXPECT_IMAGE_TAG="$IMAGE_TAG_DEFAULT" \
     "$PY" deploy/check_manifests.py prod "$WORK/prod+$1.yaml"
@@ -450,14 +456,15 @@ check_variant_conventions() {
 # The authentication and TLS checks refuse manifests that break them, one way at a time.
 check_conventions_refuse() {
   local f
-  for f in dev.yaml prod+tls.yaml prod+jwks.yaml prod+ingress.yaml; do
+  for f in dev.yaml prod+tls.yaml prod+jwks.yaml prod+ingress.yaml prod+monitoring.yaml; do
     [[ -s "$WORK/$f" ]] || { echo "$f was not rendered (see the checks above)"; return 1; }
   done
   compose --env-file "$(compose_env)" config --format json >"$WORK/compose-auth.json"
   EXPECT_NATS_VERSION="$NATS_VERSION" EXPECT_APP_VERSION="$APP_VERSION" \
     EXPECT_IMAGE_NAMESPACE="$IMAGE_NAMESPACE_DEFAULT" EXPECT_IMAGE_TAG="$IMAGE_TAG_DEFAULT" \
     "$PY" deploy/check_manifests_test.py "$WORK/dev.yaml" "$WORK/prod+tls.yaml" \
-    "$WORK/prod+jwks.yaml" "$WORK/compose-auth.json" "$WORK/prod+ingress.yaml"
+    "$WORK/prod+jwks.yaml" "$WORK/compose-auth.json" "$WORK/prod+ingress.yaml" \
+    "$WORK/prod+monitoring.yaml"
 }
 
 # --- run ---------------------------------------------------------------------------------
@@ -490,14 +497,14 @@ for overlay in "${OVERLAYS[@]}"; do
     run_check "k8s/$overlay: conventions, versions, nats.conf" check_overlay_conventions "$overlay"
   fi
 done
-for variant in tls jwks ingress; do
+for variant in tls jwks ingress monitoring; do
   run_check "k8s/prod+$variant: kubectl kustomize" check_variant_render "$variant"
   if [[ -s "$WORK/prod+$variant.yaml" ]]; then
     run_check "k8s/prod+$variant: kubernetes-validate --strict" check_overlay_schema "prod+$variant"
     run_check "k8s/prod+$variant: conventions" check_variant_conventions "$variant"
   fi
 done
-run_check "auth, tls, web: the checks refuse breakage" check_conventions_refuse
+run_check "auth, tls, web, metrics: checks refuse breakage" check_conventions_refuse
 
 log ""
 if [[ $FAILED -gt 0 ]]; then

@@ -3,7 +3,8 @@
 Schema validity is kubernetes-validate's job; this checks what a schema cannot: labels,
 named ports and probes that agree, security settings, a grace period longer than the
 drain, references that resolve, station replicas that fit the NATS cluster, versions and
-images that agree with the one place each is written, and the broker's protections: the
+images that agree with the one place each is written, the metrics port (named `metrics` on
+the container and the Service, at FASTCHAT_METRICS__LISTEN's port), and the broker's protections: the
 broker gets only password hashes, monitoring is exposed by no Service and admitted from
 the monitoring namespace only, each service keeps its own inbox prefix, and the per-user
 connection limits in auth.conf cover the HPA's largest rollout. Authentication: nothing is
@@ -35,6 +36,11 @@ What the overlay must have, from the environment (deploy/check.sh sets them):
   EXPECT_TLS=1             TLS on both gRPC ports (components/tls)
   EXPECT_JWKS=1            tokens checked against a JWK set, not the HMAC key (components/jwks)
   EXPECT_INGRESS=1         the web page's Ingresses (components/ingress)
+  EXPECT_MONITORING=1      Prometheus Operator PodMonitors (components/monitoring)
+Monitors (PodMonitor/ServiceMonitor, whenever there are any; structural, no CRD schema):
+each service scraped by exactly one, in its namespace, selecting its pods only, GET
+/metrics on the port named metrics, interval 15s, honorLabels false, no relabeling that
+writes or drops the services' own labels (service_name, ...).
 Ingresses (whenever there are any): each route of the page, gRPC-web and JSON reaches the
 right Service port (ROUTES, matched as ingress-nginx does: Exact, then the longest prefix),
 paths with dots are ImplementationSpecific, no regex/rewrite/snippet annotations, HTTP (or
@@ -58,6 +64,8 @@ import sys
 import yaml
 
 SERVICES = {"send-service": 50051, "all-messages-service": 50052}
+# Each service's metrics port (metrics.listen's default): GET /metrics and GET /healthz.
+METRICS_PORTS = {"send-service": 9091, "all-messages-service": 9092}
 EXPECTED_REPLICAS = {"dev": 1, "prod": 3}
 SECRET = "fastchat-nats-credentials"
 # Secret keys: the clear password of each service's NATS user (for the service), and its
@@ -69,6 +77,9 @@ HASH_KEYS = {k + "_BCRYPT" for k in PASSWORD_KEY.values()}
 ACCOUNT = {"send-service": "SEND", "all-messages-service": "STATION"}
 INBOX = {"send-service": "_INBOX.send", "all-messages-service": "_INBOX.all"}
 MONITOR_PORT = 8222
+# Where the Prometheus scraper runs: the one namespace admitted to the metrics ports (and to
+# NATS' 8222). Scraper elsewhere: change it in the NetworkPolicies and here.
+MONITORING_NAMESPACE = "monitoring"
 # A process of either service opens this many NATS connections (main + history reader).
 CONNECTIONS_PER_PROCESS = 2
 # all-messages-service's subscriptions.max default (open gRPC subscribers per process).
@@ -216,6 +227,9 @@ def check_service(name, port, docs, config):
         problem(f"service/{name}", "needs a port named grpc targeting the named port")
     elif tls and any(p.get("appProtocol") == "kubernetes.io/h2c" for p in svc["spec"]["ports"]):
         problem(f"service/{name}", "appProtocol kubernetes.io/h2c on a TLS port: drop it")
+    metrics_port = check_metrics_port(name, c, svc, effective)
+    if metrics_port is not None:
+        check_metrics_policy(name, labels, metrics_port, docs)
     hpa = by_kind(docs, "HorizontalPodAutoscaler").get(name)
     if hpa is None or hpa["spec"]["scaleTargetRef"]["name"] != name:
         problem(name, "HorizontalPodAutoscaler missing or targeting something else")
@@ -227,6 +241,113 @@ def check_service(name, port, docs, config):
     netpol = by_kind(docs, "NetworkPolicy").get(name)
     if netpol is None or not selects(netpol["spec"]["podSelector"].get("matchLabels"), labels):
         problem(name, "NetworkPolicy missing or not selecting the pods")
+
+
+def listen_port(value):
+    """(host, port) of an address like 0.0.0.0:9091 or [::]:9091, or None."""
+    m = re.fullmatch(r"(\[[0-9a-fA-F:.]*\]|[^:\[\]]+):(\d+)", str(value or "").strip())
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def check_metrics_port(name, container, svc, env):
+    """The metrics listener serves on every address of the pod, at the port named `metrics`
+    of the container and of the Service."""
+    where = f"deployment/{name}"
+    enabled = str(env.get("FASTCHAT_METRICS__ENABLED", "true")).strip().lower()
+    if enabled not in ("true", "1"):
+        problem(where, f"FASTCHAT_METRICS__ENABLED={env.get('FASTCHAT_METRICS__ENABLED')}: "
+                       "the metrics port must be served (Prometheus scrapes it)")
+    listen = env.get("FASTCHAT_METRICS__LISTEN", f"0.0.0.0:{METRICS_PORTS[name]}")
+    parsed = listen_port(listen)
+    if parsed is None:
+        problem(where, f"FASTCHAT_METRICS__LISTEN {listen!r} is not a plain host:port value")
+        return None
+    host, port = parsed
+    if host not in ("0.0.0.0", "[::]"):
+        problem(where, f"FASTCHAT_METRICS__LISTEN {listen}: listen on 0.0.0.0 (or [::]), "
+                       "or no scraper outside the pod reaches it")
+    declared = [p for p in container.get("ports", []) if p.get("name") == "metrics"]
+    if len(declared) != 1 or declared[0].get("containerPort") != port \
+            or declared[0].get("protocol", "TCP") != "TCP":
+        problem(where, f"container port named metrics must be {port}/TCP "
+                       f"(FASTCHAT_METRICS__LISTEN {listen}), got "
+                       f"{[p.get('containerPort') for p in declared]}")
+    if svc is not None:
+        ports = [p for p in svc["spec"].get("ports", []) if p.get("name") == "metrics"]
+        if len(ports) != 1 or ports[0].get("targetPort") not in ("metrics", port) \
+                or ports[0].get("port") != port:
+            problem(f"service/{name}", f"needs a port named metrics, {port}, targeting the "
+                                       f"container port metrics, got {ports}")
+    return port
+
+
+def selects_pod(selector, labels):
+    """A LabelSelector (matchLabels and matchExpressions) matches these labels."""
+    if not selects((selector or {}).get("matchLabels"), labels):
+        return False
+    for expr in (selector or {}).get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if (op == "In" and labels.get(key) not in values) or \
+                (op == "NotIn" and labels.get(key) in values) or \
+                (op == "Exists" and key not in labels) or \
+                (op == "DoesNotExist" and key in labels):
+            return False
+    return True
+
+
+def rule_ports(rule):
+    """The ports an ingress rule admits: None for every port."""
+    if not rule.get("ports"):
+        return None
+    return [(p.get("port"), p.get("endPort"), p.get("protocol", "TCP")) for p in rule["ports"]]
+
+
+def admits_port(ports, number, name):
+    if ports is None:
+        return True
+    return any(p is None or p in (number, name) or
+               (isinstance(p, int) and end is not None and p <= number <= end)
+               for p, end, _ in ports)
+
+
+def check_metrics_policy(name, labels, port, docs):
+    """The metrics port (no authentication) is admitted from the monitoring namespace only,
+    and that rule admits nothing but the metrics port."""
+    admitted = False
+    for pol_name, pol in by_kind(docs, "NetworkPolicy").items():
+        spec = pol["spec"]
+        if not selects_pod(spec.get("podSelector"), labels) or \
+                "Ingress" not in spec.get("policyTypes", ["Ingress"]):
+            continue
+        where = f"networkpolicy/{pol_name}"
+        for rule in spec.get("ingress", []):
+            ports = rule_ports(rule)
+            peers = rule.get("from")
+            monitoring = [peer for peer in peers or []
+                          if (peer.get("namespaceSelector") or {}).get("matchLabels", {})
+                          .get("kubernetes.io/metadata.name") == MONITORING_NAMESPACE
+                          and not peer.get("ipBlock")]
+            if monitoring:
+                if ports is None or [(p, end) for p, end, _ in ports] not in \
+                        ([(port, None)], [("metrics", None)]) or ports[0][2] != "TCP":
+                    problem(where, f"{name}: the rule for namespace {MONITORING_NAMESPACE} must "
+                                   f"admit exactly the metrics port {port}/TCP, got "
+                                   f"{'every port' if ports is None else ports}")
+                else:
+                    admitted = True
+            if not admits_port(ports, port, "metrics"):
+                continue
+            if not peers:
+                problem(where, f"{name}: the metrics port {port} is open to every source")
+                continue
+            for peer in peers:
+                if peer not in monitoring:
+                    problem(where, f"{name}: the metrics port {port} (no authentication) may be "
+                                   f"admitted from namespace {MONITORING_NAMESPACE} only, not "
+                                   f"from {peer}")
+    if not admitted:
+        problem(f"networkpolicy/{name}", f"no rule admits namespace {MONITORING_NAMESPACE} to the "
+                                         f"metrics port {port}: Prometheus could not scrape it")
 
 
 def effective_env(container, config):
@@ -1185,6 +1306,114 @@ def check_ingress_services(docs, config, deployments):
                                f"addresses; raise it to {per_process} (components/ingress)")
 
 
+# Prometheus Operator (components/monitoring): how often, and which labels the services'
+# series carry (service_name on every one; a relabeling that writes one of them would make
+# Prometheus rename the series' own to exported_<name>, or overwrite it).
+MONITOR_KINDS = {"PodMonitor": "podMetricsEndpoints", "ServiceMonitor": "endpoints"}
+SCRAPE_INTERVAL = "15s"
+METRIC_LABELS = {"service_name", "api", "outcome", "reason", "version", "revision", "le",
+                 "__name__"}
+
+
+def check_monitors(docs):
+    """Each service is scraped by one PodMonitor (or ServiceMonitor) of monitoring.coreos.com/v1
+    in its namespace: its pods, GET /metrics on the port named metrics, every 15 s,
+    honorLabels false, no relabeling of the services' own labels. A structural check:
+    kubernetes-validate has no schema for these kinds (deploy/check.sh leaves them out)."""
+    monitors = [d for d in docs if d.get("kind") in MONITOR_KINDS]
+    if os.environ.get("EXPECT_MONITORING") == "1" and not monitors:
+        problem("monitoring", "PodMonitors expected (components/monitoring), none rendered")
+    if not monitors:
+        return
+    workloads = [d for d in docs if d.get("kind") in ("Deployment", "StatefulSet")]
+    services = by_kind(docs, "Service")
+    scraped = {}
+    for mon in monitors:
+        kind_, name = mon["kind"], mon["metadata"]["name"]
+        where = f"{kind_.lower()}/{name}"
+        spec = mon.get("spec") or {}
+        namespace = mon["metadata"].get("namespace")
+        if mon.get("apiVersion") != "monitoring.coreos.com/v1":
+            problem(where, f"apiVersion must be monitoring.coreos.com/v1, got {mon.get('apiVersion')}")
+        selector = spec.get("selector")
+        if not isinstance(selector, dict) or not (selector.get("matchLabels") or
+                                                  selector.get("matchExpressions")):
+            problem(where, "spec.selector must name the service's labels (an empty one selects "
+                           "every pod of the namespace, NATS' too)")
+            continue
+        ns_sel = spec.get("namespaceSelector") or {}
+        if ns_sel.get("any") or (ns_sel.get("matchNames") and
+                                 ns_sel["matchNames"] != [namespace]):
+            problem(where, f"namespaceSelector {ns_sel}: scrape the monitor's own namespace "
+                           f"({namespace}) only")
+        # The pods it scrapes: selected directly (PodMonitor) or through Services.
+        if kind_ == "PodMonitor":
+            targets = [w for w in workloads
+                       if selects_pod(selector, w["spec"]["template"]["metadata"].get("labels", {}))]
+        else:
+            chosen = [s for s in services.values()
+                      if selects_pod(selector, s["metadata"].get("labels", {}))]
+            targets = [w for w in workloads for s in chosen
+                       if selects(s["spec"].get("selector"),
+                                  w["spec"]["template"]["metadata"].get("labels", {}))]
+        if not targets:
+            problem(where, "selects no pods of the output")
+        for w in targets:
+            wname = w["metadata"]["name"]
+            if wname not in SERVICES:
+                problem(where, f"selects the pods of {w['kind'].lower()}/{wname}, which serve no "
+                               "FastChat metrics port")
+            elif w["metadata"].get("namespace") != namespace:
+                problem(where, f"namespace {namespace} is not {wname}'s "
+                               f"({w['metadata'].get('namespace')})")
+            else:
+                scraped.setdefault(wname, []).append(name)
+        endpoints = spec.get(MONITOR_KINDS[kind_])
+        if not isinstance(endpoints, list) or not endpoints:
+            problem(where, f"spec.{MONITOR_KINDS[kind_]} must list the metrics endpoint")
+            continue
+        for ep in endpoints:
+            if ep.get("port") != "metrics" or ep.get("targetPort") or ep.get("portNumber"):
+                problem(where, f"endpoint must scrape the port named metrics (port: metrics), "
+                               f"got {ep.get('port') or ep.get('targetPort') or ep.get('portNumber')}")
+            else:
+                for w in targets:
+                    c = w["spec"]["template"]["spec"]["containers"]
+                    if not any(p.get("name") == "metrics" for x in c for p in x.get("ports", [])):
+                        problem(where, f"{w['metadata']['name']}'s pods declare no port named metrics")
+                if kind_ == "ServiceMonitor":
+                    for s in chosen:
+                        if not any(p.get("name") == "metrics" for p in s["spec"].get("ports", [])):
+                            problem(where, f"service/{s['metadata']['name']} has no port named metrics")
+            if ep.get("path", "/metrics") != "/metrics":
+                problem(where, f"path {ep.get('path')}: the services serve GET /metrics")
+            if ep.get("scheme", "http") != "http":
+                problem(where, f"scheme {ep.get('scheme')}: the metrics port is plain HTTP")
+            if ep.get("interval") != SCRAPE_INTERVAL:
+                problem(where, f"interval {ep.get('interval')}: scrape every {SCRAPE_INTERVAL}")
+            if ep.get("honorLabels") is not False:
+                problem(where, f"honorLabels must be false (got {ep.get('honorLabels')}): the "
+                               "target's labels win, a series' colliding ones become exported_*")
+            timeout = seconds(ep.get("scrapeTimeout", "10s"))
+            if timeout is None or timeout > seconds(SCRAPE_INTERVAL):
+                problem(where, f"scrapeTimeout {ep.get('scrapeTimeout')} must not exceed the interval")
+            for field in ("relabelings", "metricRelabelings"):
+                for r in ep.get(field) or []:
+                    target = r.get("targetLabel")
+                    action = str(r.get("action", "replace")).lower()
+                    regex = re.compile(str(r.get("regex", "(.*)")))
+                    if target in METRIC_LABELS or \
+                            (action in ("labeldrop", "labelkeep", "labelmap") and
+                             any(bool(regex.fullmatch(l)) == (action != "labelkeep")
+                                 for l in ("service_name",))):
+                        problem(where, f"{field}: {r} touches the services' own label "
+                                       f"{target or 'service_name'} ({', '.join(sorted(METRIC_LABELS - {'__name__'}))})")
+    for name in SERVICES:
+        who = scraped.get(name, [])
+        if len(who) != 1:
+            problem("monitoring", f"{name} must be scraped by exactly one monitor, got {who}")
+
+
 def check_overlay(overlay, docs, out_dir=None):
     """Every check of a rendered overlay (parsed documents); the problems are in `problems`."""
     configs = [d for d in docs if d.get("kind") == "ConfigMap"
@@ -1196,6 +1425,7 @@ def check_overlay(overlay, docs, out_dir=None):
         check_service(name, port, docs, config)
     check_references(docs)
     check_ingress(docs, config)
+    check_monitors(docs)
     check_no_anonymous(docs)
     check_memory_limits(docs, config)
     check_versions(overlay, docs)

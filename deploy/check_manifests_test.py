@@ -2,12 +2,15 @@
 deploy/check.sh): each case breaks one rendered manifest (or compose config) in one way and
 expects the named problem; the unbroken inputs must pass.
 
-The web page's checks as well: the Ingresses of components/ingress, compose's send URL and
+The metrics ports (declared where the services listen, admitted from the monitoring namespace
+only) and components/monitoring's PodMonitors as well. The web page's checks too: the Ingresses of components/ingress, compose's send URL and
 allowed origins, and the Dockerfile's web stage (deploy/docker/Dockerfile, edited in memory).
 
-Usage: python check_manifests_test.py DEV.yaml PROD_TLS.yaml PROD_JWKS.yaml COMPOSE.json PROD_INGRESS.yaml
+Usage: python check_manifests_test.py DEV.yaml PROD_TLS.yaml PROD_JWKS.yaml COMPOSE.json \
+         PROD_INGRESS.yaml PROD_MONITORING.yaml
 (the outputs check.sh rendered: the dev overlay, prod with components/tls, prod with
-components/jwks, `docker compose config --format json`, prod with components/ingress).
+components/jwks, `docker compose config --format json`, prod with components/ingress,
+prod with components/monitoring).
 EXPECT_* as for check_manifests.py.
 """
 
@@ -26,7 +29,8 @@ import check_manifests as cm  # noqa: E402
 
 def run_overlay(overlay, docs, expect):
     cm.problems.clear()
-    saved = {k: os.environ.get(k) for k in ("EXPECT_TLS", "EXPECT_JWKS", "EXPECT_INGRESS")}
+    saved = {k: os.environ.get(k) for k in ("EXPECT_TLS", "EXPECT_JWKS", "EXPECT_INGRESS",
+                                            "EXPECT_MONITORING")}
     for key, value in expect.items():
         os.environ[key] = value
     try:
@@ -248,6 +252,143 @@ OVERLAY_CASES += [
 ]
 
 
+def drop_port(ports, name):
+    ports[:] = [p for p in ports if p.get("name") != name]
+
+
+def port_of(ports, name):
+    return next(p for p in ports if p.get("name") == name)
+
+
+# The metrics port: declared on the container and the Service, where the service listens.
+OVERLAY_CASES += [
+    ("metrics port not declared on the container", "dev",
+     lambda d: drop_port(container(d)["ports"], "metrics"),
+     "container port named metrics must be 9091/TCP"),
+    ("metrics listen moved, container port not", "dev",
+     lambda d: env_set(container(d, "all-messages-service"), "FASTCHAT_METRICS__LISTEN",
+                       "0.0.0.0:9100"),
+     "container port named metrics must be 9100/TCP"),
+    ("metrics on loopback only", "dev",
+     lambda d: env_set(container(d), "FASTCHAT_METRICS__LISTEN", "127.0.0.1:9091"),
+     "listen on 0.0.0.0"),
+    ("metrics switched off", "dev",
+     lambda d: config_of(d).update({"FASTCHAT_METRICS__ENABLED": "false"}),
+     "the metrics port must be served"),
+    ("metrics port not on the Service", "dev",
+     lambda d: drop_port(kind(d, "Service", "send-service")["spec"]["ports"], "metrics"),
+     "needs a port named metrics, 9091"),
+    ("Service metrics port targeting grpc", "dev",
+     lambda d: port_of(kind(d, "Service", "all-messages-service")["spec"]["ports"],
+                       "metrics").update({"targetPort": "grpc"}),
+     "needs a port named metrics, 9092"),
+]
+
+
+def netpol_rules(docs, name="send-service"):
+    return kind(docs, "NetworkPolicy", name)["spec"]["ingress"]
+
+
+def monitoring_rule(docs, name="send-service"):
+    return next(r for r in netpol_rules(docs, name) if any(
+        (p.get("namespaceSelector") or {}).get("matchLabels", {}).get(
+            "kubernetes.io/metadata.name") == "monitoring" for p in r.get("from", [])))
+
+
+# The metrics port's NetworkPolicy: the monitoring namespace, that port, nothing else.
+OVERLAY_CASES += [
+    ("monitoring namespace not admitted", "dev",
+     lambda d: netpol_rules(d).remove(monitoring_rule(d)),
+     "no rule admits namespace monitoring to the metrics port 9091"),
+    ("monitoring namespace admitted to the wrong port", "dev",
+     lambda d: monitoring_rule(d, "all-messages-service")["ports"][0].update({"port": 9091}),
+     "must admit exactly the metrics port 9092/TCP"),
+    ("monitoring namespace admitted to gRPC too", "dev",
+     lambda d: monitoring_rule(d)["ports"].append({"port": 50051, "protocol": "TCP"}),
+     "must admit exactly the metrics port 9091/TCP"),
+    ("monitoring namespace admitted to every port", "dev",
+     lambda d: monitoring_rule(d).pop("ports"),
+     "got every port"),
+    ("metrics port open to the whole namespace", "dev",
+     lambda d: netpol_rules(d)[0]["ports"].append({"port": "metrics", "protocol": "TCP"}),
+     "may be admitted from namespace monitoring only"),
+    ("another policy opens every port to everyone", "tls",
+     lambda d: d.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                         "metadata": {"name": "allow-all", "namespace": "fastchat"},
+                         "spec": {"podSelector": {}, "policyTypes": ["Ingress"],
+                                  "ingress": [{}]}}),
+     "the metrics port 9091 is open to every source"),
+]
+
+
+def monitor(docs, name="send-service"):
+    return kind(docs, "PodMonitor", name)
+
+
+def endpoint(docs, name="send-service"):
+    return monitor(docs, name)["spec"]["podMetricsEndpoints"][0]
+
+
+def service_monitor(docs):
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+            "metadata": {"name": "send-service-svc", "namespace": "fastchat"},
+            "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "send-service"}},
+                     "endpoints": [{"port": "metrics", "interval": "15s", "honorLabels": False}]}}
+
+
+# components/monitoring: PodMonitors (no CRD schema: check_monitors is all there is).
+OVERLAY_CASES += [
+    ("PodMonitors expected but missing", "prod-as-monitoring", lambda d: None,
+     "PodMonitors expected (components/monitoring)"),
+    ("one service not scraped", "monitoring",
+     lambda d: d.remove(monitor(d, "all-messages-service")),
+     "all-messages-service must be scraped by exactly one monitor, got []"),
+    ("scraped twice (a ServiceMonitor as well)", "monitoring",
+     lambda d: d.append(service_monitor(d)),
+     "send-service must be scraped by exactly one monitor"),
+    ("monitor selecting NATS", "monitoring",
+     lambda d: monitor(d)["spec"]["selector"]["matchLabels"].update(
+         {"app.kubernetes.io/name": "nats"}), "selects the pods of statefulset/nats"),
+    ("monitor selecting every pod", "monitoring",
+     lambda d: monitor(d)["spec"].update({"selector": {}}), "spec.selector must name"),
+    ("monitor in another namespace", "monitoring",
+     lambda d: monitor(d)["metadata"].update({"namespace": "monitoring"}),
+     "namespace monitoring is not send-service's"),
+    ("monitor over every namespace", "monitoring",
+     lambda d: monitor(d)["spec"].update({"namespaceSelector": {"any": True}}),
+     "scrape the monitor's own namespace"),
+    ("old apiVersion", "monitoring",
+     lambda d: monitor(d).update({"apiVersion": "monitoring.coreos.com/v1alpha1"}),
+     "apiVersion must be monitoring.coreos.com/v1"),
+    ("port by number", "monitoring",
+     lambda d: endpoint(d).update({"port": None, "portNumber": 9091}),
+     "endpoint must scrape the port named metrics"),
+    ("port by another name", "monitoring",
+     lambda d: endpoint(d, "all-messages-service").update({"port": "grpc"}),
+     "endpoint must scrape the port named metrics"),
+    ("pods without the metrics port", "monitoring",
+     lambda d: drop_port(container(d)["ports"], "metrics"),
+     "send-service's pods declare no port named metrics"),
+    ("another path", "monitoring",
+     lambda d: endpoint(d).update({"path": "/healthz"}), "the services serve GET /metrics"),
+    ("every 30 s", "monitoring",
+     lambda d: endpoint(d).update({"interval": "30s"}), "scrape every 15s"),
+    ("honorLabels true", "monitoring",
+     lambda d: endpoint(d).update({"honorLabels": True}), "honorLabels must be false"),
+    ("honorLabels left to the default", "monitoring",
+     lambda d: endpoint(d).pop("honorLabels"), "honorLabels must be false"),
+    ("relabeling writes service_name", "monitoring",
+     lambda d: endpoint(d).update({"relabelings": [
+         {"sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"],
+          "targetLabel": "service_name"}]}),
+     "touches the services' own label service_name"),
+    ("metric relabeling drops service_name", "monitoring",
+     lambda d: endpoint(d).update({"metricRelabelings": [
+         {"action": "labeldrop", "regex": "service_.*"}]}),
+     "touches the services' own label service_name"),
+]
+
+
 def dockerfile_cases():
     """(description, edit of the Dockerfile's text, expected problem text)."""
     return [
@@ -330,26 +471,30 @@ COMPOSE_CASES = [
 
 
 def main():
-    if len(sys.argv) != 6:
+    if len(sys.argv) != 7:
         print(__doc__, file=sys.stderr)
         return 64
-    dev_path, tls_path, jwks_path, compose_path, ingress_path_ = sys.argv[1:6]
+    dev_path, tls_path, jwks_path, compose_path, ingress_path_, monitoring_path = sys.argv[1:7]
     inputs = {}
     for key, path in (("dev", dev_path), ("tls", tls_path), ("jwks", jwks_path),
-                      ("ingress", ingress_path_)):
+                      ("ingress", ingress_path_), ("monitoring", monitoring_path)):
         with open(path) as f:
             inputs[key] = [d for d in yaml.safe_load_all(f) if d]
     inputs["dev-as-tls"] = inputs["dev"]
     inputs["prod-as-ingress"] = inputs["tls"]
+    inputs["prod-as-monitoring"] = inputs["jwks"]
     overlay = {"dev": "dev", "tls": "prod", "jwks": "prod", "dev-as-tls": "dev",
-               "ingress": "prod", "prod-as-ingress": "prod"}
+               "ingress": "prod", "prod-as-ingress": "prod", "monitoring": "prod",
+               "prod-as-monitoring": "prod"}
     expect = {"dev": {}, "tls": {"EXPECT_TLS": "1"}, "jwks": {"EXPECT_JWKS": "1"},
               "dev-as-tls": {"EXPECT_TLS": "1"}, "ingress": {"EXPECT_INGRESS": "1"},
-              "prod-as-ingress": {"EXPECT_INGRESS": "1"}}
+              "prod-as-ingress": {"EXPECT_INGRESS": "1"},
+              "monitoring": {"EXPECT_MONITORING": "1"},
+              "prod-as-monitoring": {"EXPECT_JWKS": "1", "EXPECT_MONITORING": "1"}}
     with open(compose_path) as f:
         compose = json.load(f)
     failed = 0
-    for key in ("dev", "tls", "jwks", "ingress"):
+    for key in ("dev", "tls", "jwks", "ingress", "monitoring"):
         found = run_overlay(overlay[key], copy.deepcopy(inputs[key]), expect[key])
         if found:
             print(f"FAIL unbroken {key}: {found}")
