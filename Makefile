@@ -67,6 +67,7 @@ run: $(NATS_STAMP) web ## build (release) and run the whole system: nats-server 
 	@CARGO=$(CARGO) deploy/local/run.sh
 
 test: $(NATS_STAMP) ## install what the tests need, then run them all
+	deploy/local/ensure-package.sh promtool prometheus
 	$(CARGO) build --locked --workspace --bins
 	@if command -v cargo-nextest >/dev/null; then \
 		$(CARGO) nextest run --locked --workspace --no-fail-fast; \
@@ -76,7 +77,7 @@ test: $(NATS_STAMP) ## install what the tests need, then run them all
 	$(MAKE) --no-print-directory test-browser
 
 test-browser: $(NATS_STAMP) web ## the web page in Debian's chromium against the real services (target/debug; screenshots in target/browser)
-	deploy/local/ensure-chromium.sh
+	deploy/local/ensure-package.sh "$${CHROMIUM_BIN:-/usr/bin/chromium}" chromium
 	$(CARGO) build --locked --workspace --bins
 	cd web && npm run --silent test:browser
 

@@ -441,9 +441,32 @@ fn at_the_descriptor_limit_the_service_backs_off_and_recovers() {
     let _ = std::fs::remove_file(&log_path);
 }
 
-/// Every FastChat metric in `text` has HELP and TYPE lines, and no series
-/// carries a `service` label (Prometheus Operator's own).
+/// Every FastChat metric in `text` has HELP and TYPE lines, no series
+/// carries a `service` label (Prometheus Operator's own), and Prometheus's
+/// own linter (`promtool check metrics`, which `make test` installs) finds
+/// nothing wrong.
 fn assert_exposition_is_complete(text: &str) {
+    use std::io::Write as _;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (make test installs it: Debian package prometheus)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write the exposition");
+    let checked = promtool.wait_with_output().expect("promtool ends");
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
     let names: std::collections::BTreeSet<&str> = text
         .lines()
         .filter(|l| l.starts_with("fastchat_"))
