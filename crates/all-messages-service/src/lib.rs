@@ -9,7 +9,8 @@
 //! Modules, as layers from the ground up: `config`, `shares` (fair shares
 //! per instance, connection and address) and `error`; `hub` (the
 //! live feed); `subscription` (one subscriber's replay, live and catch-up);
-//! `service` (the gRPC faces, history pages); [`run`] here.
+//! `service` (the gRPC faces, history pages); `http` (JSON history and
+//! Server-Sent Events, through `service`); [`run`] here.
 
 #![forbid(unsafe_code)]
 

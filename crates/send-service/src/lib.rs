@@ -2,11 +2,13 @@
 //! station, answering only once JetStream has stored them.
 //!
 //! It serves two APIs on one port: the seed `ChatMessage.SendMessageService`
-//! (room `general`) and `fastchat.v1.SendMessageService`.
+//! (room `general`) and `fastchat.v1.SendMessageService`, over gRPC,
+//! gRPC-web and HTTP/JSON.
 //!
 //! Modules, as layers from the ground up: `config` and `error`; `validate`
 //! (the rules a message must meet); `store` (publishing to the station);
-//! `service` (the two gRPC faces); [`run`] here.
+//! `service` (the two gRPC faces); `http` (the JSON routes, through
+//! `service`); [`run`] here.
 
 #![forbid(unsafe_code)]
 
