@@ -532,9 +532,19 @@ async fn broker_restart_is_survived_without_restarting_services() {
 
     // The open subscription either continues, or ends with UNAVAILABLE and a
     // resume cursor; either way a client gets every acknowledged message.
-    let next = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .expect("answer in time");
+    // (CaughtUp and Heartbeat events carry no message: read past them.)
+    let next = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(v1::SubscribeResponse {
+                    event: Some(Event::CaughtUp(_) | Event::Heartbeat(_)),
+                })) => {}
+                other => break other,
+            }
+        }
+    })
+    .await
+    .expect("answer in time");
     let got = match next {
         Ok(Some(v1::SubscribeResponse {
             event: Some(Event::Message(m)),
