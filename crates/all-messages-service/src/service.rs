@@ -144,11 +144,12 @@ impl Api {
         let share = self.subscriptions.try_take(client.peer).map_err(over)?;
         let (tx, rx) = mpsc::channel(self.limits.client_buffer);
         let mut joined = self.hub.join();
-        if matches!(request.start, Start::New) {
-            // "New" means after the newest *stored* message; the live feed
-            // may not have passed it on yet.
-            joined.after = joined.after.max(station.state().await?.last_sequence);
-        }
+        // History runs up to the newest *stored* message, which the live
+        // feed may not have passed on yet ("new" starts after it): the
+        // stream's position at CaughtUp is then the station's at the call,
+        // whatever the live feed's lag. The live loop skips what the
+        // history already covered.
+        joined.after = joined.after.max(station.state().await?.last_sequence);
         let queue = Queue::new(self.limits.max_queued_bytes);
         let sink = Sink::new(
             tx,
