@@ -209,6 +209,20 @@ async def run(port: int) -> None:
             msgs = await expect_ok("fetch (MSG.NEXT)", psub.fetch(1, timeout=3))
             report(bool(msgs), "fetched one message")
         await expect_ok("delete its consumer", am_js.delete_consumer("chat", info.name))
+    # History as broker-client reads it: a batched direct get (ADR-31), answered with the
+    # messages and an end-of-batch status on its own inbox.
+    async def batch_get():
+        inbox = ALL_INBOX + ".batch"
+        sub = await am.subscribe(inbox)
+        await am.publish("$JS.API.DIRECT.GET.chat", json.dumps(
+            {"seq": 1, "next_by_subj": "chat.messages.>", "batch": 10}).encode(), reply=inbox)
+        first = await sub.next_msg(timeout=3)
+        await sub.unsubscribe()
+        return first
+    first = await expect_ok("batched direct get ($JS.API.DIRECT.GET.chat)", batch_get())
+    report(first is not None and first.data == b"hello"
+           and (first.headers or {}).get("Nats-Num-Pending") is not None,
+           "the batch holds the stored message with its pending count")
     await expect_denied(
         "cannot create a durable consumer ($JS.API.CONSUMER.DURABLE.CREATE)",
         "$JS.API.CONSUMER.DURABLE.CREATE.chat.spy",
@@ -245,12 +259,6 @@ async def run(port: int) -> None:
         "$JS.API.STREAM.CREATE.other",
         am_violations,
         am_denied.add_stream(StreamConfig(name="other", subjects=["other.>"])),
-    )
-    await expect_denied(
-        "cannot read by direct get (it never needs to)",
-        "$JS.API.DIRECT.GET.chat",
-        am_violations,
-        am_denied.get_msg("chat", seq=1, direct=True),
     )
 
     async def core_publish():

@@ -42,6 +42,10 @@ pub struct BrokerConfig {
     /// The client retries for ever.
     #[serde(with = "humantime_serde")]
     pub max_reconnect_delay: Duration,
+    /// Read history (replays, pages, counts) with batched direct gets where
+    /// the broker has them (nats-server ≥ 2.11): no consumer per read.
+    /// `false`: an ephemeral consumer per read, as on older brokers.
+    pub batch_reads: bool,
 }
 
 impl Default for BrokerConfig {
@@ -58,6 +62,7 @@ impl Default for BrokerConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             max_reconnect_delay: Duration::from_secs(5),
+            batch_reads: true,
         }
     }
 }
@@ -78,6 +83,7 @@ impl fmt::Debug for BrokerConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("max_reconnect_delay", &self.max_reconnect_delay)
+            .field("batch_reads", &self.batch_reads)
             .finish()
     }
 }

@@ -36,6 +36,7 @@ struct Inner {
     reader_js: jetstream::Context,
     state: watch::Receiver<ConnectionState>,
     request_timeout: Duration,
+    batch_reads: bool,
 }
 
 impl Broker {
@@ -91,6 +92,7 @@ impl Broker {
                 reader,
                 state: state_rx,
                 request_timeout: config.request_timeout,
+                batch_reads: config.batch_reads,
             }),
         })
     }
@@ -123,6 +125,15 @@ impl Broker {
     #[must_use]
     pub fn request_timeout(&self) -> Duration {
         self.inner.request_timeout
+    }
+
+    /// Whether history is read with batched direct gets: configured so
+    /// (`batch_reads`) and served by the broker connected to (nats-server
+    /// ≥ 2.11, as it announced itself).
+    #[must_use]
+    pub fn batch_reads(&self) -> bool {
+        self.inner.batch_reads
+            && crate::direct::version_at_least(&self.inner.reader.server_info().version, 2, 11)
     }
 
     /// Flushes what the client buffered and closes the connection.

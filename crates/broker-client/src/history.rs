@@ -1,6 +1,7 @@
 //! Counting and paging over a station's history without scanning it:
-//! the broker counts (per-subject totals, a consumer's pending count) and
-//! at most a few times the asked-for messages are read.
+//! the broker counts (per-subject totals, a batched direct get's pending
+//! count, or a scratch consumer's on brokers without batched gets) and at
+//! most a few times the asked-for messages are read.
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures::StreamExt;
@@ -13,9 +14,18 @@ impl Station {
     /// # Errors
     /// Transient errors when the broker is unreachable.
     pub async fn count_from(&self, filter: impl Into<Subjects>, from: u64) -> Result<u64> {
+        let filter = filter.into();
+        if self.broker().batch_reads() {
+            // The filters do not overlap (see `Subjects`): counts add up.
+            let mut total = 0;
+            for subject in filter.iter() {
+                total += self.batch_count_from(subject, from).await?;
+            }
+            return Ok(total);
+        }
         let scratch = self
             .scratch(
-                &filter.into(),
+                &filter,
                 DeliverPolicy::ByStartSequence {
                     start_sequence: from.max(1),
                 },
@@ -50,9 +60,10 @@ impl Station {
     /// `n` match (then "from the first" is the answer).
     ///
     /// Cost: the broker's per-subject counts give the filter's density, from
-    /// which one window is usually enough; each window costs one consumer
-    /// creation (the broker counts, we do not scan), plus reading at most a
-    /// few times `n` matching messages.
+    /// which one window is usually enough; each window costs one count (a
+    /// one-message direct get; a consumer creation on brokers before 2.11:
+    /// the broker counts, we do not scan), plus reading at most a few times
+    /// `n` matching messages.
     ///
     /// # Errors
     /// Transient errors when the broker is unreachable.

@@ -11,7 +11,9 @@
 //!   process, so every instance sees every message. They resume by themselves
 //!   after a broker outage;
 //! - bounded *reads* ([`Station::read`]) that replay a range of history and end
-//!   when they have caught up;
+//!   when they have caught up: batched direct gets where the broker has them
+//!   (nats-server ≥ 2.11), so a read creates no consumer; an ephemeral
+//!   consumer otherwise;
 //! - random access by sequence ([`Station::get`]) and counting helpers for
 //!   paging ([`Station::nth_last_sequence`]);
 //! - *group* consumers ([`Station::group`]): durable, shared, explicitly
@@ -24,7 +26,7 @@
 //!    yield, what they filter on;
 //! 2. `connection`: the [`Broker`] connection, reconnecting for ever;
 //! 3. `station`: ensuring a [`Station`], its state, random access, scratch
-//!    consumers;
+//!    consumers; `direct`: batched direct gets (history with no consumer);
 //! 4. `producer` (publishing), `consumer` (fan-out and bounded reads),
 //!    `history` (counting and paging);
 //! 5. `group`: group consumers and dead letters, on producer and consumer.
@@ -37,6 +39,7 @@ mod message;
 mod subjects;
 
 mod connection;
+mod direct;
 mod station;
 
 mod consumer;

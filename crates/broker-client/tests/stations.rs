@@ -22,8 +22,15 @@ fn station_config() -> StationConfig {
 }
 
 async fn connect(server: &NatsServer) -> Broker {
+    connect_reading(server, true).await
+}
+
+/// A broker connection reading history with batched direct gets
+/// (`batch_reads`) or with a consumer per read.
+async fn connect_reading(server: &NatsServer, batch_reads: bool) -> Broker {
     let broker = Broker::connect(&BrokerConfig {
         url: server.url(),
+        batch_reads,
         request_timeout: Duration::from_secs(2),
         max_reconnect_delay: Duration::from_millis(200),
         ..BrokerConfig::default()
@@ -129,10 +136,75 @@ async fn publish_returns_sequence_and_detects_duplicates() {
 
 /// A paced read deletes its consumer when it ends and when it is dropped
 /// half-way: a slow subscriber's catch-ups leave nothing on the broker.
+/// Batched direct gets: reads, counts and "n-th last" create no consumer
+/// on the broker at all, however many run at once.
 #[tokio::test]
-async fn reads_leave_no_consumer_behind() {
+async fn batch_reads_create_no_consumer() {
     let server = NatsServer::start();
-    let broker = connect(&server).await;
+    let broker = connect_reading(&server, true).await;
+    assert!(
+        broker.batch_reads(),
+        "the test broker serves batched direct gets"
+    );
+    let station = broker
+        .ensure_station(&station_config())
+        .await
+        .expect("station");
+    for i in 1..=20 {
+        publish(&station, "test.a", &i.to_string(), &format!("m{i}")).await;
+    }
+    let js = async_nats::jetstream::new(
+        async_nats::connect(server.url())
+            .await
+            .expect("connect an observer"),
+    );
+    let mut reads = Vec::new();
+    for _ in 0..50 {
+        reads.push(
+            station
+                .read_paced("test.>", StartPosition::All, 3)
+                .await
+                .expect("read"),
+        );
+    }
+    assert_eq!(station.count_from("test.a", 5).await.expect("count"), 16);
+    assert_eq!(
+        station
+            .nth_last_sequence("test.a", 4, None)
+            .await
+            .expect("nth"),
+        Some(17)
+    );
+    let mut seqs = vec![Vec::new(); reads.len()];
+    for (read, seqs) in reads.iter_mut().zip(&mut seqs) {
+        let first = read.next().await.expect("next").expect("a message");
+        seqs.push(first.sequence);
+    }
+    // Fifty reads under way (a consumer each, on the other path).
+    let info = js
+        .get_stream("test")
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .clone();
+    assert_eq!(
+        info.state.consumer_count, 0,
+        "reads under way hold no consumer"
+    );
+    for (read, seqs) in reads.iter_mut().zip(&mut seqs) {
+        while let Some(m) = read.next().await.expect("next") {
+            seqs.push(m.sequence);
+        }
+        assert_eq!(*seqs, (1..=20).collect::<Vec<u64>>());
+    }
+}
+
+#[tokio::test]
+async fn consumer_reads_leave_no_consumer_behind() {
+    let server = NatsServer::start();
+    let broker = connect_reading(&server, false).await;
     let station = broker
         .ensure_station(&station_config())
         .await
@@ -191,8 +263,14 @@ async fn reads_leave_no_consumer_behind() {
 
 #[tokio::test]
 async fn reads_honour_every_start_position_and_filter() {
+    for batch_reads in [true, false] {
+        reads_honour_every_start_position_and_filter_when(batch_reads).await;
+    }
+}
+
+async fn reads_honour_every_start_position_and_filter_when(batch_reads: bool) {
     let server = NatsServer::start();
-    let broker = connect(&server).await;
+    let broker = connect_reading(&server, batch_reads).await;
     let station = broker
         .ensure_station(&station_config())
         .await
@@ -290,8 +368,14 @@ async fn reads_honour_every_start_position_and_filter() {
 /// subscription of several rooms asks for.
 #[tokio::test]
 async fn reads_and_counts_over_several_subjects() {
+    for batch_reads in [true, false] {
+        reads_and_counts_over_several_subjects_when(batch_reads).await;
+    }
+}
+
+async fn reads_and_counts_over_several_subjects_when(batch_reads: bool) {
     let server = NatsServer::start();
-    let broker = connect(&server).await;
+    let broker = connect_reading(&server, batch_reads).await;
     let station = broker
         .ensure_station(&station_config())
         .await
