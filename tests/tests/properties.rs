@@ -1,8 +1,10 @@
 //! Property test of the replay→live merge: for random histories across
-//! rooms, random start positions and room filters, and messages arriving
-//! after subscribing, a subscription delivers exactly what a simple model
-//! says — the asked-for history then the live messages, in sequence order,
-//! each once.
+//! many rooms, random start positions and room sets (one room, several, or
+//! every room), messages arriving after subscribing and while subscribing,
+//! a subscription delivers exactly what a simple model says — the asked-for
+//! history then the live messages, in sequence order, each once. Several
+//! subscriptions of one case run at once, so each room's live feed serves
+//! several members and some rooms none.
 
 use std::{sync::Mutex, time::Duration};
 
@@ -98,17 +100,22 @@ fn a_subscription_delivers_exactly_the_model() {
         ..Config::default()
     });
     let strategy = (
-        proptest::collection::vec(0usize..3, 0..40),
-        proptest::collection::vec(0usize..3, 0..15),
-        proptest::option::of(0usize..3),
-        start_case(),
+        proptest::collection::vec(0usize..ROOMS, 0..60),
+        proptest::collection::vec(0usize..ROOMS, 0..20),
+        proptest::collection::vec(
+            (
+                proptest::collection::btree_set(0usize..ROOMS, 0..4),
+                start_case(),
+            ),
+            1..4,
+        ),
     );
     let case = std::sync::atomic::AtomicUsize::new(0);
-    let result = runner.run(&strategy, |(history, live, filter, start)| {
+    let result = runner.run(&strategy, |(history, live, subscribers)| {
         let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         world
             .runtime
-            .block_on(check(&world, case, &history, &live, filter, &start))
+            .block_on(check(&world, case, &history, &live, &subscribers))
     });
     // Services first, while the runtime that runs them is still here.
     world.runtime.block_on(async {
@@ -120,27 +127,89 @@ fn a_subscription_delivers_exactly_the_model() {
     }
 }
 
+/// Rooms of one case.
+const ROOMS: usize = 8;
+
+/// A subscriber of a case: its rooms (indexes; none = every room) and start.
+type Subscriber = (std::collections::BTreeSet<usize>, StartCase);
+
 async fn check(
     world: &World,
     case: usize,
     history: &[usize],
     live: &[usize],
-    filter: Option<usize>,
-    start: &StartCase,
+    subscribers: &[Subscriber],
 ) -> Result<(), TestCaseError> {
-    let rooms: Vec<String> = (0..3).map(|i| format!("p{case}-r{i}")).collect();
+    let rooms: Vec<String> = (0..ROOMS).map(|i| format!("p{case}-r{i}")).collect();
     let stored = send_all(world, &rooms, history).await;
-    let room = filter.map(|i| rooms[i].clone()).unwrap_or_default();
-
-    // The model: every stored message matching the filter, from the start.
     let log = world.log.lock().expect("log").clone();
-    let matching: Vec<u64> = log
-        .iter()
-        .filter(|(_, r)| room.is_empty() || *r == room)
-        .map(|(s, _)| *s)
-        .collect();
-    let (proto_start, mut want) = match *start {
-        StartCase::All => (None, matching.clone()),
+
+    // Open every subscriber, with what the model says its history is.
+    let mut open = Vec::new();
+    for (picked, start) in subscribers {
+        let names: Vec<String> = picked.iter().map(|i| rooms[*i].clone()).collect();
+        let wants = |room: &str| names.is_empty() || names.iter().any(|n| n == room);
+        let matching: Vec<(u64, String)> = log.iter().filter(|(_, r)| wants(r)).cloned().collect();
+        let (proto_start, want) = model(start, &matching, &log, &stored, names.len() > 1);
+        let (room, more) = match names.split_first() {
+            Some((first, more)) => (first.clone(), more.to_vec()),
+            None => (String::new(), Vec::new()),
+        };
+        let stream = v1_all(&world.all)
+            .await
+            .subscribe(v1::SubscribeRequest {
+                room,
+                rooms: more,
+                start: proto_start,
+            })
+            .await
+            .expect("subscribe")
+            .into_inner();
+        open.push((names, start.clone(), stream, want));
+    }
+    // Half the live messages are sent while the histories are read, the
+    // rest once each subscriber has had its history.
+    let (during, after) = live.split_at(live.len() / 2);
+    let later = send_all(world, &rooms, during).await;
+    let mut got = Vec::new();
+    for (_, _, stream, want) in &mut open {
+        got.push(sequences(
+            &take(stream, want.len(), Duration::from_secs(20)).await,
+        ));
+    }
+    let mut later = later;
+    later.extend(send_all(world, &rooms, after).await);
+    for ((names, start, stream, want), got) in open.iter_mut().zip(got) {
+        let wants = |room: &str| names.is_empty() || names.iter().any(|n| n == room);
+        let live_want: Vec<u64> = later
+            .iter()
+            .filter(|(_, r)| wants(r))
+            .map(|(s, _)| *s)
+            .collect();
+        let mut got = got;
+        got.extend(sequences(
+            &take(stream, live_want.len(), Duration::from_secs(20)).await,
+        ));
+        let mut want = want.clone();
+        want.extend(live_want);
+        prop_assert_eq!(got, want, "rooms {:?} start {:?}", names, start);
+    }
+    Ok(())
+}
+
+/// The start as sent, and the history it asks for: of `matching` (the
+/// subscriber's rooms' messages in the log), given the whole `log` and this
+/// case's `stored` messages. With several rooms, `last` counts per room.
+fn model(
+    start: &StartCase,
+    matching: &[(u64, String)],
+    log: &[(u64, String)],
+    stored: &[(u64, String)],
+    several_rooms: bool,
+) -> (Option<Start>, Vec<u64>) {
+    let sequences = |m: &[(u64, String)]| m.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+    match *start {
+        StartCase::All => (None, sequences(matching)),
         StartCase::After(k) => {
             let after = if k == 0 || stored.is_empty() {
                 log.first().map_or(0, |(s, _)| s - 1)
@@ -149,37 +218,28 @@ async fn check(
             };
             (
                 Some(Start::AfterSequence(after)),
-                matching.iter().copied().filter(|s| *s > after).collect(),
+                sequences(matching)
+                    .into_iter()
+                    .filter(|s| *s > after)
+                    .collect(),
             )
+        }
+        StartCase::Last(n) if several_rooms => {
+            let mut per_room: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
+            for (s, r) in matching {
+                per_room.entry(r.as_str()).or_default().push(*s);
+            }
+            let mut want: Vec<u64> = per_room
+                .values()
+                .flat_map(|seqs| seqs[seqs.len().saturating_sub(n as usize)..].to_vec())
+                .collect();
+            want.sort_unstable();
+            (Some(Start::Last(n)), want)
         }
         StartCase::Last(n) => (
             Some(Start::Last(n)),
-            matching[matching.len().saturating_sub(n as usize)..].to_vec(),
+            sequences(&matching[matching.len().saturating_sub(n as usize)..]),
         ),
         StartCase::New => (Some(Start::NewOnly(true)), Vec::new()),
-    };
-
-    let mut stream = v1_all(&world.all)
-        .await
-        .subscribe(v1::SubscribeRequest {
-            rooms: Vec::new(),
-            room: room.clone(),
-            start: proto_start,
-        })
-        .await
-        .expect("subscribe")
-        .into_inner();
-    let mut got = sequences(&take(&mut stream, want.len(), Duration::from_secs(20)).await);
-    let later = send_all(world, &rooms, live).await;
-    let live_want: Vec<u64> = later
-        .iter()
-        .filter(|(_, r)| room.is_empty() || *r == room)
-        .map(|(s, _)| *s)
-        .collect();
-    got.extend(sequences(
-        &take(&mut stream, live_want.len(), Duration::from_secs(20)).await,
-    ));
-    want.extend(live_want);
-    prop_assert_eq!(got, want, "room {:?} start {:?}", room, start);
-    Ok(())
+    }
 }

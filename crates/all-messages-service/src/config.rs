@@ -76,8 +76,9 @@ pub struct SubscriptionsConfig {
     pub max_per_connection: usize,
     /// Open subscriptions allowed from one client address.
     pub max_per_address: usize,
-    /// Messages of the in-process live feed kept for subscribers that are
-    /// momentarily behind. One further behind catches up from the station.
+    /// Messages of its rooms the live feed holds for a subscriber that is
+    /// momentarily behind (at most `max_queued_bytes` of them). One further
+    /// behind catches up from the station.
     pub live_buffer: usize,
     /// Messages queued per subscriber towards its gRPC stream.
     pub client_buffer: usize,
@@ -101,7 +102,7 @@ impl Default for SubscriptionsConfig {
             max: 10_000,
             max_per_connection: 100,
             max_per_address: 1_000,
-            live_buffer: 4096,
+            live_buffer: 1024,
             client_buffer: 128,
             max_queued_bytes: 256 * 1024,
             stall_timeout: Duration::from_secs(30),

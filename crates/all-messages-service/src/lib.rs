@@ -44,7 +44,10 @@ pub async fn run(
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), ServeError> {
-    let hub = hub::Hub::new(config.subscriptions.live_buffer);
+    let hub = hub::Hub::new(
+        config.subscriptions.live_buffer,
+        config.subscriptions.max_queued_bytes,
+    );
     let spec = Spec {
         services: &[SeedServer::NAME, V1Server::NAME],
         // Subscriptions need the live feed: not SERVING before it runs.

@@ -143,7 +143,7 @@ impl Api {
             .map_err(over)?;
         let share = self.subscriptions.try_take(client.peer).map_err(over)?;
         let (tx, rx) = mpsc::channel(self.limits.client_buffer);
-        let mut joined = self.hub.join();
+        let mut joined = self.hub.join(&request.rooms);
         // History runs up to the newest *stored* message, which the live
         // feed may not have passed on yet ("new" starts after it): the
         // stream's position at CaughtUp is then the station's at the call,

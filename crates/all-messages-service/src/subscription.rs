@@ -1,10 +1,10 @@
 //! One subscription: replay from its start position out of the station, then
-//! live from the hub; if it falls too far behind the live feed, catch up from
-//! the station again and rejoin. Messages go out in sequence order, each
-//! exactly once, never skipped.
+//! live from its inbox in the hub (messages of its rooms only); if it falls
+//! too far behind, catch up from the station again and rejoin. Messages go
+//! out in sequence order, each exactly once, never skipped.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -16,11 +16,7 @@ use broker_client::{OffsetDateTime, StartPosition, Station, Subjects};
 use fastchat_backoff::ExponentialBackoff;
 use fastchat_proto::station;
 use prost::Message as _;
-use tokio::sync::{
-    Notify,
-    broadcast::{self, error::RecvError},
-    mpsc,
-};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -45,33 +41,7 @@ pub enum Start {
     New,
 }
 
-/// The rooms of a subscription.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rooms {
-    /// Every room.
-    Every,
-    /// These rooms (at least one).
-    Only(BTreeSet<String>),
-}
-
-impl Rooms {
-    /// Whether a message of `room` belongs to the subscription.
-    pub fn contains(&self, room: &str) -> bool {
-        match self {
-            Self::Every => true,
-            Self::Only(rooms) => rooms.contains(room),
-        }
-    }
-
-    /// The station subjects of the rooms.
-    fn subjects(&self) -> Subjects {
-        match self {
-            Self::Every => Subjects::from(station::ALL_ROOMS),
-            Self::Only(rooms) => Subjects::any(rooms.iter().map(|r| station::subject(r)))
-                .unwrap_or_else(|| Subjects::from(station::ALL_ROOMS)),
-        }
-    }
-}
+pub use crate::hub::Rooms;
 
 /// What a subscription emits.
 #[derive(Debug, Clone)]
@@ -422,7 +392,7 @@ impl Subscription {
             sequence: self.sink.cursor,
         };
         self.sink.send(caught_up).await?;
-        self.live(joined.receiver).await
+        self.live(joined).await
     }
 
     /// The history up to `joined_at`, from the start position.
@@ -501,7 +471,7 @@ impl Subscription {
 
     /// Follows the live feed; a subscriber too slow for it catches up from
     /// the station and rejoins.
-    async fn live(&mut self, mut receiver: broadcast::Receiver<Shared>) -> Result<(), End> {
+    async fn live(&mut self, mut joined: Joined) -> Result<(), End> {
         let idle = tokio::time::sleep(self.heartbeat);
         tokio::pin!(idle);
         loop {
@@ -511,6 +481,12 @@ impl Subscription {
                 // only at its next message, holding its place meanwhile.
                 () = self.sink.tx.closed() => return Err(End::Stopped),
                 () = &mut idle => {
+                    // Nothing of ours is waiting: everything the feed passed on
+                    // so far was sent, so the stream is at the feed's position.
+                    let position = self.hub.position();
+                    if joined.is_empty() {
+                        self.sink.cursor = self.sink.cursor.max(position);
+                    }
                     let heartbeat = Event::Heartbeat {
                         sequence: self.sink.cursor,
                         time: SystemTime::now(),
@@ -519,25 +495,21 @@ impl Subscription {
                     idle.as_mut().reset(tokio::time::Instant::now() + self.heartbeat);
                     continue;
                 }
-                received = receiver.recv() => received,
+                received = joined.recv() => received,
             };
             match received {
-                Ok(message) => {
+                Some(message) => {
                     if message.sequence <= self.sink.cursor {
                         continue;
                     }
-                    let sequence = message.sequence;
-                    if self.rooms.contains(&message.room) {
-                        self.sink.message(message).await?;
-                        idle.as_mut()
-                            .reset(tokio::time::Instant::now() + self.heartbeat);
-                    }
-                    self.sink.cursor = sequence;
+                    self.sink.message(message).await?;
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + self.heartbeat);
                 }
-                Err(RecvError::Lagged(missed)) => {
-                    receiver = Box::pin(self.catch_up(missed)).await?;
+                None if joined.lagged() => {
+                    joined = Box::pin(self.catch_up()).await?;
                 }
-                Err(RecvError::Closed) => {
+                None => {
                     return Err(End::Failed(ApiError::unavailable("live feed stopped")));
                 }
             }
@@ -545,21 +517,20 @@ impl Subscription {
     }
 
     /// Too slow for the live feed: rejoin it, read what was missed from the
-    /// station (paced), and return the new receiver. Nobody else waits.
-    async fn catch_up(&mut self, missed: u64) -> Result<broadcast::Receiver<Shared>, End> {
+    /// station (paced), and return the new membership. Nobody else waits.
+    async fn catch_up(&mut self) -> Result<Joined, End> {
         metrics::counter!("fastchat_subscription_catchups_total").increment(1);
         tracing::debug!(
-            missed,
             cursor = self.sink.cursor,
             "subscriber lagged; catching up from the station"
         );
-        let rejoined = self.hub.join();
+        let rejoined = self.hub.join(&self.rooms);
         self.report_gap().await?;
         let start = StartPosition::after(self.sink.cursor);
         self.replay(start, rejoined.after, Some(CATCH_UP_BATCH))
             .await?;
         self.sink.cursor = self.sink.cursor.max(rejoined.after);
-        Ok(rejoined.receiver)
+        Ok(rejoined)
     }
 
     /// Sends the stored messages from `start` up to at least `until`; read

@@ -72,6 +72,7 @@ pub enum Measure {
     History,
     Unread,
     Web,
+    Rooms,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -122,6 +123,9 @@ fn main() -> anyhow::Result<()> {
         }
         if wanted(Measure::Web) {
             measure::web(&mut report).await?;
+        }
+        if wanted(Measure::Rooms) {
+            measure::rooms(&mut report).await?;
         }
         if let Some(dir) = system::bin_dir_override() {
             report.note(format!(

@@ -243,6 +243,25 @@ impl Process {
             .context("VmRSS not found")
     }
 
+    /// CPU time (user + system) the process has used, in seconds, from
+    /// /proc (clock ticks of 1/100 s, as Linux reports them here).
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name (which may hold spaces) in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("malformed /proc stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        // utime and stime are fields 14 and 15 of the whole line: 12 and 13
+        // after the name.
+        let ticks = |i: usize| -> anyhow::Result<f64> {
+            Ok(fields.get(i).context("short /proc stat")?.parse::<f64>()?)
+        };
+        Ok((ticks(11)? + ticks(12)?) / 100.0)
+    }
+
     /// A gauge or counter from the service's /metrics (summed over labels).
     pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
         use std::io::{Read as _, Write as _};

@@ -133,7 +133,7 @@ impl Broker {
     #[must_use]
     pub fn batch_reads(&self) -> bool {
         self.inner.batch_reads
-            && crate::direct::version_at_least(&self.inner.reader.server_info().version, 2, 11)
+            && crate::direct::version_at_least(&self.inner.client.server_info().version, 2, 11)
     }
 
     /// Flushes what the client buffered and closes the connection.

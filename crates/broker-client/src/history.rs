@@ -59,11 +59,13 @@ impl Station {
     /// those with sequence < `before` (`None` = all), or `None` if fewer than
     /// `n` match (then "from the first" is the answer).
     ///
-    /// Cost: the broker's per-subject counts give the filter's density, from
-    /// which one window is usually enough; each window costs one count (a
-    /// one-message direct get; a consumer creation on brokers before 2.11:
-    /// the broker counts, we do not scan), plus reading at most a few times
-    /// `n` matching messages.
+    /// Exact while messages keep arriving: only messages below a fixed end
+    /// (`before`, or the newest stored when called) are counted, by reading
+    /// them. The broker's per-subject counts give the filter's density, from
+    /// which one window, read backwards from the end, usually holds the `n`;
+    /// each further window is read only if the ones after it held fewer.
+    /// Reads are batched direct gets (or consumers on older brokers), so the
+    /// cost is a few requests and at most a few times `n` matching messages.
     ///
     /// # Errors
     /// Transient errors when the broker is unreachable.
@@ -85,12 +87,7 @@ impl Station {
             return Ok(None);
         }
         let total = self.count_all(&filter).await?;
-        let after_end = if end > state.last_sequence {
-            0
-        } else {
-            self.count_from(&filter, end).await?
-        };
-        if total.saturating_sub(after_end) < n {
+        if total < n {
             return Ok(None);
         }
         // Expected stream span holding n matches, with a margin.
@@ -102,32 +99,33 @@ impl Station {
         )]
         let mut window =
             ((n as f64) * (state.messages as f64) / (total.max(1) as f64) * 1.25) as u64 + 16;
+        // Matching sequences found so far in [high, end), newest last.
+        let mut found: Vec<u64> = Vec::new();
+        let mut high = end;
         loop {
-            let from = end.saturating_sub(window).max(state.first_sequence);
-            let in_range = self
-                .count_from(&filter, from)
-                .await?
-                .saturating_sub(after_end);
-            if in_range >= n || from == state.first_sequence {
-                if in_range < n {
-                    return Ok(None);
+            let low = high.saturating_sub(window).max(state.first_sequence);
+            let mut chunk = Vec::new();
+            let mut read = self.read(&filter, StartPosition::FromSequence(low)).await?;
+            while let Some(message) = read.next().await? {
+                if message.sequence >= high {
+                    break;
                 }
-                // Skip the oldest (in_range - n) matches of [from, end).
-                let skip = in_range - n;
-                let mut read = self
-                    .read(&filter, StartPosition::FromSequence(from))
-                    .await?;
-                let mut index = 0;
-                while let Some(message) = read.next().await? {
-                    if index == skip {
-                        return Ok(Some(message.sequence));
-                    }
-                    index += 1;
-                }
+                chunk.push(message.sequence);
+            }
+            drop(read);
+            chunk.extend_from_slice(&found);
+            found = chunk;
+            let have = found.len() as u64;
+            if have >= n {
+                let index = usize::try_from(have - n).unwrap_or(0);
+                return Ok(found.get(index).copied());
+            }
+            if low <= state.first_sequence {
                 return Ok(None);
             }
+            high = low;
             // Grow by what the shortfall suggests (at least double).
-            window = window.saturating_mul((n / in_range.max(1)).clamp(2, 16));
+            window = window.saturating_mul((n / have.max(1)).clamp(2, 16));
         }
     }
 }

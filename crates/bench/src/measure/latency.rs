@@ -117,7 +117,7 @@ pub async fn latency(report: &mut Report) -> anyhow::Result<()> {
     );
     // The same topology with nothing of FastChat in it: what the
     // architecture itself costs on this machine.
-    report.figure(
+    let bare_p50 = report.figure(
         "latency",
         "bare relay (tonic → JetStream → tonic fan-out) → 100 subscribers p50",
         "ms",
@@ -129,7 +129,7 @@ pub async fn latency(report: &mut Report) -> anyhow::Result<()> {
         "ms",
         &bare.p99,
     );
-    report.figure(
+    let fc_p50 = report.figure(
         "latency",
         "SendMessage → 100 subscribers p50",
         "ms",
@@ -144,5 +144,6 @@ pub async fn latency(report: &mut Report) -> anyhow::Result<()> {
     report.summary("latency_p99_ms", fc.median);
     report.summary("latency_p99_ratio", fc.median / raw.median);
     report.summary("latency_p99_vs_bare_relay", fc.median / bare.median);
+    report.summary("latency_p50_vs_bare_relay", fc_p50.median / bare_p50.median);
     Ok(())
 }

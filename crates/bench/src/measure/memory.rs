@@ -1,6 +1,6 @@
 //! Memory: all-messages-service's RSS growth per idle subscriber, 10,000
-//! subscribers each on its own connection, against the raw tonic server's
-//! per idle stream (own connection).
+//! subscribers each on its own connection (against the raw tonic server's
+//! per idle stream, own connection) and 10,000 over 10 connections.
 
 use std::time::{Duration, Instant};
 
@@ -56,7 +56,71 @@ pub async fn memory(report: &mut Report) -> anyhow::Result<()> {
         &per,
     );
     report.summary("mem_per_subscriber_kib", stats.median);
+
+    // As clients usually hold them: many subscriptions per connection
+    // (a browser's or a gateway's), 10,000 over 10 connections.
+    let mut shared = Vec::new();
+    for run in 1..=report.runs {
+        eprintln!("[memory] shared-connection run {run}/{}", report.runs);
+        let all = Process::service(
+            "all-messages-service",
+            &nats.url(),
+            &[("FASTCHAT_SUBSCRIPTIONS__MAX_PER_CONNECTION", "1000".into())],
+        )?;
+        shared.push(idle_rss_shared(&all, SUBSCRIBERS, 10, idle).await?);
+    }
+    let stats = report.figure(
+        "memory",
+        "all-messages-service RSS per idle subscriber (10,000 over 10 connections)",
+        "KiB",
+        &shared,
+    );
+    report.summary("mem_per_shared_conn_subscriber_kib", stats.median);
     Ok(())
+}
+
+/// RSS growth of `server` (KiB) per idle stream when `streams` streams are
+/// opened over `connections` connections (after one first stream).
+async fn idle_rss_shared(
+    server: &Process,
+    streams: usize,
+    connections: usize,
+    request: impl Fn() -> v1::SubscribeRequest + Copy,
+) -> anyhow::Result<f64> {
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        channels.push(channel(&server.endpoint()).await?);
+    }
+    let mut first = AllMessagesServiceClient::new(channels[0].clone());
+    let _first = first.subscribe(request()).await?.into_inner();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.rss_kib()?;
+    let mut opened = futures::stream::iter(0..streams)
+        .map(|i| {
+            let mut client = AllMessagesServiceClient::new(channels[i % connections].clone());
+            async move { anyhow::Ok(client.subscribe(request()).await?.into_inner()) }
+        })
+        .buffer_unordered(128);
+    let mut open = Vec::with_capacity(streams);
+    while let Some(stream) = tokio::time::timeout(LIMIT, opened.next()).await? {
+        open.push(stream?);
+    }
+    let deadline = Instant::now() + LIMIT;
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    while server.metric("fastchat_subscriptions_active")? < (streams + 1) as f64 {
+        if Instant::now() > deadline {
+            bail!("subscriptions did not all open");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = server.rss_kib()?;
+    eprintln!("[memory] shared connections: RSS {before} KiB → {after} KiB");
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "counts and byte sizes far below 2^52 shown as floats"
+    )]
+    Ok(after.saturating_sub(before) as f64 / streams as f64)
 }
 
 /// RSS growth of `server` (KiB) per idle stream when `streams` clients each
