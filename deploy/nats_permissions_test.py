@@ -220,6 +220,9 @@ async def run(port: int) -> None:
         await sub.unsubscribe()
         return first
     first = await expect_ok("batched direct get ($JS.API.DIRECT.GET.chat)", batch_get())
+    leader = await expect_ok("a message from the leader ($JS.API.STREAM.MSG.GET.chat)",
+                             am_js.get_msg("chat", seq=1))
+    report(leader is not None and leader.data == b"hello", "the leader's copy matches")
     report(first is not None and first.data == b"hello"
            and (first.headers or {}).get("Nats-Num-Pending") is not None,
            "the batch holds the stored message with its pending count")

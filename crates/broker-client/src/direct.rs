@@ -170,6 +170,28 @@ impl Station {
         Ok(Batch { messages })
     }
 
+    /// The first message matching `subject` with sequence ≥ `from`, asked of
+    /// the stream's leader (`STREAM.MSG.GET`, which only the leader answers).
+    async fn leader_next(&self, subject: &str, from: u64) -> Result<Option<Delivered>> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
+        let op = || format!("read `{subject}` from station `{}`", self.name());
+        let stream = self.reader_stream_handle().await?;
+        match stream
+            .get_first_raw_message_by_subject(subject, from.max(1))
+            .await
+        {
+            Ok(message) => Ok(Some(Delivered::from_raw(message))),
+            Err(e) => match e.kind() {
+                RawMessageErrorKind::NoMessageFound => Ok(None),
+                RawMessageErrorKind::JetStream(api) if api.code() == 404 => Ok(None),
+                RawMessageErrorKind::InvalidSubject => {
+                    Err(Error::broker(op(), ErrorKind::InvalidInput, e))
+                }
+                _ => Err(Error::broker(op(), ErrorKind::Unavailable, e)),
+            },
+        }
+    }
+
     /// Number of messages matching `subject` with sequence ≥ `from`: one
     /// single-message batch, whose pending count the broker computes.
     pub(crate) async fn batch_count_from(&self, subject: &str, from: u64) -> Result<u64> {
@@ -228,6 +250,28 @@ impl Cursor {
             None => self.exhausted = true,
         }
         self.buffer.extend(got.messages);
+        // Any replica of a replicated station answers direct gets, and a
+        // follower may not have applied the newest messages yet: before
+        // calling the subject read, ask the leader whether anything follows.
+        // (A read from a time that found nothing yet is left as it is: the
+        // leader's get takes no time.)
+        if let (true, From::Sequence(from)) =
+            (self.exhausted && station.config().replicas > 1, self.next)
+        {
+            if let Some(mut next) = station.leader_next(&self.subject, from).await? {
+                if self
+                    .buffer
+                    .back()
+                    .is_none_or(|last| next.sequence > last.sequence)
+                {
+                    self.next = From::Sequence(next.sequence.saturating_add(1));
+                    next.pending = 1;
+                    self.pending_after = 1;
+                    self.exhausted = false;
+                    self.buffer.push_back(next);
+                }
+            }
+        }
         Ok(())
     }
 }
