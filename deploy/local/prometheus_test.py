@@ -43,6 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy"))
+sys.dont_write_bytecode = True  # no __pycache__ in deploy/
 import check_dashboard  # noqa: E402
 
 DEBUG = ROOT / "target" / "debug"
