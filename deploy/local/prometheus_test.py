@@ -76,7 +76,11 @@ def say(*parts):
 
 
 class Failed(Exception):
-    pass
+    """The test fails."""
+
+
+class NotYet(Exception):
+    """What a wait_for check says while it waits: not there yet, and why."""
 
 
 def start(args, out, **kw):
@@ -123,7 +127,7 @@ def free_port():
 
 def wait_for(what, check, timeout, interval=0.5):
     """Calls CHECK until it returns something true (returned) or TIMEOUT passes (Failed,
-    with CHECK's last answer or error)."""
+    with CHECK's last answer or NotYet). A Failed from CHECK ends the wait at once."""
     deadline = time.monotonic() + timeout
     last = None
     while True:
@@ -132,7 +136,7 @@ def wait_for(what, check, timeout, interval=0.5):
             if got:
                 return got
             last = got
-        except (OSError, ValueError, KeyError, Failed) as e:
+        except (OSError, ValueError, KeyError, NotYet) as e:
             last = f"{type(e).__name__}: {e}"
         if time.monotonic() > deadline:
             raise Failed(f"{what}: not within {timeout} s (last: {last})")
@@ -200,22 +204,33 @@ def run():
     say(f"logs and Prometheus storage in {tmp}")
 
     # 1. The system, as `make run` starts it (with the debug binaries).
-    run_log = tmp / "run.log"
     env = dict(os.environ, FASTCHAT_LOCAL_PROFILE="debug")
     nats = ROOT / "target" / "tools" / "nats" / "bin" / "nats-server"
     if "NATS_SERVER_BIN" not in env and nats.is_file():
         env["NATS_SERVER_BIN"] = str(nats)  # what the Makefile exports
-    run_sh = start(["bash", str(ROOT / "deploy" / "local" / "run.sh")], run_log, env=env, cwd=ROOT)
+    # run.sh starts nothing when one of its ports is taken. 50051-50053 lie in Linux's
+    # ephemeral range, where other programs' connections may hold one for a moment: up to
+    # three attempts, for that reason only.
+    for attempt in range(1, 4):
+        run_log = tmp / f"run-{attempt}.log"
+        run_sh = start(["bash", str(ROOT / "deploy" / "local" / "run.sh")], run_log, env=env, cwd=ROOT)
 
-    def running():
-        text = run_log.read_text(errors="replace")
-        if run_sh.poll() is not None:
-            raise Failed(f"run.sh exited {run_sh.returncode}:\n{text}")
-        if "not every service reports SERVING" in text:
-            raise Failed(f"run.sh: services not SERVING:\n{text}")
-        return "FastChat is running" in text
+        def running(run_sh=run_sh, run_log=run_log):
+            text = run_log.read_text(errors="replace")
+            if run_sh.poll() is not None:
+                raise Failed(f"run.sh exited {run_sh.returncode}:\n{text}")
+            if "not every service reports SERVING" in text:
+                raise Failed(f"run.sh: services not SERVING:\n{text}")
+            return "FastChat is running" in text
 
-    wait_for("make run (run.sh) up and every service SERVING", running, 90)
+        try:
+            wait_for("make run (run.sh) up and every service SERVING", running, 90)
+            break
+        except Failed as e:
+            if attempt == 3 or "these ports are taken" not in str(e):
+                raise
+            say(f"attempt {attempt}: {str(e).splitlines()[-1].strip()}; again in 3 s")
+            time.sleep(3)
     say(f"run.sh (pid {run_sh.pid}) up after {time.monotonic() - t0:.1f} s")
 
     # 2. Prometheus with the committed scrape config, intervals 1 s.
@@ -248,7 +263,7 @@ def run():
         active = prom.get("/api/v1/targets", state="active")["activeTargets"]
         seen = {t["labels"]["instance"]: (t["labels"]["job"], t["health"], t.get("lastError")) for t in active}
         if set(seen) != set(TARGETS):
-            raise Failed(f"targets {sorted(seen)}, expected {sorted(TARGETS)}")
+            raise NotYet(f"targets {sorted(seen)}, expected {sorted(TARGETS)}")
         for instance, job in TARGETS.items():
             if seen[instance][0] != job:
                 raise Failed(f"{instance}: job {seen[instance][0]}, expected {job}")
@@ -364,7 +379,7 @@ def run():
         want = {reason: 1.0 if reason in refusals else 0.0 for reason in AUTH_REASONS}
         if got != want:
             said = {reason: r.stderr.strip() for reason, r in refusals.items()}
-            raise Failed(f"reasons {got}, expected {want}; the sends said: {said}")
+            raise NotYet(f"reasons {got}, expected {want}; the sends said: {said}")
         return got
 
     results["sum by (reason) (fastchat_auth_failures_total)"] = wait_for("auth failures by reason", reasons, 10)
