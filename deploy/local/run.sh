@@ -2,6 +2,9 @@
 # Runs the compose topology as local processes: a JetStream nats-server,
 # send-service on :50051 and two all-messages-service replicas on :50052 and
 # :50053. Builds the release binaries (services and the `fastchat` CLI) first.
+# FASTCHAT_LOCAL_PROFILE=debug runs target/debug's binaries instead, as
+# `cargo build --workspace --bins` (and `make test`) left them, without
+# building anything (the Prometheus test, `make test-prometheus`, does this).
 # Ctrl-C stops everything and exits 0. Called by `make run`.
 #
 # Authentication, set up for LOCAL DEVELOPMENT ONLY: the services check JWTs
@@ -27,7 +30,15 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
-bin_dir="$root/target/release"
+profile="${FASTCHAT_LOCAL_PROFILE:-release}"
+case "$profile" in
+  release | debug) ;;
+  *)
+    echo "make run: FASTCHAT_LOCAL_PROFILE must be release or debug, not '$profile'" >&2
+    exit 64
+    ;;
+esac
+bin_dir="$root/target/$profile"
 nats_bin="${NATS_SERVER_BIN:-nats-server}"
 nats_port="${FASTCHAT_LOCAL_NATS_PORT:-4322}"
 state="$root/target/local"
@@ -45,7 +56,8 @@ if [[ -t 0 && -z "${FASTCHAT_RUN_AS_JOB:-}" ]]; then
     exec bash -m -c '"$0" "$@"' "$0" "$@"
   fi
 fi
-unset FASTCHAT_RUN_AS_JOB # the services read FASTCHAT_* variables: keep it from them
+# The services read FASTCHAT_* variables: keep this script's own from them.
+unset FASTCHAT_RUN_AS_JOB FASTCHAT_LOCAL_PROFILE
 
 mkdir -p "$state"
 exec 9<>"$lock"
@@ -134,7 +146,7 @@ cat >"$config" <<EOF
 mode = "jwt"
 
 [auth.jwt]
-# Tokens: target/release/fastchat token --secret-file target/local/dev-secret ...
+# Tokens: target/$profile/fastchat token --secret-file target/local/dev-secret ...
 hmac_secret_file = "$secret_toml"
 
 # Callers WITHOUT a token may write to #general and read every room: what the
@@ -157,9 +169,20 @@ allowed_origins = ["http://127.0.0.1:50052", "http://localhost:50052", "http://1
 send_url = "http://127.0.0.1:50051"
 EOF
 
-echo "building release binaries: send-service, all-messages-service, fastchat (CLI)"
-echo "  (the first release build takes ~4-5 minutes on 2 cores; later ones seconds)"
-"${CARGO:-cargo}" build --locked --release -p send-service -p all-messages-service -p fastchat-cli
+if [[ "$profile" == release ]]; then
+  echo "building release binaries: send-service, all-messages-service, fastchat (CLI)"
+  echo "  (the first release build takes ~4-5 minutes on 2 cores; later ones seconds)"
+  "${CARGO:-cargo}" build --locked --release -p send-service -p all-messages-service -p fastchat-cli
+else
+  for binary in send-service all-messages-service fastchat; do
+    if [[ ! -x "$bin_dir/$binary" ]]; then
+      echo "make run: FASTCHAT_LOCAL_PROFILE=debug: target/debug/$binary is missing; build it first:" >&2
+      echo "  cargo build --locked --workspace --bins" >&2
+      exit 1
+    fi
+  done
+  echo "using the debug binaries in target/debug as they are (FASTCHAT_LOCAL_PROFILE=debug: nothing built)"
+fi
 # The build took a while: check again that nothing took a port meanwhile.
 check_ports
 
@@ -286,7 +309,7 @@ box() {
   for line in "$@"; do printf '! %-*s !\n' "$((width - 2))" "$line"; done
   printf '+%s+\n' "$(printf '%*s' "$width" '' | tr ' ' '!')"
 }
-fc=target/release/fastchat
+fc=target/$profile/fastchat
 echo
 echo "FastChat is running; Ctrl-C here stops it."
 echo
@@ -306,6 +329,8 @@ else
 fi
 echo
 echo "The web chat page: http://127.0.0.1:50052/ (the second replica: http://127.0.0.1:50053/)"
+echo "Metrics: http://127.0.0.1:9091/metrics (send-service), :9092 and :9093 (all-messages-service);"
+echo "  prometheus --config.file=deploy/local/prometheus.yml scrapes all three (README: Metrics)"
 if [[ -n "$dev_token" ]]; then
   echo "  signed in as dev: http://127.0.0.1:50052/#token=$dev_token"
 fi

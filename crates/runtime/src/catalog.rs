@@ -33,6 +33,7 @@ pub fn install(name: &str, version: &str) -> Result<PrometheusHandle, BuildError
         )?
         .install_recorder()?;
     describe();
+    register_zeros(name);
     metrics::gauge!(
         "fastchat_build_info",
         "version" => version.to_owned(),
@@ -40,6 +41,44 @@ pub fn install(name: &str, version: &str) -> Result<PrometheusHandle, BuildError
     )
     .set(1.0);
     Ok(handle)
+}
+
+/// Series an operator rates or alerts on, exported at 0 from the start.
+/// Prometheus takes a counter's first scrape as its starting point, so a
+/// counter that only appeared with its first increment would hide that
+/// increment from `rate()` and `increase()`: the first auth failure, the
+/// first rate-limited send or catch-up of a process would never show. Series
+/// whose labels are not known in advance (per method and code, per outcome)
+/// still appear with their first value.
+fn register_zeros(service: &str) {
+    use fastchat_auth::reason;
+    for reason in [
+        reason::TOKEN_MISSING,
+        reason::TOKEN_INVALID,
+        reason::TOKEN_EXPIRED,
+        reason::ROOM_FORBIDDEN,
+        reason::AUTHOR_MISMATCH,
+    ] {
+        metrics::counter!("fastchat_auth_failures_total", "reason" => reason).increment(0);
+    }
+    match service {
+        "send-service" => {
+            metrics::counter!("fastchat_rate_limited_total", "api" => "send").increment(0);
+            metrics::counter!("fastchat_send_duplicates_total").increment(0);
+        }
+        "all-messages-service" => {
+            for counter in [
+                "fastchat_subscriptions_total",
+                "fastchat_subscription_catchups_total",
+                "fastchat_subscriptions_stalled_total",
+                "fastchat_messages_delivered_total",
+            ] {
+                metrics::counter!(counter).increment(0);
+            }
+            metrics::gauge!("fastchat_subscriptions_active").increment(0.0);
+        }
+        _ => {}
+    }
 }
 
 /// Help text for every metric (a metric is exported once it is recorded).
