@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 /// A stored chat message, shared by every subscriber that gets it: it is
 /// copied into a response only when a client's stream is written.
-pub type Shared = Arc<v1::ChatMessage>;
+// trace: the message travels with its stored trace context
+pub type Shared = Arc<crate::trace::Live>;
 
 /// Decodes a station message; `None` (logged) for one that is not a
 /// FastChat chat message, which subscribers then skip.
@@ -123,7 +124,7 @@ impl Hub {
         }
     }
 
-    fn broadcast(&self, sequence: u64, message: Option<v1::ChatMessage>) {
+    fn broadcast(&self, sequence: u64, message: Option<crate::trace::Live>) {
         let mut last = self
             .last
             .lock()
@@ -181,7 +182,8 @@ impl Hub {
         tracing::info!(after_sequence = start, "live feed started");
         let sequence_gauge = metrics::gauge!("fastchat_live_feed_sequence");
         while let Some(delivered) = context.cancel.run_until_cancelled(fan_out.next()).await {
-            self.broadcast(delivered.sequence, decode(&delivered));
+            // trace: decoded with its stored trace context
+            self.broadcast(delivered.sequence, crate::trace::decode(&delivered));
             #[expect(
                 clippy::cast_precision_loss,
                 reason = "a gauge; exact below 2^53, which no station reaches"
