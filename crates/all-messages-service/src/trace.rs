@@ -7,8 +7,8 @@
 //! - `deliver` with `fastchat.delivery = "history"` or `"catch_up"`: a
 //!   message replayed from the station, which **links** to the stored
 //!   context (later work of its own, pointing at the send's trace);
-//! - `list_messages`: one `ListMessages` page, linking to every message on
-//!   it that has a stored context.
+//! - `page`: one `ListMessages` page (inside the RPC's `list_messages`
+//!   span), linking to every message read for it that has a stored context.
 //!
 //! Attributes: `fastchat.room`, `fastchat.sequence`, `fastchat.message_id`;
 //! never the text. Nothing is made while traces are off, nor for a message
@@ -111,7 +111,7 @@ pub fn page(room: &str) -> tracing::Span {
     if !propagation::enabled() {
         return tracing::Span::none();
     }
-    tracing::info_span!("list_messages", otel.kind = "server", fastchat.room = room,)
+    tracing::info_span!("page", fastchat.room = room)
 }
 
 /// Links a page's span to a message read for it.

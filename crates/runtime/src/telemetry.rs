@@ -117,12 +117,21 @@ fn provider(service: &str) -> anyhow::Result<Option<SdkTracerProvider>> {
     } else {
         resource.with_service_name(service.to_owned())
     };
-    let resource = resource
-        .with_attribute(opentelemetry::KeyValue::new(
-            "service.version",
-            env!("CARGO_PKG_VERSION"),
-        ))
-        .build();
+    let resource = resource.with_attribute(opentelemetry::KeyValue::new(
+        "service.version",
+        env!("CARGO_PKG_VERSION"),
+    ));
+    // Replicas told apart: the host name (a container's, a pod's) unless
+    // OTEL_RESOURCE_ATTRIBUTES names the instance.
+    let instance =
+        env_var("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|v| v.contains("service.instance.id="));
+    let resource = match env_var("HOSTNAME").filter(|h| !h.is_empty()) {
+        Some(host) if !instance => {
+            resource.with_attribute(opentelemetry::KeyValue::new("service.instance.id", host))
+        }
+        _ => resource,
+    };
+    let resource = resource.build();
     Ok(Some(
         SdkTracerProvider::builder()
             .with_resource(resource)
@@ -225,9 +234,12 @@ where
     ) -> std::fmt::Result {
         let ids = if crate::propagation::enabled() {
             let dispatch = self.dispatch.0.get().and_then(WeakDispatch::upgrade);
-            ctx.parent_span()
-                .zip(dispatch)
-                .and_then(|(span, dispatch)| ids_of(&span.id(), &dispatch))
+            // The innermost span the OpenTelemetry layer knows (it sees
+            // `info` and above; a `debug` span inside is the log's alone).
+            dispatch.and_then(|dispatch| {
+                ctx.event_scope()?
+                    .find_map(|span| ids_of(&span.id(), &dispatch))
+            })
         } else {
             None
         };
