@@ -39,7 +39,8 @@ use tokio_util::sync::CancellationToken;
 
 /// A stored chat message, shared by every subscriber that gets it: it is
 /// copied into a response only when a client's stream is written.
-pub type Shared = Arc<v1::ChatMessage>;
+// trace: the message travels with its stored trace context
+pub type Shared = Arc<crate::trace::Live>;
 
 /// Decodes a station message; `None` (logged) for one that is not a
 /// FastChat chat message, which subscribers then skip.
@@ -334,7 +335,7 @@ impl Hub {
         }
     }
 
-    fn dispatch(&self, sequence: u64, message: Option<v1::ChatMessage>) {
+    fn dispatch(&self, sequence: u64, message: Option<crate::trace::Live>) {
         let mut registry = self.registry();
         registry.last = sequence;
         if let Some(message) = message {
@@ -396,7 +397,8 @@ impl Hub {
         tracing::info!(after_sequence = start, "live feed started");
         let sequence_gauge = metrics::gauge!("fastchat_live_feed_sequence");
         while let Some(delivered) = context.cancel.run_until_cancelled(fan_out.next()).await {
-            self.dispatch(delivered.sequence, decode(&delivered));
+            // trace: decoded with its stored trace context
+            self.dispatch(delivered.sequence, crate::trace::decode(&delivered));
             #[expect(
                 clippy::cast_precision_loss,
                 reason = "a gauge; exact below 2^53, which no station reaches"
@@ -411,12 +413,12 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn message(sequence: u64, room: &str) -> Option<v1::ChatMessage> {
-        Some(v1::ChatMessage {
+    fn message(sequence: u64, room: &str) -> Option<crate::trace::Live> {
+        Some(crate::trace::Live::from(v1::ChatMessage {
             sequence,
             room: room.into(),
             ..v1::ChatMessage::default()
-        })
+        }))
     }
 
     fn rooms(names: &[&str]) -> Rooms {
@@ -498,12 +500,12 @@ mod tests {
     fn an_inbox_is_bounded_in_bytes() {
         let hub = Hub::new(100, 2500);
         let big = |sequence| {
-            Some(v1::ChatMessage {
+            Some(crate::trace::Live::from(v1::ChatMessage {
                 sequence,
                 room: "a".into(),
                 text: "x".repeat(1000),
                 ..v1::ChatMessage::default()
-            })
+            }))
         };
         let mut reader = hub.join(&rooms(&["a"]));
         let mut idle = hub.join(&rooms(&["a"]));

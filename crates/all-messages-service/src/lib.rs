@@ -9,7 +9,8 @@
 //! Modules, as layers from the ground up: `config`, `shares` (fair shares
 //! per instance, connection and address) and `error`; `hub` (the
 //! live feed); `subscription` (one subscriber's replay, live and catch-up);
-//! `service` (the gRPC faces, history pages); `http` (JSON history and
+//! `service` (the gRPC faces, history pages); `trace` (the
+//! delivery spans); `http` (JSON history and
 //! Server-Sent Events, through `service`); [`run`] here.
 
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ mod hub;
 mod service;
 mod shares;
 mod subscription;
+mod trace;
 
 use fastchat_proto::{seed, v1};
 use fastchat_runtime::service::{self as lifecycle, ServeError, Spec};

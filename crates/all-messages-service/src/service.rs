@@ -274,7 +274,8 @@ pub(crate) fn to_v1(event: Event) -> Option<v1::SubscribeResponse> {
     use v1::subscribe_response::Event as E;
     Some(v1::SubscribeResponse {
         event: Some(match event {
-            Event::Message(message) => E::Message((*message).clone()),
+            // trace: the message without its trace context
+            Event::Message(message) => E::Message(message.message.clone()),
             Event::Gap { from, to } => E::Gap(v1::Gap {
                 from_sequence: from,
                 to_sequence: to,
@@ -413,6 +414,8 @@ async fn list(
         .await?;
     let start = first.map_or(StartPosition::All, StartPosition::FromSequence);
     let mut read = station.read(&filter, start).await?;
+    // trace: the page's span, linked to its messages
+    let page = crate::trace::page(room);
     // Read oldest first, but hold no more than the byte budget: the oldest
     // are let go as newer ones come (an encoded page also carries a few
     // bytes of framing per message).
@@ -425,6 +428,7 @@ async fn list(
             break;
         }
         taken += 1;
+        crate::trace::page_message(&page, &delivered); // trace:
         let Some(message) = hub::decode(&delivered) else {
             continue;
         };

@@ -19,11 +19,13 @@ use prost::Message as _;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use tracing::Instrument as _;
 
 use crate::{
     error::ApiError,
-    hub::{self, Hub, Joined, Shared},
+    hub::{Hub, Joined, Shared},
     shares::Shares,
+    trace::{self, Delivery},
 };
 
 /// Where a subscription starts.
@@ -502,7 +504,9 @@ impl Subscription {
                     if message.sequence <= self.sink.cursor {
                         continue;
                     }
-                    self.sink.message(message).await?;
+                    // trace: a live delivery, a child of the send
+                    let span = trace::deliver(&message, Delivery::Live);
+                    self.sink.message(message).instrument(span).await?;
                     idle.as_mut()
                         .reset(tokio::time::Instant::now() + self.heartbeat);
                 }
@@ -554,13 +558,24 @@ impl Subscription {
                 return Ok(());
             };
             if delivered.sequence > self.sink.cursor
-                && let Some(message) = hub::decode(&delivered)
+                // trace: decoded with its stored trace context
+                && let Some(message) = trace::decode(&delivered)
                 && self
                     .room_starts
                     .get(&message.room)
                     .is_none_or(|start| delivered.sequence >= *start)
             {
-                self.sink.message(Arc::new(message)).await?;
+                // trace: a replay or catch-up, linked to the send
+                let how = if batch.is_some() {
+                    Delivery::CatchUp
+                } else {
+                    Delivery::History
+                };
+                let span = trace::deliver(&message, how);
+                self.sink
+                    .message(Arc::new(message))
+                    .instrument(span)
+                    .await?;
             }
             if delivered.sequence >= until {
                 return Ok(());
@@ -631,11 +646,11 @@ mod tests {
             CancellationToken::new(),
         );
         let message = |sequence| {
-            Arc::new(v1::ChatMessage {
+            Arc::new(trace::Live::from(v1::ChatMessage {
                 text: "x".repeat(3000),
                 sequence,
                 ..v1::ChatMessage::default()
-            })
+            }))
         };
         // Three 3 KB messages fit in 10,000 bytes; the fourth waits.
         for sequence in 1..=3 {

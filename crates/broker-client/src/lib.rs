@@ -57,7 +57,7 @@ pub use group::{
     DeadLetter, Group, GroupConfig, GroupMessage, HEADER_DLS_DELIVERIES, HEADER_DLS_GROUP,
     HEADER_DLS_REASON, HEADER_DLS_SEQUENCE, HEADER_DLS_SUBJECT,
 };
-pub use message::{Delivered, StartPosition};
+pub use message::{Delivered, StartPosition, TraceContext};
 pub use producer::{Producer, PublishAck};
 pub use station::{Station, StationState};
 pub use subjects::Subjects;

@@ -58,6 +58,12 @@ pub struct Delivered {
 }
 
 impl Delivered {
+    /// The W3C trace context stored with the message, if it has one.
+    #[must_use]
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        TraceContext::from_headers(&self.headers)
+    }
+
     pub(crate) fn from_jetstream(message: &jetstream::Message) -> Result<Self> {
         // async-nats gives no kind here: the reply subject of a JetStream
         // delivery did not parse, which only a non-JetStream message causes.
@@ -83,5 +89,77 @@ impl Delivered {
             published: message.time,
             pending: 0,
         }
+    }
+}
+
+/// W3C Trace Context (<https://www.w3.org/TR/trace-context/>) as stored in a
+/// message's headers: `traceparent` and, if there is one, `tracestate`,
+/// lowercase, as the specification names them. What the values hold is the
+/// producer's business; this only carries them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The `traceparent` value: `version-traceid-parentid-flags`.
+    pub traceparent: String,
+    /// The `tracestate` value, vendor entries; `None` when there are none.
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// The header holding [`TraceContext::traceparent`].
+    pub const TRACEPARENT: &'static str = "traceparent";
+    /// The header holding [`TraceContext::tracestate`].
+    pub const TRACESTATE: &'static str = "tracestate";
+
+    /// The trace context in `headers`, if they have a `traceparent`.
+    #[must_use]
+    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        let traceparent = headers.get(Self::TRACEPARENT)?.as_str().to_owned();
+        let tracestate = headers
+            .get(Self::TRACESTATE)
+            .map(|v| v.as_str().to_owned())
+            .filter(|v| !v.is_empty());
+        Some(Self {
+            traceparent,
+            tracestate,
+        })
+    }
+
+    /// Adds the trace context to `headers` (replacing any there).
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        headers.insert(Self::TRACEPARENT, self.traceparent.as_str());
+        if let Some(tracestate) = &self.tracestate {
+            headers.insert(Self::TRACESTATE, tracestate.as_str());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trace_context_round_trips_through_headers() {
+        let with_state = TraceContext {
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            tracestate: Some("vendor=opaque".into()),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "x");
+        with_state.insert_into(&mut headers);
+        assert_eq!(
+            headers.get("traceparent").map(|v| v.as_str()),
+            Some(with_state.traceparent.as_str())
+        );
+        assert_eq!(TraceContext::from_headers(&headers), Some(with_state));
+
+        let without = TraceContext {
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00".into(),
+            tracestate: None,
+        };
+        let mut headers = HeaderMap::new();
+        without.insert_into(&mut headers);
+        assert!(headers.get("tracestate").is_none());
+        assert_eq!(TraceContext::from_headers(&headers), Some(without));
+        assert_eq!(TraceContext::from_headers(&HeaderMap::new()), None);
     }
 }

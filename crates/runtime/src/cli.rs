@@ -140,9 +140,16 @@ where
             }
         };
     }
-    if let Err(e) = crate::telemetry::init(config.log()) {
-        eprintln!("{name}: cannot set up logging: {e:#}");
-        return ExitCode::from(EX_USAGE);
+    // Inside the runtime: the OTLP exporter's channel lives on it.
+    let telemetry = match runtime.block_on(async { crate::telemetry::init(config.log(), name) }) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("{name}: cannot set up logging: {e:#}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if telemetry.tracing() {
+        tracing::info!("traces exported over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT)");
     }
     for warning in &warnings {
         tracing::warn!("configuration: {warning}");
@@ -177,6 +184,8 @@ where
     let (error, code) = match result {
         Ok(Ok(())) => {
             tracing::info!("{name} stopped");
+            // Flush the spans still queued while the runtime still runs.
+            telemetry.shutdown();
             return ExitCode::SUCCESS;
         }
         Ok(Err(e)) if e.is_configuration() => (anyhow::Error::from(e), ExitCode::from(EX_USAGE)),
@@ -185,5 +194,6 @@ where
     };
     tracing::error!(error = format!("{error:#}"), "{name} failed");
     eprintln!("{name}: {error:#}");
+    telemetry.shutdown();
     code
 }

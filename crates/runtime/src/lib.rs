@@ -4,7 +4,8 @@
 //! Modules, as layers from the ground up (each uses only those below it):
 //!
 //! 1. [`config`] (figment layering and the sections every service has),
-//!    [`telemetry`] (tracing), [`shutdown`] (the signal future), [`throttle`]
+//!    [`telemetry`] (logs and traces), [`propagation`] (W3C trace
+//!    context: requests, spans, stored messages), [`shutdown`] (the signal future), [`throttle`]
 //!    (rate-limited logs), `limit` (the request size and body deadline),
 //!    `grpc_web` (gRPC-web translation where a request asks for it),
 //!    `rpc_metrics` (per-RPC counts and durations by status code),
@@ -33,6 +34,7 @@ mod grpc_web;
 pub mod held;
 mod limit;
 pub mod listener;
+pub mod propagation;
 mod rpc_metrics;
 pub mod shutdown;
 pub mod status;

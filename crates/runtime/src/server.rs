@@ -112,7 +112,7 @@ pub fn builder(config: &GrpcConfig, web: &WebConfig) -> Server<Layers> {
 
 /// Request headers a web page may send: what gRPC-web, Connect and
 /// EventSource clients send, the bearer token and a trace context.
-const ALLOWED_HEADERS: [&str; 9] = [
+const ALLOWED_HEADERS: [&str; 10] = [
     "authorization",
     "content-type",
     "accept",
@@ -120,6 +120,7 @@ const ALLOWED_HEADERS: [&str; 9] = [
     "x-user-agent",
     "grpc-timeout",
     "traceparent",
+    "tracestate",
     "last-event-id",
     "connect-protocol-version",
 ];

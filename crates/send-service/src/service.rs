@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, time::Instant};
 
+use broker_client::TraceContext;
 use fastchat_auth::{Caller, Operation};
 use fastchat_proto::{seed, station, v1};
 use fastchat_runtime::{
@@ -10,6 +11,7 @@ use fastchat_runtime::{
     ratelimit::PerIdentity,
 };
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::{
     SendError,
@@ -69,11 +71,11 @@ impl Api {
         api: &'static str,
         sender: Result<Sender, SendError>,
         request: v1::SendMessageRequest,
-        traceparent: Option<&str>,
+        trace: Option<&TraceContext>,
     ) -> Result<Stored, SendError> {
         let started = Instant::now();
         let result = match sender {
-            Ok(sender) => self.checked(&sender, request, traceparent).await,
+            Ok(sender) => self.checked(&sender, request, trace).await,
             Err(e) => Err(e),
         };
         let outcome = match &result {
@@ -91,6 +93,8 @@ impl Api {
         };
         metrics::counter!("fastchat_send_requests_total", "api" => api, "outcome" => outcome)
             .increment(1);
+        // trace: the send span's attributes
+        crate::trace::record(&result, outcome);
         metrics::histogram!("fastchat_send_duration_seconds", "api" => api)
             .record(started.elapsed().as_secs_f64());
         result
@@ -100,7 +104,7 @@ impl Api {
         &self,
         sender: &Sender,
         mut request: v1::SendMessageRequest,
-        traceparent: Option<&str>,
+        trace: Option<&TraceContext>,
     ) -> Result<Stored, SendError> {
         let key = IdentityKey::of(&sender.caller, sender.peer);
         if let Err(retry_after) = self.rate.check(&key) {
@@ -125,19 +129,8 @@ impl Api {
         let author = sender.caller.author(&request.author)?;
         request.author = author.name;
         let new = validate(request, &self.limits)?;
-        self.store.store(new, author.verified, traceparent).await
+        self.store.store(new, author.verified, trace).await
     }
-}
-
-/// The request's W3C trace context, if it has a valid one (anything else is
-/// dropped, not stored: it is only trace context, never a reason to refuse).
-fn traceparent<T>(request: &Request<T>) -> Option<String> {
-    request
-        .metadata()
-        .get(fastchat_wire::HEADER_TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::trace::traceparent)
-        .map(str::to_owned)
 }
 
 /// The seed API's message as a fastchat.v1 request: room `general`, its
@@ -173,10 +166,12 @@ impl v1::send_message_service_server::SendMessageService for Api {
         &self,
         request: Request<v1::SendMessageRequest>,
     ) -> Result<Response<v1::SendMessageResponse>, Status> {
-        let trace = traceparent(&request);
+        // trace: the send span, child of the request's traceparent
+        let (span, trace) = crate::trace::send_span("v1", &request);
         let sender = self.sender(&request);
         let stored = self
-            .send("v1", sender, request.into_inner(), trace.as_deref())
+            .send("v1", sender, request.into_inner(), trace.as_ref())
+            .instrument(span)
             .await?;
         Ok(Response::new(v1::SendMessageResponse {
             message: Some(stored.message),
@@ -191,15 +186,17 @@ impl seed::send_message_service_server::SendMessageService for Api {
         &self,
         request: Request<seed::ChatMessage>,
     ) -> Result<Response<seed::Empty>, Status> {
-        let trace = traceparent(&request);
+        // trace: the send span, child of the request's traceparent
+        let (span, trace) = crate::trace::send_span("seed", &request);
         let sender = self.sender(&request);
         Api::send(
             self,
             "seed",
             sender,
             seed_request(request.into_inner()),
-            trace.as_deref(),
+            trace.as_ref(),
         )
+        .instrument(span)
         .await
         .map_err(seed_field)?;
         Ok(Response::new(seed::Empty {}))

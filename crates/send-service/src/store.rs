@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use broker_client::{PublishAck, Station};
+use broker_client::{PublishAck, Station, TraceContext};
 use fastchat_backoff::ExponentialBackoff;
 use fastchat_proto::{prost_types::Timestamp, v1};
 use fastchat_wire::Outgoing;
@@ -41,7 +41,7 @@ impl Store {
         &self,
         new: NewMessage,
         author_verified: bool,
-        traceparent: Option<&str>,
+        trace: Option<&TraceContext>,
     ) -> Result<Stored, SendError> {
         let station = self
             .station
@@ -59,7 +59,7 @@ impl Store {
             sequence: 0,
             author_verified,
         };
-        let outgoing = fastchat_wire::encode(&message, traceparent);
+        let outgoing = fastchat_wire::encode(&message, trace);
         let dedup_id = dedup_id.unwrap_or_else(|| message.id.clone());
         let ack =
             publish_retrying(&station, outgoing, &dedup_id, Instant::now() + self.timeout).await?;

@@ -6,6 +6,71 @@
 //! A value that fails is not an error: trace context is advisory, so the
 //! caller drops it and stores the message without one.
 
+use broker_client::TraceContext;
+use tonic::Request;
+
+use crate::{SendError, store::Stored};
+
+/// The `send` span of one request of either API (gRPC, gRPC-web, HTTP/JSON:
+/// all come here as gRPC requests with their headers as metadata), a child
+/// of the client's `traceparent` if it sent one, and the trace context to
+/// store with the message.
+///
+/// With traces on, what is stored is the `send` span's own context (so
+/// deliveries are its children), with the client's `tracestate`. With
+/// traces off, it is the client's `traceparent` as it came, if well-formed
+/// ([`traceparent`]): passed through for whoever reads the station.
+pub fn send_span<T>(
+    api: &'static str,
+    request: &Request<T>,
+) -> (tracing::Span, Option<TraceContext>) {
+    let span = tracing::info_span!(
+        "send",
+        otel.kind = "producer",
+        fastchat.api = api,
+        fastchat.room = tracing::field::Empty,
+        fastchat.sequence = tracing::field::Empty,
+        fastchat.message_id = tracing::field::Empty,
+        fastchat.duplicate = tracing::field::Empty,
+        fastchat.outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    if fastchat_runtime::propagation::enabled() {
+        fastchat_runtime::propagation::set_request_parent(&span, request.metadata());
+        let trace = fastchat_runtime::propagation::of_span(&span);
+        return (span, trace);
+    }
+    let passed_through = request
+        .metadata()
+        .get(fastchat_wire::HEADER_TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(traceparent)
+        .map(|traceparent| TraceContext {
+            traceparent: traceparent.to_owned(),
+            tracestate: None,
+        });
+    (span, passed_through)
+}
+
+/// Records the outcome of a send on the current (`send`) span: the stored
+/// message's room, sequence and id, never its text.
+pub fn record(result: &Result<Stored, SendError>, outcome: &'static str) {
+    let span = tracing::Span::current();
+    span.record("fastchat.outcome", outcome);
+    match result {
+        Ok(stored) => {
+            span.record("fastchat.room", stored.message.room.as_str());
+            span.record("fastchat.sequence", stored.message.sequence);
+            span.record("fastchat.message_id", stored.message.id.as_str());
+            span.record("fastchat.duplicate", stored.duplicate);
+        }
+        Err(SendError::Internal(_) | SendError::Unavailable(_)) => {
+            span.record("otel.status_code", "ERROR");
+        }
+        Err(_) => {}
+    }
+}
+
 /// Length of a version `00` value: `vv-` + 32 + `-` + 16 + `-` + `ff`.
 const LEN: usize = 55;
 

@@ -1,5 +1,5 @@
 //! Test harness shared by every crate's tests: real `nats-server` processes,
-//! and a raw HTTP/2 client for attack tests.
+//! a fake OTLP trace collector, and a raw HTTP/2 client for attack tests.
 //!
 //! Each [`NatsServer`] runs on loopback on ports it picks itself (`-p -1`,
 //! read back from its ports file, kept across restarts), with its own
@@ -20,6 +20,8 @@
 //! - `monitor`: HTTP monitoring (`/healthz`, `/varz`, `/jsz`) and [`StreamReport`];
 //! - `server`: one [`NatsServer`] and its [`NatsOptions`];
 //! - `cluster`: [`NatsCluster`], several servers as one JetStream cluster;
+//! - `otlp`: [`OtlpCollector`], a fake OpenTelemetry collector that records
+//!   the spans the services export;
 //! - [`h2raw`]: a blocking raw HTTP/2 client (std only, no other layer) that
 //!   writes any frame, malformed or abusive, and reads frames back.
 //!
@@ -32,12 +34,14 @@
 mod cluster;
 pub mod h2raw;
 mod monitor;
+mod otlp;
 mod paths;
 mod ports;
 mod server;
 
 pub use cluster::NatsCluster;
 pub use monitor::StreamReport;
+pub use otlp::{OtlpCollector, RecordedSpan};
 pub use paths::{check_nats_server_version, nats_server_bin, workspace_bin, workspace_root};
 pub use ports::{free_port, free_ports};
 pub use server::{NatsOptions, NatsServer};

@@ -14,7 +14,7 @@
 
 #![forbid(unsafe_code)]
 
-use broker_client::{Delivered, HeaderMap};
+use broker_client::{Delivered, HeaderMap, TraceContext};
 use bytes::Bytes;
 use fastchat_proto::{station, v1};
 use prost::Message as _;
@@ -26,7 +26,7 @@ pub const HEADER_CONTENT_TYPE: &str = "Content-Type";
 /// Value of [`HEADER_CONTENT_TYPE`]: a protobuf `fastchat.v1.ChatMessage`.
 pub const CONTENT_TYPE: &str = "application/protobuf; proto=fastchat.v1.ChatMessage";
 /// W3C trace context, passed through from the request that sent it.
-pub const HEADER_TRACEPARENT: &str = "traceparent";
+pub const HEADER_TRACEPARENT: &str = TraceContext::TRACEPARENT;
 
 /// A chat message ready to publish to the station.
 #[derive(Debug, Clone)]
@@ -42,12 +42,12 @@ pub struct Outgoing {
 /// Encodes `message` for the station. Its `sequence` is not sent: the
 /// station assigns it, and [`decode`] fills it in.
 #[must_use]
-pub fn encode(message: &v1::ChatMessage, traceparent: Option<&str>) -> Outgoing {
+pub fn encode(message: &v1::ChatMessage, trace: Option<&TraceContext>) -> Outgoing {
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_MESSAGE_ID, message.id.as_str());
     headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE);
-    if let Some(traceparent) = traceparent {
-        headers.insert(HEADER_TRACEPARENT, traceparent);
+    if let Some(trace) = trace {
+        trace.insert_into(&mut headers);
     }
     let payload = if message.sequence == 0 {
         message.encode_to_vec()
@@ -137,10 +137,11 @@ mod tests {
     #[test]
     fn a_message_survives_the_round_trip_with_its_sequence() {
         let sent = message();
-        let out = encode(
-            &sent,
-            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
-        );
+        let trace = TraceContext {
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            tracestate: Some("vendor=1".into()),
+        };
+        let out = encode(&sent, Some(&trace));
         assert_eq!(out.subject, "chat.messages.team-a");
         assert_eq!(
             out.headers.get(HEADER_MESSAGE_ID).map(|v| v.as_str()),
@@ -155,6 +156,7 @@ mod tests {
             traceparent(&back.headers),
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
         );
+        assert_eq!(back.trace_context(), Some(trace));
         let decoded = decode(&back).expect("decodes");
         assert_eq!(
             decoded,
