@@ -247,7 +247,16 @@ async fn send_load(
                     });
                     break;
                 }
-                Ok(Err(status)) => format!("{:?}", status.code()),
+                // UNAVAILABLE is the documented answer; anything else
+                // with its text, to see where it comes from.
+                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                    "Unavailable".to_owned()
+                }
+                Ok(Err(status)) => format!(
+                    "{:?}: {}",
+                    status.code(),
+                    status.message().chars().take(80).collect::<String>()
+                ),
                 Err(_) => "client time-out (10 s)".to_owned(),
             };
             *report.failures.entry(status).or_default() += 1;
@@ -788,6 +797,22 @@ async fn chaos_under_load_loses_and_duplicates_no_acknowledged_message() {
         "  worst send stall (first attempt -> ack) {worst_stall:.1?}; worst subscriber \
          recovery (stream end -> first event on the next) {worst_recovery:.1?}"
     );
+    // What the services logged as errors (e.g. behind an INTERNAL answer).
+    let mut errors: Vec<String> = Vec::new();
+    for instance in &services {
+        for line in instance
+            .process
+            .log()
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+        {
+            errors.push(format!("{}: {line}", instance.process.name()));
+        }
+    }
+    let _ = writeln!(report, "  service ERROR log lines: {}", errors.len());
+    for line in errors.iter().take(5) {
+        let _ = writeln!(report, "    {}", line.chars().take(400).collect::<String>());
+    }
     let _ = writeln!(report, "  test took {:.1?}", test_started.elapsed());
     eprint!("{report}");
 

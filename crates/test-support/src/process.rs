@@ -161,6 +161,12 @@ impl ServiceProcess {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Its whole output so far, across restarts.
+    #[must_use]
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
         self.child
