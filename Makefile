@@ -42,7 +42,7 @@ SERVICES        := send-service all-messages-service
 # The web chat page: npm packages from web/package-lock.json into web/node_modules.
 WEB_STAMP := web/node_modules/.installed
 
-.PHONY: help setup run web test test-browser test-prometheus lint fmt bench docker secrets compose-up compose-down k8s-validate deploy-check clean-tools
+.PHONY: help setup run web test test-browser test-prometheus lint fmt bench chaos docker secrets compose-up compose-down k8s-validate deploy-check clean-tools
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -90,6 +90,13 @@ test-prometheus: $(NATS_STAMP) ## Debian's prometheus scraping make run's servic
 bench: $(NATS_STAMP) ## measure FastChat against raw tonic/JetStream baselines (release; report in target/bench)
 	$(CARGO) build --locked --release -p send-service -p all-messages-service -p fastchat-bench
 	target/release/fastchat-bench --out target/bench
+
+# The chaos test (tests/tests/chaos.rs) runs 45 s of faults in `make test`; this runs it
+# longer. CHAOS_SEED=<n> replays a run (the test prints its seed).
+CHAOS_SECONDS ?= 600
+chaos: $(NATS_STAMP) ## the chaos test for CHAOS_SECONDS (600): broker nodes and services killed, paused, cut off under load; prints its report
+	$(CARGO) build --locked -p send-service -p all-messages-service --bins
+	CHAOS_SECONDS=$(CHAOS_SECONDS) $(CARGO) test --locked -p fastchat-e2e --test chaos -- --nocapture
 
 $(SHEAR_STAMP):
 	@echo "installing cargo-shear $(CARGO_SHEAR_VERSION) into $(CARGO_TOOLS) (built from crates.io: ~1-2 minutes on 2 cores, once)"

@@ -290,6 +290,11 @@ fn api_kind(err: &jetstream::Error) -> ErrorKind {
     {
         ErrorKind::ResourceExhausted
     } else if code == C::CLUSTER_NOT_AVAILABLE
+        // "duplicate message id is in process" (409): a publish with the
+        // same dedup id is still being stored (a retry overtook its first
+        // attempt, e.g. after a leader change). Retrying later gets the
+        // duplicate's ack or stores it: transient, not a failure.
+        || code == C::STREAM_DUPLICATE_MESSAGE_CONFLICT
         || code == C::STREAM_OFFLINE
         || code == C::JETSTREAM_NOT_ENABLED
         || code == C::CLUSTER_NO_PEERS
@@ -516,6 +521,10 @@ mod tests {
         assert_eq!(api(503, 10023).classify(), ErrorKind::ResourceExhausted); // insufficient resources
         assert_eq!(api(400, 10026).classify(), ErrorKind::ResourceExhausted); // max consumers
         assert_eq!(api(503, 10008).classify(), ErrorKind::Unavailable); // cluster not available
+        // Duplicate message id in process: retried (the chaos test met it).
+        assert_eq!(api(409, 10158).classify(), ErrorKind::Unavailable);
+        let in_process = PublishError::with_source(PublishErrorKind::Other, api(409, 10158));
+        assert!(Error::nats("publish", in_process).is_transient());
         assert_eq!(api(400, 10058).classify(), ErrorKind::InvalidInput); // stream name in use
         assert_eq!(api(500, 10999).classify(), ErrorKind::Other);
     }

@@ -38,10 +38,25 @@ impl NatsCluster {
     /// node (e.g. an `authorization` block).
     #[must_use]
     pub fn start_with(size: usize, extra_config: &str) -> Self {
+        Self::start_configured(size, extra_config, "")
+    }
+
+    /// Like [`NatsCluster::start`], but the nodes do not advertise their
+    /// client URLs to clients (`no_advertise: true`): a client given some
+    /// URLs (e.g. [`crate::FaultProxy`]s in front of the nodes) only ever
+    /// connects to those, never straight to a node it learnt of.
+    #[must_use]
+    pub fn start_unadvertised(size: usize) -> Self {
+        Self::start_configured(size, "", "  no_advertise: true\n")
+    }
+
+    /// Starts `size` nodes with `extra_config` at the top level of each
+    /// node's configuration and `cluster_config` inside its `cluster` block.
+    fn start_configured(size: usize, extra_config: &str, cluster_config: &str) -> Self {
         assert!(size >= 1, "a cluster needs at least one node");
         let mut attempt = 1;
         let mut cluster = loop {
-            match Self::try_start(size, extra_config) {
+            match Self::try_start(size, extra_config, cluster_config) {
                 Ok(cluster) => break cluster,
                 Err(e) if attempt < START_ATTEMPTS && is_address_in_use(&e) => {
                     eprintln!("cluster start failed ({e}); trying other route ports");
@@ -55,7 +70,7 @@ impl NatsCluster {
     }
 
     /// Starts every node once; on failure the ones started are killed.
-    fn try_start(size: usize, extra_config: &str) -> Result<Self, String> {
+    fn try_start(size: usize, extra_config: &str, cluster_config: &str) -> Result<Self, String> {
         // Route ports, unlike client and monitoring ports, cannot be left to
         // each server (`-1`): every node's config lists every node's route
         // before any starts. So they are picked here, and can be taken before
@@ -75,7 +90,7 @@ impl NatsCluster {
                      max_payload: 1MB\n\
                      jetstream {{\n  max_file_store: 1GB\n  max_memory_store: 256MB\n}}\n\
                      cluster {{\n  name: {name}\n  listen: 127.0.0.1:{route_port}\n  \
-                     routes: [\n{route_list}\n  ]\n}}\n{extra_config}\n",
+                     routes: [\n{route_list}\n  ]\n{cluster_config}}}\n{extra_config}\n",
                     name = Self::NAME,
                 );
                 NatsServer::try_start_with(NatsOptions {

@@ -22,6 +22,10 @@
 //! - `cluster`: [`NatsCluster`], several servers as one JetStream cluster;
 //! - `otlp`: [`OtlpCollector`], a fake OpenTelemetry collector that records
 //!   the spans the services export;
+//! - `proxy`: [`FaultProxy`], a TCP proxy that injects network faults
+//!   ([`Fault`]: latency, black hole, refusal; resets) for chaos tests;
+//! - `process`: [`ServiceProcess`], a service binary run as a process,
+//!   killed, stopped gracefully and restarted on the same ports;
 //! - [`h2raw`]: a blocking raw HTTP/2 client (std only, no other layer) that
 //!   writes any frame, malformed or abusive, and reads frames back.
 //!
@@ -37,6 +41,8 @@ mod monitor;
 mod otlp;
 mod paths;
 mod ports;
+mod process;
+mod proxy;
 mod server;
 
 pub use cluster::NatsCluster;
@@ -44,4 +50,6 @@ pub use monitor::StreamReport;
 pub use otlp::{OtlpCollector, RecordedSpan};
 pub use paths::{check_nats_server_version, nats_server_bin, workspace_bin, workspace_root};
 pub use ports::{free_port, free_ports};
+pub use process::ServiceProcess;
+pub use proxy::{Fault, FaultProxy};
 pub use server::{NatsOptions, NatsServer};
