@@ -90,41 +90,6 @@ fn panel(
 /// Draws `rows` (services named `names`) into `path`.
 pub fn draw(path: &Path, title: &str, names: &[String], rows: &[Row]) -> anyhow::Result<()> {
     let minutes = |row: &Row| row.t / 60.0;
-    let per_service = |value: fn(&crate::samples::ServiceRow) -> f64| -> Vec<Series> {
-        names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let points = rows
-                    .iter()
-                    .filter_map(|r| r.services.get(i).map(|s| (minutes(r), value(s))))
-                    .collect();
-                (name.clone(), points)
-            })
-            .collect()
-    };
-    let broker: Vec<Series> = vec![
-        (
-            "broker consumers".into(),
-            rows.iter().map(|r| (minutes(r), r.consumers)).collect(),
-        ),
-        (
-            "broker connections".into(),
-            rows.iter().map(|r| (minutes(r), r.connections)).collect(),
-        ),
-        (
-            "live subscribers (clients)".into(),
-            rows.iter()
-                .map(|r| (minutes(r), r.live_subscribers))
-                .collect(),
-        ),
-        (
-            "subscriptions gauge (replicas)".into(),
-            rows.iter()
-                .map(|r| (minutes(r), r.services.iter().map(|s| s.subscriptions).sum()))
-                .collect(),
-        ),
-    ];
     // Acknowledged sends per second between one sample and the next.
     let rate: Vec<(f64, f64)> = rows
         .windows(2)
@@ -140,7 +105,66 @@ pub fn draw(path: &Path, title: &str, names: &[String], rows: &[Row]) -> anyhow:
         .iter()
         .map(|r| (minutes(r), r.stored / 1000.0))
         .collect();
-    let root = BitMapBackend::new(path, (1600, 1400)).into_drawing_area();
+    let mut pixels = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+    draw_into(&mut pixels, title, names, rows, &rate, &stored)?;
+    let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), WIDTH, HEIGHT);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder
+        .write_header()
+        .and_then(|mut writer| writer.write_image_data(&pixels))
+        .with_context(|| format!("write {}", path.display()))
+}
+
+const WIDTH: u32 = 1600;
+const HEIGHT: u32 = 1400;
+
+/// The broker's consumers and connections, the clients' live subscribers
+/// and the replicas' subscriptions gauges.
+fn broker_series(rows: &[Row]) -> Vec<Series> {
+    let minutes = |row: &Row| row.t / 60.0;
+    let series = |name: &str, value: &dyn Fn(&Row) -> f64| -> Series {
+        (
+            name.to_owned(),
+            rows.iter().map(|r| (minutes(r), value(r))).collect(),
+        )
+    };
+    vec![
+        series("broker consumers", &|r| r.consumers),
+        series("broker connections", &|r| r.connections),
+        series("live subscribers (clients)", &|r| r.live_subscribers),
+        series("subscriptions gauge (replicas)", &|r| {
+            r.services.iter().map(|s| s.subscriptions).sum()
+        }),
+    ]
+}
+
+/// Draws the six panels into `pixels` (RGB, [`WIDTH`] × [`HEIGHT`]).
+fn draw_into(
+    pixels: &mut [u8],
+    title: &str,
+    names: &[String],
+    rows: &[Row],
+    rate: &[(f64, f64)],
+    stored: &[(f64, f64)],
+) -> anyhow::Result<()> {
+    let minutes = |row: &Row| row.t / 60.0;
+    let per_service = |value: fn(&crate::samples::ServiceRow) -> f64| -> Vec<Series> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let points = rows
+                    .iter()
+                    .filter_map(|r| r.services.get(i).map(|s| (minutes(r), value(s))))
+                    .collect();
+                (name.clone(), points)
+            })
+            .collect()
+    };
+    let broker = broker_series(rows);
+    let root = BitMapBackend::with_buffer(pixels, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let root = root
         .titled(title, ("sans-serif", 26))
@@ -160,7 +184,7 @@ pub fn draw(path: &Path, title: &str, names: &[String], rows: &[Row]) -> anyhow:
         &broker,
         MiddleRight,
     )?;
-    let rate = [("acknowledged".into(), rate)];
+    let rate = [("acknowledged".into(), rate.to_vec())];
     panel(
         &areas[4],
         "sends acknowledged per second",
@@ -168,7 +192,7 @@ pub fn draw(path: &Path, title: &str, names: &[String], rows: &[Row]) -> anyhow:
         &rate,
         LowerLeft,
     )?;
-    let stored = [("stored".into(), stored)];
+    let stored = [("stored".into(), stored.to_vec())];
     panel(
         &areas[5],
         "messages in the station",
@@ -176,7 +200,6 @@ pub fn draw(path: &Path, title: &str, names: &[String], rows: &[Row]) -> anyhow:
         &stored,
         LowerRight,
     )?;
-    root.present()
-        .map_err(|e| anyhow!("write {}: {e}", path.display()))?;
+    root.present().map_err(|e| anyhow!("draw the chart: {e}"))?;
     Ok(())
 }
