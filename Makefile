@@ -42,7 +42,7 @@ SERVICES        := send-service all-messages-service
 # The web chat page: npm packages from web/package-lock.json into web/node_modules.
 WEB_STAMP := web/node_modules/.installed
 
-.PHONY: help setup run web test test-browser test-prometheus lint fmt bench chaos docker secrets compose-up compose-down k8s-validate deploy-check clean-tools
+.PHONY: help setup run web test test-browser test-prometheus lint fmt bench chaos soak soak-ci docker secrets compose-up compose-down k8s-validate deploy-check clean-tools
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -97,6 +97,28 @@ CHAOS_SECONDS ?= 600
 chaos: $(NATS_STAMP) ## the chaos test for CHAOS_SECONDS (600): broker nodes and services killed, paused, cut off under load; prints its report
 	$(CARGO) build --locked -p send-service -p all-messages-service --bins
 	CHAOS_SECONDS=$(CHAOS_SECONDS) $(CARGO) test --locked -p fastchat-e2e --test chaos -- --nocapture
+
+# The soak (crates/soak): debug builds, the ones `make test` builds. The chart's text
+# is drawn with DejaVu Sans (Debian's fonts-dejavu-core, installed when missing).
+SOAK_SECONDS ?= 900
+SOAK_FONT    := /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+# The same build as `make test`'s (a build of fewer packages would unify other features
+# and rebuild half the tree): after `make test` it builds nothing.
+SOAK_BUILD   := $(CARGO) build --locked --workspace --bins
+
+soak: $(NATS_STAMP) ## 15 minutes (SOAK_SECONDS) of steady load with churning subscribers: RSS, fds, threads, consumers, connections must stay flat, nothing lost (target/soak)
+	@test -f $(SOAK_FONT) || deploy/local/ensure-package.sh $(SOAK_FONT) fonts-dejavu-core
+	$(SOAK_BUILD)
+	target/debug/fastchat-soak --seconds $(SOAK_SECONDS) --font $(SOAK_FONT) --out target/soak
+
+# CI's 2-minute variant: its flatness window is one minute, so its slope bounds are
+# looser (they catch a leak per message or per subscriber, not a slow drift); the
+# return to the baseline and the delivery checks are the same.
+soak-ci: $(NATS_STAMP) ## the soak's 2-minute variant, as CI runs it (target/soak-ci)
+	@test -f $(SOAK_FONT) || deploy/local/ensure-package.sh $(SOAK_FONT) fonts-dejavu-core
+	$(SOAK_BUILD)
+	target/debug/fastchat-soak --seconds 120 --sample-every 2 --rss-bound 8 --count-bound 20 \
+		--font $(SOAK_FONT) --out target/soak-ci
 
 $(SHEAR_STAMP):
 	@echo "installing cargo-shear $(CARGO_SHEAR_VERSION) into $(CARGO_TOOLS) (built from crates.io: ~1-2 minutes on 2 cores, once)"
