@@ -238,7 +238,7 @@ pub(crate) fn rooms_of(room: &str, rooms: &[String]) -> Result<Rooms, ApiError> 
     })
 }
 
-fn start_of(start: Option<v1::subscribe_request::Start>) -> Result<Start, ApiError> {
+pub(crate) fn start_of(start: Option<v1::subscribe_request::Start>) -> Result<Start, ApiError> {
     use v1::subscribe_request::Start as S;
     Ok(match start {
         None => Start::All,
@@ -290,7 +290,7 @@ pub(crate) fn to_v1(event: Event) -> Option<v1::SubscribeResponse> {
 
 /// The seed API has no gaps; its `time` is the client's, or the server's
 /// when the client gave none.
-fn to_seed(event: Event) -> Option<seed::ChatMessage> {
+pub(crate) fn to_seed(event: Event) -> Option<seed::ChatMessage> {
     match event {
         Event::Message(m) => {
             let time = if m.client_time_ms != 0 {
@@ -335,20 +335,15 @@ impl v1::all_messages_service_server::AllMessagesService for Api {
     ) -> Result<Response<v1::ListMessagesResponse>, Status> {
         let client = self.client(&request)?;
         let peer = client.peer;
-        let r = request.into_inner();
-        if r.room.is_empty() {
-            return Err(invalid("room", "is required").into());
-        }
-        let room = room_filter(&r.room)?.unwrap_or_default();
+        let Page {
+            room,
+            limit,
+            before,
+        } = page_of(&request.into_inner())?;
         client
             .caller
             .authorize(&room, Operation::Read)
             .map_err(ApiError::from)?;
-        let limit = match r.limit {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
-        let before = (r.before_sequence != 0).then_some(r.before_sequence);
         let station = self.station()?;
         let queue_timeout = self.history_limits.queue_timeout;
         let share = self
@@ -391,6 +386,36 @@ impl v1::all_messages_service_server::AllMessagesService for Api {
         Held::attach(&mut response, share);
         Ok(response)
     }
+}
+
+/// What a `ListMessages` asks for, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Page {
+    /// A valid room name.
+    pub(crate) room: String,
+    /// 1 to [`MAX_PAGE`] messages.
+    pub(crate) limit: u32,
+    /// Only messages before this sequence (`None`: up to the newest).
+    pub(crate) before: Option<u64>,
+}
+
+/// The page a `ListMessages` request asks for: its room is required, its
+/// `limit` defaults to [`DEFAULT_PAGE`] and is clamped to [`MAX_PAGE`].
+pub(crate) fn page_of(r: &v1::ListMessagesRequest) -> Result<Page, ApiError> {
+    if r.room.is_empty() {
+        return Err(invalid("room", "is required"));
+    }
+    let room = room_filter(&r.room)?.unwrap_or_default();
+    let limit = match r.limit {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    };
+    let before = (r.before_sequence != 0).then_some(r.before_sequence);
+    Ok(Page {
+        room,
+        limit,
+        before,
+    })
 }
 
 /// One page of a room's history, oldest first, ending before `before`:

@@ -239,6 +239,51 @@ where
     }
 }
 
+/// Like [`load`], from TOML text and `(variable, value)` pairs read as the
+/// environment is (`FASTCHAT_` prefix, `__` nesting, values parsed as
+/// figment parses variables, sections the service lacks ignored): the same
+/// layers without a file or the process environment, for the fuzz targets.
+///
+/// # Errors
+/// As [`load`].
+pub fn load_str<T>(toml: &str, env: &[(&str, &str)]) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default + Validate,
+{
+    let sections = sections_of(&T::default());
+    let mut figment = Figment::from(Serialized::defaults(T::default())).merge(Toml::string(toml));
+    let value = |v: &str| -> figment::value::Value { v.parse().unwrap_or_else(|e| match e {}) };
+    for (name, v) in env {
+        if name.trim().eq_ignore_ascii_case("NATS_URL") {
+            figment = figment.merge(Serialized::global("nats.url", value(v)));
+        }
+    }
+    for (name, v) in env {
+        // As `Env::prefixed(ENV_PREFIX).split("__")` maps a variable.
+        let name = name.trim();
+        let Some(prefix) = name.get(..ENV_PREFIX.len()) else {
+            continue;
+        };
+        if !prefix.eq_ignore_ascii_case(ENV_PREFIX) {
+            continue;
+        }
+        let key = name[ENV_PREFIX.len()..].replace("__", ".");
+        let key = key.trim().to_ascii_lowercase();
+        let section = key.split('.').next().unwrap_or_default();
+        if key.split('.').any(str::is_empty)
+            || !sections.iter().any(|s| s.eq_ignore_ascii_case(section))
+        {
+            continue;
+        }
+        figment = figment.merge(Serialized::global(&key, value(v)));
+    }
+    let config: T = figment
+        .extract()
+        .map_err(|e| ConfigError::Load(Box::new(e)))?;
+    config.validate().map_err(ConfigError::Invalid)?;
+    Ok(config)
+}
+
 fn load_from<T>(file: Option<&Path>, env: Env, check: bool) -> Result<Loaded<T>, ConfigError>
 where
     T: Serialize + DeserializeOwned + Default + Validate,
