@@ -296,8 +296,14 @@ pub(crate) fn to_seed(event: Event) -> Option<seed::ChatMessage> {
             let time = if m.client_time_ms != 0 {
                 m.client_time_ms
             } else {
+                // Saturating: a stored message's `sent_at` is whatever its
+                // publisher wrote, and must not overflow (panic) here.
                 m.sent_at
-                    .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+                    .map(|t| {
+                        t.seconds
+                            .saturating_mul(1000)
+                            .saturating_add(i64::from(t.nanos) / 1_000_000)
+                    })
                     .unwrap_or_default()
             };
             Some(seed::ChatMessage {
@@ -492,5 +498,30 @@ impl seed::all_messages_service_server::AllMessagesService for Api {
             start: Start::All,
         };
         Ok(Response::new(self.open(request, client, to_seed).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored message's `sent_at` far from now (its publisher's choice)
+    /// gives the seed stream a saturated time instead of an overflow.
+    #[test]
+    fn a_seed_time_never_overflows() {
+        let message = |seconds, nanos| v1::ChatMessage {
+            author: "ann".into(),
+            text: "hi".into(),
+            sent_at: Some(prost_types::Timestamp { seconds, nanos }),
+            ..v1::ChatMessage::default()
+        };
+        let time = |m| {
+            to_seed(Event::Message(Arc::new(m)))
+                .expect("a message")
+                .time
+        };
+        assert_eq!(time(message(1_700_000_000, 5_000_000)), 1_700_000_000_005);
+        assert_eq!(time(message(i64::MAX, 999_999_999)), i64::MAX);
+        assert_eq!(time(message(i64::MIN, -999_999_999)), i64::MIN);
     }
 }

@@ -785,6 +785,35 @@ mod tests {
         });
     }
 
+    /// `load_str` (the fuzz targets' loader) layers as `load` does the
+    /// same file and variables (`layers_apply_in_order`).
+    #[test]
+    fn load_str_layers_as_load_does() {
+        let toml = "[grpc]\nlisten = \"127.0.0.1:6000\"\n[log]\nformat = \"json\"\n";
+        let config: Sample =
+            load_str(toml, &[("NATS_URL", "nats://conventional:4222")]).expect("load");
+        assert_eq!(config.grpc.listen.port(), 6000);
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.nats.url, "nats://conventional:4222");
+        let config: Sample = load_str(
+            toml,
+            &[
+                ("FASTCHAT_NATS__URL", "nats://specific:4222"),
+                ("NATS_URL", "nats://conventional:4222"),
+                ("FASTCHAT_SUBSCRIPTIONS__MAX", "5"),
+                ("fastchat_grpc__LISTEN", "127.0.0.1:7000"),
+                ("FASTCHAT_NATS__REQUEST_TIMEOUT", "250ms"),
+            ],
+        )
+        .expect("load");
+        assert_eq!(config.grpc.listen.port(), 7000);
+        assert_eq!(config.nats.url, "nats://specific:4222");
+        assert_eq!(config.nats.request_timeout, Duration::from_millis(250));
+        let err = load_str::<Sample>("", &[("FASTCHAT_GRPC__LISTEN", "not an address")])
+            .expect_err("invalid address");
+        assert!(err.to_string().contains("grpc.listen"), "{err}");
+    }
+
     #[test]
     fn bad_values_name_the_key() {
         figment::Jail::expect_with(|jail| {
