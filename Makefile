@@ -42,7 +42,7 @@ SERVICES        := send-service all-messages-service
 # The web chat page: npm packages from web/package-lock.json into web/node_modules.
 WEB_STAMP := web/node_modules/.installed
 
-.PHONY: help setup run web test test-browser test-prometheus lint fmt bench chaos soak soak-ci docker secrets compose-up compose-down k8s-validate deploy-check clean-tools
+.PHONY: help setup run web test test-browser test-prometheus lint fmt bench chaos soak soak-ci fuzz fuzz-ci fuzz-seeds docker secrets compose-up compose-down k8s-validate deploy-check clean-tools
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -129,6 +129,60 @@ $(DENY_STAMP):
 	@echo "installing cargo-deny $(CARGO_DENY_VERSION) into $(CARGO_TOOLS) (built from crates.io: ~4 minutes on 2 cores, once)"
 	$(CARGO) install --locked --quiet --version $(CARGO_DENY_VERSION) --root $(CARGO_TOOLS) cargo-deny
 	@touch $@
+
+# Fuzzing (fuzz/, its own Cargo workspace; README, Reliability): cargo-fuzz and
+# libFuzzer on the stable toolchain of rust-toolchain.toml. `-s none` is what
+# makes that work: cargo-fuzz's default sanitizer (AddressSanitizer) needs
+# `-Zsanitizer`, which is nightly-only, while everything else it passes
+# (`-Cpasses=sancov-module`, `-Cllvm-args=-sanitizer-coverage-*`, `--cfg fuzzing`)
+# is a stable rustc flag, so no RUSTC_BOOTSTRAP is needed (and none is set).
+# Safe Rust needs no ASan to find what matters here: panics, overflows (debug
+# assertions are on), failed assertions, hangs and runaway memory.
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_STAMP         := $(CARGO_TOOLS)/.cargo-fuzz-$(CARGO_FUZZ_VERSION)
+FUZZ_TARGETS       := rpc_request wire_decode jwt grants http_json config
+# Seconds per target: `make fuzz` (FUZZ_SECONDS) and CI's `make fuzz-ci`.
+FUZZ_SECONDS       ?= 60
+FUZZ_CI_SECONDS    ?= 10
+FUZZ_WORK          := $(CURDIR)/target/fuzz
+FUZZ_CARGO         := PATH="$(CARGO_TOOLS)/bin:$$PATH" $(CARGO) fuzz
+FUZZ_BUILD_FLAGS   := --sanitizer none --target-dir $(FUZZ_WORK) --fuzz-dir fuzz
+# Each target fuzzes from the committed seeds (fuzz/seeds/<target>, read only)
+# into its own working corpus (target/fuzz/corpus/<target>, kept between runs);
+# libFuzzer's output goes to target/fuzz/logs/<target>.log, crashes to
+# fuzz/artifacts/<target>. Every target runs even if one fails.
+define fuzz_run
+	@mkdir -p $(FUZZ_WORK)/logs; failed=""; for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(FUZZ_WORK)/corpus/$$t; \
+		log=$(FUZZ_WORK)/logs/$$t.log; \
+		if $(FUZZ_CARGO) run $(FUZZ_BUILD_FLAGS) $$t $(FUZZ_WORK)/corpus/$$t fuzz/seeds/$$t -- \
+			-max_total_time=$(1) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >$$log 2>&1; then \
+			echo "fuzz: $$t: $$(sed -n 's/^stat::number_of_executed_units: *//p' $$log) runs," \
+				"$$(sed -n 's/^stat::average_exec_per_sec: *//p' $$log) exec/s," \
+				"corpus $$(ls $(FUZZ_WORK)/corpus/$$t | wc -l) files"; \
+		else \
+			failed="$$failed $$t"; echo "fuzz: $$t FAILED ($$log):"; tail -n 40 $$log; \
+		fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: FAILED:$$failed (inputs in fuzz/artifacts/)" >&2; exit 1; fi
+endef
+
+$(FUZZ_STAMP):
+	@echo "installing cargo-fuzz $(CARGO_FUZZ_VERSION) into $(CARGO_TOOLS) (built from crates.io: ~1-2 minutes on 2 cores, once)"
+	$(CARGO) install --locked --quiet --version $(CARGO_FUZZ_VERSION) --root $(CARGO_TOOLS) cargo-fuzz
+	@touch $@
+
+fuzz: $(FUZZ_STAMP) ## fuzz every target for FUZZ_SECONDS (default 60) each (cargo-fuzz, libFuzzer; crashes in fuzz/artifacts)
+	$(FUZZ_CARGO) build $(FUZZ_BUILD_FLAGS)
+	$(call fuzz_run,$(FUZZ_SECONDS))
+
+fuzz-ci: $(FUZZ_STAMP) ## every fuzz target briefly (FUZZ_CI_SECONDS, default 10) from the committed seeds, as CI runs them
+	$(FUZZ_CARGO) build $(FUZZ_BUILD_FLAGS)
+	$(call fuzz_run,$(FUZZ_CI_SECONDS))
+
+fuzz-seeds: ## rewrite the committed seed corpus fuzz/seeds (fuzz/examples/seeds.rs)
+	rm -rf fuzz/seeds
+	$(CARGO) run --locked --quiet --manifest-path fuzz/Cargo.toml --target-dir $(CURDIR)/target --example seeds
 
 lint: $(SHEAR_STAMP) $(DENY_STAMP) ## cargo fmt --check, clippy -D warnings, unused dependencies (cargo shear), cargo deny
 	$(CARGO) fmt --all -- --check

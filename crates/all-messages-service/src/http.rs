@@ -47,11 +47,11 @@ pub fn routes(api: Api) -> Router {
 }
 
 #[derive(Debug, Deserialize)]
-struct Page {
+pub(crate) struct Page {
     #[serde(default)]
-    before_sequence: u64,
+    pub(crate) before_sequence: u64,
     #[serde(default)]
-    limit: u32,
+    pub(crate) limit: u32,
 }
 
 async fn list(
@@ -78,8 +78,8 @@ async fn list(
 
 /// Where an event stream starts, and its token for EventSource.
 #[derive(Debug, Deserialize)]
-struct Events {
-    rooms: Option<String>,
+pub(crate) struct Events {
+    pub(crate) rooms: Option<String>,
     after_sequence: Option<u64>,
     last: Option<u32>,
     since: Option<String>,
@@ -98,9 +98,13 @@ async fn room_events(
 }
 
 async fn events(State(api): State<Api>, Query(query): Query<Events>, request: Request) -> Response {
-    let rooms = query
-        .rooms
-        .as_deref()
+    let rooms = rooms_param(query.rooms.as_deref());
+    stream(api, rooms, query, request).await
+}
+
+/// The rooms of `?rooms=a,b` (none when it is omitted or empty).
+pub(crate) fn rooms_param(rooms: Option<&str>) -> Vec<String> {
+    rooms
         .map(|rooms| {
             rooms
                 .split(',')
@@ -108,36 +112,15 @@ async fn events(State(api): State<Api>, Query(query): Query<Events>, request: Re
                 .map(str::to_owned)
                 .collect()
         })
-        .unwrap_or_default();
-    stream(api, rooms, query, request).await
+        .unwrap_or_default()
 }
 
 async fn stream(api: Api, rooms: Vec<String>, query: Events, request: Request) -> Response {
     use v1::all_messages_service_server::AllMessagesService as _;
-    use v1::subscribe_request::Start;
     let (mut parts, _) = request.into_parts();
-    let resume = parts
-        .headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let start = if let Some(after) = resume.or(query.after_sequence) {
-        Some(Start::AfterSequence(after))
-    } else if let Some(last) = query.last {
-        Some(Start::Last(last))
-    } else if let Some(since) = &query.since {
-        match prost_types::Timestamp::from_str(since) {
-            Ok(since) => Some(Start::Since(since)),
-            Err(_) => {
-                return json::error(&Status::invalid_argument(format!(
-                    "since: `{since}` is not an RFC 3339 time (e.g. 2026-12-01T10:00:00Z)"
-                )));
-            }
-        }
-    } else if query.new_only {
-        Some(Start::NewOnly(true))
-    } else {
-        None
+    let start = match start_param(&query, parts.headers.get("last-event-id")) {
+        Ok(start) => start,
+        Err(status) => return json::error(&status),
     };
     if let Some(token) = &query.access_token
         && !parts.headers.contains_key(header::AUTHORIZATION)
@@ -161,6 +144,39 @@ async fn stream(api: Api, rooms: Vec<String>, query: Events, request: Request) -
         }
         Err(status) => json::error(&status),
     }
+}
+
+/// Where an event stream starts: after the `Last-Event-ID` header's id
+/// (EventSource resuming) if it is a number, else as the query says.
+///
+/// # Errors
+/// INVALID_ARGUMENT for a `since` that is not an RFC 3339 time.
+pub(crate) fn start_param(
+    query: &Events,
+    last_event_id: Option<&HeaderValue>,
+) -> Result<Option<v1::subscribe_request::Start>, Status> {
+    use v1::subscribe_request::Start;
+    let resume = last_event_id
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    Ok(if let Some(after) = resume.or(query.after_sequence) {
+        Some(Start::AfterSequence(after))
+    } else if let Some(last) = query.last {
+        Some(Start::Last(last))
+    } else if let Some(since) = &query.since {
+        match prost_types::Timestamp::from_str(since) {
+            Ok(since) => Some(Start::Since(since)),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "since: `{since}` is not an RFC 3339 time (e.g. 2026-12-01T10:00:00Z)"
+                )));
+            }
+        }
+    } else if query.new_only {
+        Some(Start::NewOnly(true))
+    } else {
+        None
+    })
 }
 
 /// A Subscribe stream as SSE events; a failure is one `error` event, then

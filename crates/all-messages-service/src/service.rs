@@ -238,7 +238,7 @@ pub(crate) fn rooms_of(room: &str, rooms: &[String]) -> Result<Rooms, ApiError> 
     })
 }
 
-fn start_of(start: Option<v1::subscribe_request::Start>) -> Result<Start, ApiError> {
+pub(crate) fn start_of(start: Option<v1::subscribe_request::Start>) -> Result<Start, ApiError> {
     use v1::subscribe_request::Start as S;
     Ok(match start {
         None => Start::All,
@@ -291,14 +291,20 @@ pub(crate) fn to_v1(event: Event) -> Option<v1::SubscribeResponse> {
 
 /// The seed API has no gaps; its `time` is the client's, or the server's
 /// when the client gave none.
-fn to_seed(event: Event) -> Option<seed::ChatMessage> {
+pub(crate) fn to_seed(event: Event) -> Option<seed::ChatMessage> {
     match event {
         Event::Message(m) => {
             let time = if m.client_time_ms != 0 {
                 m.client_time_ms
             } else {
+                // Saturating: a stored message's `sent_at` is whatever its
+                // publisher wrote, and must not overflow (panic) here.
                 m.sent_at
-                    .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+                    .map(|t| {
+                        t.seconds
+                            .saturating_mul(1000)
+                            .saturating_add(i64::from(t.nanos) / 1_000_000)
+                    })
                     .unwrap_or_default()
             };
             Some(seed::ChatMessage {
@@ -336,20 +342,15 @@ impl v1::all_messages_service_server::AllMessagesService for Api {
     ) -> Result<Response<v1::ListMessagesResponse>, Status> {
         let client = self.client(&request)?;
         let peer = client.peer;
-        let r = request.into_inner();
-        if r.room.is_empty() {
-            return Err(invalid("room", "is required").into());
-        }
-        let room = room_filter(&r.room)?.unwrap_or_default();
+        let Page {
+            room,
+            limit,
+            before,
+        } = page_of(&request.into_inner())?;
         client
             .caller
             .authorize(&room, Operation::Read)
             .map_err(ApiError::from)?;
-        let limit = match r.limit {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
-        let before = (r.before_sequence != 0).then_some(r.before_sequence);
         let station = self.station()?;
         let queue_timeout = self.history_limits.queue_timeout;
         let share = self
@@ -392,6 +393,36 @@ impl v1::all_messages_service_server::AllMessagesService for Api {
         Held::attach(&mut response, share);
         Ok(response)
     }
+}
+
+/// What a `ListMessages` asks for, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Page {
+    /// A valid room name.
+    pub(crate) room: String,
+    /// 1 to [`MAX_PAGE`] messages.
+    pub(crate) limit: u32,
+    /// Only messages before this sequence (`None`: up to the newest).
+    pub(crate) before: Option<u64>,
+}
+
+/// The page a `ListMessages` request asks for: its room is required, its
+/// `limit` defaults to [`DEFAULT_PAGE`] and is clamped to [`MAX_PAGE`].
+pub(crate) fn page_of(r: &v1::ListMessagesRequest) -> Result<Page, ApiError> {
+    if r.room.is_empty() {
+        return Err(invalid("room", "is required"));
+    }
+    let room = room_filter(&r.room)?.unwrap_or_default();
+    let limit = match r.limit {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    };
+    let before = (r.before_sequence != 0).then_some(r.before_sequence);
+    Ok(Page {
+        room,
+        limit,
+        before,
+    })
 }
 
 /// One page of a room's history, oldest first, ending before `before`:
@@ -471,5 +502,30 @@ impl seed::all_messages_service_server::AllMessagesService for Api {
             start: Start::All,
         };
         Ok(Response::new(self.open(request, client, to_seed).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored message's `sent_at` far from now (its publisher's choice)
+    /// gives the seed stream a saturated time instead of an overflow.
+    #[test]
+    fn a_seed_time_never_overflows() {
+        let message = |seconds, nanos| v1::ChatMessage {
+            author: "ann".into(),
+            text: "hi".into(),
+            sent_at: Some(prost_types::Timestamp { seconds, nanos }),
+            ..v1::ChatMessage::default()
+        };
+        let time = |m| {
+            to_seed(Event::Message(Arc::new(m)))
+                .expect("a message")
+                .time
+        };
+        assert_eq!(time(message(1_700_000_000, 5_000_000)), 1_700_000_000_005);
+        assert_eq!(time(message(i64::MAX, 999_999_999)), i64::MAX);
+        assert_eq!(time(message(i64::MIN, -999_999_999)), i64::MIN);
     }
 }

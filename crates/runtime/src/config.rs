@@ -239,6 +239,51 @@ where
     }
 }
 
+/// Like [`load`], from TOML text and `(variable, value)` pairs read as the
+/// environment is (`FASTCHAT_` prefix, `__` nesting, values parsed as
+/// figment parses variables, sections the service lacks ignored): the same
+/// layers without a file or the process environment, for the fuzz targets.
+///
+/// # Errors
+/// As [`load`].
+pub fn load_str<T>(toml: &str, env: &[(&str, &str)]) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default + Validate,
+{
+    let sections = sections_of(&T::default());
+    let mut figment = Figment::from(Serialized::defaults(T::default())).merge(Toml::string(toml));
+    let value = |v: &str| -> figment::value::Value { v.parse().unwrap_or_else(|e| match e {}) };
+    for (name, v) in env {
+        if name.trim().eq_ignore_ascii_case("NATS_URL") {
+            figment = figment.merge(Serialized::global("nats.url", value(v)));
+        }
+    }
+    for (name, v) in env {
+        // As `Env::prefixed(ENV_PREFIX).split("__")` maps a variable.
+        let name = name.trim();
+        let Some(prefix) = name.get(..ENV_PREFIX.len()) else {
+            continue;
+        };
+        if !prefix.eq_ignore_ascii_case(ENV_PREFIX) {
+            continue;
+        }
+        let key = name[ENV_PREFIX.len()..].replace("__", ".");
+        let key = key.trim().to_ascii_lowercase();
+        let section = key.split('.').next().unwrap_or_default();
+        if key.split('.').any(str::is_empty)
+            || !sections.iter().any(|s| s.eq_ignore_ascii_case(section))
+        {
+            continue;
+        }
+        figment = figment.merge(Serialized::global(&key, value(v)));
+    }
+    let config: T = figment
+        .extract()
+        .map_err(|e| ConfigError::Load(Box::new(e)))?;
+    config.validate().map_err(ConfigError::Invalid)?;
+    Ok(config)
+}
+
 fn load_from<T>(file: Option<&Path>, env: Env, check: bool) -> Result<Loaded<T>, ConfigError>
 where
     T: Serialize + DeserializeOwned + Default + Validate,
@@ -738,6 +783,35 @@ mod tests {
             assert_eq!(config.nats.request_timeout, Duration::from_millis(250));
             Ok(())
         });
+    }
+
+    /// `load_str` (the fuzz targets' loader) layers as `load` does the
+    /// same file and variables (`layers_apply_in_order`).
+    #[test]
+    fn load_str_layers_as_load_does() {
+        let toml = "[grpc]\nlisten = \"127.0.0.1:6000\"\n[log]\nformat = \"json\"\n";
+        let config: Sample =
+            load_str(toml, &[("NATS_URL", "nats://conventional:4222")]).expect("load");
+        assert_eq!(config.grpc.listen.port(), 6000);
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.nats.url, "nats://conventional:4222");
+        let config: Sample = load_str(
+            toml,
+            &[
+                ("FASTCHAT_NATS__URL", "nats://specific:4222"),
+                ("NATS_URL", "nats://conventional:4222"),
+                ("FASTCHAT_SUBSCRIPTIONS__MAX", "5"),
+                ("fastchat_grpc__LISTEN", "127.0.0.1:7000"),
+                ("FASTCHAT_NATS__REQUEST_TIMEOUT", "250ms"),
+            ],
+        )
+        .expect("load");
+        assert_eq!(config.grpc.listen.port(), 7000);
+        assert_eq!(config.nats.url, "nats://specific:4222");
+        assert_eq!(config.nats.request_timeout, Duration::from_millis(250));
+        let err = load_str::<Sample>("", &[("FASTCHAT_GRPC__LISTEN", "not an address")])
+            .expect_err("invalid address");
+        assert!(err.to_string().contains("grpc.listen"), "{err}");
     }
 
     #[test]

@@ -105,8 +105,17 @@ impl Validate for Config {
         }
         // A message must fit in the station and in a gRPC request with room
         // to spare for the other fields.
-        let envelope = self.send.max_text_bytes + self.send.max_author_chars * 4 + 1024;
-        if self.station.max_message_size != 0 && envelope > self.station.max_message_size as usize {
+        // Saturating: limits near usize::MAX must be refused, not overflow
+        // (a panic, or in release a small sum that passes).
+        let envelope = self
+            .send
+            .max_text_bytes
+            .saturating_add(self.send.max_author_chars.saturating_mul(4))
+            .saturating_add(1024);
+        if self.station.max_message_size != 0
+            && u64::try_from(envelope).unwrap_or(u64::MAX)
+                > u64::from(self.station.max_message_size)
+        {
             return Err(format!(
                 "send.max_text_bytes ({}) does not fit in station.max_message_size ({})",
                 self.send.max_text_bytes, self.station.max_message_size
@@ -127,6 +136,26 @@ fastchat_runtime::service_config!(Config);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Limits whose sum overflowed
+    /// (a panic with debug assertions; in release a small sum that let an
+    /// unbounded text through) are refused.
+    #[test]
+    fn huge_limits_are_refused_not_overflowed() {
+        let mut config = Config {
+            auth: fastchat_auth::AuthConfig {
+                mode: fastchat_auth::Mode::None,
+                ..fastchat_auth::AuthConfig::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        config.send.max_author_chars = usize::MAX / 2;
+        assert!(config.validate().is_err());
+        config.send.max_author_chars = 64;
+        config.send.max_text_bytes = usize::MAX - 100;
+        assert!(config.validate().is_err());
+    }
 
     /// The example file in deploy/config sets every key to its default.
     #[test]

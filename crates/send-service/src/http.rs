@@ -18,6 +18,7 @@ use axum::{
 };
 use fastchat_proto::{seed, v1};
 use fastchat_runtime::json;
+use tonic::Status;
 
 use crate::service::Api;
 
@@ -46,9 +47,7 @@ async fn send(State(http): State<Http>, Path(room): Path<String>, request: Reque
     let (parts, body) = request.into_parts();
     let sent = async {
         let body = json::read_body(body, http.max_body, http.body_timeout).await?;
-        let mut message: v1::SendMessageRequest =
-            json::from_json(&body, "fastchat.v1.SendMessageRequest")?;
-        message.room = room;
+        let message = send_request(room, &body)?;
         http.api
             .send_message(json::grpc_request(parts, message))
             .await
@@ -62,12 +61,26 @@ async fn send(State(http): State<Http>, Path(room): Path<String>, request: Reque
     }
 }
 
+/// The `SendMessageRequest` of `POST /v1/rooms/{room}/messages`: the JSON
+/// body, with the room from the path (whatever the body says).
+pub(crate) fn send_request(room: String, body: &[u8]) -> Result<v1::SendMessageRequest, Status> {
+    let mut message: v1::SendMessageRequest =
+        json::from_json(body, "fastchat.v1.SendMessageRequest")?;
+    message.room = room;
+    Ok(message)
+}
+
+/// The seed `ChatMessage` of `POST /client`.
+pub(crate) fn seed_message(body: &[u8]) -> Result<seed::ChatMessage, Status> {
+    json::from_json(body, "ChatMessage.ChatMessage")
+}
+
 async fn seed_send(State(http): State<Http>, request: Request) -> Response {
     use seed::send_message_service_server::SendMessageService as _;
     let (parts, body) = request.into_parts();
     let sent = async {
         let body = json::read_body(body, http.max_body, http.body_timeout).await?;
-        let message: seed::ChatMessage = json::from_json(&body, "ChatMessage.ChatMessage")?;
+        let message = seed_message(&body)?;
         http.api.send(json::grpc_request(parts, message)).await
     };
     match sent.await {

@@ -14,6 +14,8 @@
 
 pub mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod service;
 mod store;

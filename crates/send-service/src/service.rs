@@ -135,7 +135,7 @@ impl Api {
 
 /// The seed API's message as a fastchat.v1 request: room `general`, its
 /// `time` as the client's time.
-fn seed_request(message: seed::ChatMessage) -> v1::SendMessageRequest {
+pub(crate) fn seed_request(message: seed::ChatMessage) -> v1::SendMessageRequest {
     v1::SendMessageRequest {
         room: String::new(),
         author: message.author,
@@ -147,7 +147,7 @@ fn seed_request(message: seed::ChatMessage) -> v1::SendMessageRequest {
 
 /// An error about a field named as the seed API names it (its `time` is
 /// v1's `client_time_ms`; the other fields it has are named alike).
-fn seed_field(error: SendError) -> SendError {
+pub(crate) fn seed_field(error: SendError) -> SendError {
     match error {
         SendError::Invalid {
             field: "client_time_ms",
