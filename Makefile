@@ -9,6 +9,7 @@ CARGO       ?= cargo
 NATS_VERSION := $(shell cat deploy/nats-version)
 VERSION      := $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
 RUST_VERSION := $(shell sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+SOURCE       := $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^repository *= *"\(.*\)"/\1/p' Cargo.toml)
 
 TOOLS       := $(CURDIR)/target/tools
 NATS_VENV   := $(TOOLS)/nats
@@ -38,11 +39,21 @@ CARGO_DENY_ADVISORIES ?= auto
 IMAGE_NAMESPACE ?= localhost/fastchat
 IMAGE_TAG       ?= dev
 SERVICES        := send-service all-messages-service
+# More `docker build` arguments, e.g. the base images from a mirror (deploy/README.md):
+#   make docker DOCKER_BUILD_ARGS='--build-arg RUST_IMAGE=mirror.example.com/library/rust:1.95.0-slim-bookworm'
+# (also NODE_IMAGE, RUNTIME_IMAGE). `make compose-test` sets it to its local stand-ins.
+DOCKER_BUILD_ARGS ?=
+# The images' revision label: the commit, -dirty when tracked files differ from it; created:
+# the commit's time, so that an unchanged tree rebuilds nothing.
+REVISION_CMD := r="$$(git rev-parse HEAD 2>/dev/null || echo unknown)"; \
+	git diff --quiet HEAD 2>/dev/null || r="$$r-dirty"; echo "$$r"
+CREATED_CMD  := TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null \
+	|| date -u +%Y-%m-%dT%H:%M:%SZ
 
 # The web chat page: npm packages from web/package-lock.json into web/node_modules.
 WEB_STAMP := web/node_modules/.installed
 
-.PHONY: help setup run web test test-browser test-prometheus lint fmt bench chaos soak soak-ci fuzz fuzz-ci fuzz-seeds docker secrets compose-up compose-down k8s-validate deploy-check clean-tools
+.PHONY: help setup run web test test-browser test-prometheus lint fmt bench chaos soak soak-ci fuzz fuzz-ci fuzz-seeds docker secrets compose-up compose-down compose-test k8s-validate deploy-check clean-tools
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -225,12 +236,17 @@ k8s-validate: deploy-check ## alias of deploy-check, which validates the Kuberne
 	@:
 
 docker: ## build both images as IMAGE_NAMESPACE/<service>:IMAGE_TAG (localhost/fastchat/...:dev; needs a Docker engine)
-	@for service in $(SERVICES); do \
-		echo "docker build $(IMAGE_NAMESPACE)/$$service:$(IMAGE_TAG)"; \
-		docker build -f deploy/docker/Dockerfile --build-arg SERVICE=$$service \
+	@revision="$$($(REVISION_CMD))"; created="$$($(CREATED_CMD))"; \
+	if [ -z "$${DOCKER_BUILDKIT:-}" ] && ! docker buildx version >/dev/null 2>&1; then \
+		echo "docker: no buildx plugin, building with the classic builder (DOCKER_BUILDKIT=0)"; \
+		export DOCKER_BUILDKIT=0; \
+	fi; \
+	for service in $(SERVICES); do \
+		echo "docker build $(IMAGE_NAMESPACE)/$$service:$(IMAGE_TAG) (revision $$revision)"; \
+		docker build --force-rm -f deploy/docker/Dockerfile --build-arg SERVICE=$$service \
 			--build-arg RUST_VERSION=$(RUST_VERSION) --build-arg VERSION=$(VERSION) \
-			--build-arg REVISION="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
-			--build-arg CREATED="$$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+			--build-arg REVISION="$$revision" --build-arg CREATED="$$created" \
+			--build-arg SOURCE="$(SOURCE)" $(DOCKER_BUILD_ARGS) \
 			-t $(IMAGE_NAMESPACE)/$$service:$(IMAGE_TAG) . || exit 1; \
 	done
 
@@ -246,6 +262,9 @@ compose-up: deploy/compose/.env deploy/compose/secrets/jwt-hmac ## start NATS + 
 
 compose-down: deploy/compose/.env ## stop the compose deployment (keeps the NATS volume)
 	$(COMPOSE) down
+
+compose-test: $(NATS_STAMP) ## build the images and run the real compose file on a local Docker engine (started if needed), then check it
+	deploy/compose/test.sh
 
 clean-tools: ## remove the tools installed under target/tools (reinstalled when next needed)
 	rm -rf $(TOOLS)

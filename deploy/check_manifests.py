@@ -982,7 +982,8 @@ def dockerfile_stages(text):
             parts = rest.split()
             parts = [p for p in parts if not p.startswith("--")]
             name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else f"#{len(stages)}"
-            stage = stages[name] = {"base": parts[0], "copies": [], "env": {}, "run": []}
+            stage = stages[name] = {"base": parts[0], "copies": [], "env": {}, "run": [],
+                                    "args": set(), "expose": set()}
         elif stage is None:
             if word == "ARG":
                 key, _, value = rest.strip().partition("=")
@@ -996,6 +997,10 @@ def dockerfile_stages(text):
                 stage["env"][m.group(1)] = m.group(2).strip('"')
         elif word == "RUN":
             stage["run"].append(rest)
+        elif word == "ARG":
+            stage["args"].add(rest.strip().partition("=")[0])
+        elif word == "EXPOSE":
+            stage["expose"].update(int(p.split("/")[0]) for p in rest.split() if p[0].isdigit())
     return args, stages
 
 
@@ -1070,7 +1075,50 @@ def check_dockerfile(path):
                                f"from {web})")
             if static:
                 problem(where, f"{service}: FASTCHAT_WEB__STATIC_DIR is set ({static})")
+    check_dockerfile_bases(args, stages)
     print(f"dockerfile: {len(stages)} stages, web stage {web}, {len(problems)} problem(s)")
+
+
+# The base images: build ARGs whose defaults are the public images (an operator with a mirror,
+# and `make compose-test` with its local stand-ins, pass others); no FROM names an image itself.
+BASE_ARGS = {
+    "RUST_IMAGE": "rust:${RUST_VERSION}-slim-bookworm",
+    "NODE_IMAGE": None,  # checked above: node:20-...
+    "RUNTIME_IMAGE": "gcr.io/distroless/cc-debian12:nonroot",
+}
+
+
+def check_dockerfile_bases(args, stages):
+    where = "Dockerfile"
+    for arg, default in BASE_ARGS.items():
+        if default is not None and args.get(arg) != default:
+            problem(where, f"ARG {arg} must default to the public {default} before the first "
+                           f"FROM, got {args.get(arg)!r}")
+    for name, st in stages.items():
+        base = st["base"]
+        if base.replace("${SERVICE}", "send-service") in stages:
+            continue
+        if base.strip("${}") not in BASE_ARGS:
+            problem(where, f"stage {name} is FROM {base}: a base image must be one of the build "
+                           f"ARGs {', '.join('${%s}' % a for a in BASE_ARGS)}")
+    builders = [n for n, st in stages.items() if st["base"] == "${RUST_IMAGE}"]
+    if len(builders) != 1:
+        problem(where, f"exactly one stage must be FROM ${{RUST_IMAGE}} (one cargo build for both "
+                       f"binaries), found {builders}")
+    else:
+        st = stages[builders[0]]
+        if "SERVICE" in st["args"]:
+            problem(where, f"stage {builders[0]} must not declare ARG SERVICE: its layers are "
+                           "shared by both images")
+        runs = " && ".join(st["run"])
+        for service in SERVICES:
+            if f"--bin {service}" not in runs:
+                problem(where, f"stage {builders[0]} must build --bin {service}")
+    for service, port in SERVICES.items():
+        exposed = stages.get(f"runtime-{service}", {}).get("expose", set())
+        for want in (port, METRICS_PORTS[service]):
+            if want not in exposed:
+                problem(where, f"stage runtime-{service} must EXPOSE {want}, has {sorted(exposed)}")
 
 
 # Memory per subscriber in the worst case (one that reads nothing, on its own connection:

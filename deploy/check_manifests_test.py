@@ -420,10 +420,29 @@ def dockerfile_cases():
                              "ENV FASTCHAT_GRPC__LISTEN=0.0.0.0:50051"),
          "send-service must not contain the web page"),
         ("page in the shared runtime stage",
-         lambda t: t.replace("COPY --from=builder /out/bin/ /usr/local/bin/",
-                             "COPY --from=builder /out/bin/ /usr/local/bin/\n"
+         lambda t: t.replace("COPY --from=builder /out/${SERVICE}/ /usr/local/bin/",
+                             "COPY --from=builder /out/${SERVICE}/ /usr/local/bin/\n"
                              "COPY --from=web /src/web/dist/ /usr/share/fastchat/web/"),
          "send-service must not contain the web page"),
+        ("runtime base named in FROM",
+         lambda t: t.replace("FROM ${RUNTIME_IMAGE} AS runtime-base",
+                             "FROM gcr.io/distroless/cc-debian12:nonroot AS runtime-base"),
+         "a base image must be one of the build ARGs"),
+        ("runtime base default not the public distroless",
+         lambda t: t.replace("ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot",
+                             "ARG RUNTIME_IMAGE=localhost/fastchat-base/cc-debian12:nonroot"),
+         "ARG RUNTIME_IMAGE must default to the public"),
+        ("rust base default not the public rust image",
+         lambda t: t.replace("ARG RUST_IMAGE=rust:${RUST_VERSION}-slim-bookworm",
+                             "ARG RUST_IMAGE=rust:${RUST_VERSION}"),
+         "ARG RUST_IMAGE must default to the public"),
+        ("builder per service",
+         lambda t: t.replace("FROM ${RUST_IMAGE} AS builder\nARG RUST_VERSION",
+                             "FROM ${RUST_IMAGE} AS builder\nARG RUST_VERSION\nARG SERVICE"),
+         "must not declare ARG SERVICE"),
+        ("metrics port not exposed",
+         lambda t: t.replace("EXPOSE 50052 9092", "EXPOSE 50052"),
+         "runtime-all-messages-service must EXPOSE 9092"),
     ]
 
 
