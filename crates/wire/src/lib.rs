@@ -44,7 +44,13 @@ pub struct Outgoing {
 #[must_use]
 pub fn encode(message: &v1::ChatMessage, trace: Option<&TraceContext>) -> Outgoing {
     let mut headers = HeaderMap::new();
-    headers.insert(HEADER_MESSAGE_ID, message.id.as_str());
+    // The id is in the payload too; the header is only a convenience for
+    // broker-side tools, so an id a header cannot carry (send-service makes
+    // UUIDs, but the type allows anything) is left out of it rather than
+    // breaking the header block (found by fuzzing: async-nats panics on CR/LF).
+    if message.id.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+        headers.insert(HEADER_MESSAGE_ID, message.id.as_str());
+    }
     headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE);
     if let Some(trace) = trace {
         trace.insert_into(&mut headers);
@@ -189,5 +195,21 @@ mod tests {
         let mut back = stored(encode(&message(), None), 1);
         back.payload = Bytes::from_static(&[0xff, 0xff, 0xff]);
         assert!(matches!(decode(&back), Err(DecodeError::Payload(_))));
+    }
+
+    /// Found by `fuzz/fuzz_targets/wire_decode.rs`: an id with a line break
+    /// made async-nats panic when the header was inserted. It stays in the
+    /// payload and is left out of the header.
+    #[test]
+    fn an_id_no_header_can_carry_is_kept_in_the_payload_only() {
+        let message = v1::ChatMessage {
+            id: "a\r\nb".into(),
+            room: "general".into(),
+            ..v1::ChatMessage::default()
+        };
+        let out = encode(&message, None);
+        assert!(out.headers.get(HEADER_MESSAGE_ID).is_none());
+        let decoded = v1::ChatMessage::decode(out.payload.as_ref()).expect("payload");
+        assert_eq!(decoded.id, "a\r\nb");
     }
 }
