@@ -48,7 +48,11 @@ pub fn encode(message: &v1::ChatMessage, trace: Option<&TraceContext>) -> Outgoi
     // broker-side tools, so an id a header cannot carry (send-service makes
     // UUIDs, but the type allows anything) is left out of it rather than
     // breaking the header block (found by fuzzing: async-nats panics on CR/LF).
-    if message.id.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+    if message
+        .id
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
         headers.insert(HEADER_MESSAGE_ID, message.id.as_str());
     }
     headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE);
