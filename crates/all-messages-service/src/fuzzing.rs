@@ -122,5 +122,5 @@ pub fn http_list(room: String, query_string: &str) -> Result<v1::ListMessagesReq
 /// What the seed API's `all` stream sends for a stored message.
 #[must_use]
 pub fn seed_message(message: v1::ChatMessage) -> Option<seed::ChatMessage> {
-    service::to_seed(subscription::Event::Message(Arc::new(message)))
+    service::to_seed(subscription::Event::Message(Arc::new(message.into())))
 }
