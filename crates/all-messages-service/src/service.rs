@@ -519,8 +519,8 @@ mod tests {
             sent_at: Some(prost_types::Timestamp { seconds, nanos }),
             ..v1::ChatMessage::default()
         };
-        let time = |m| {
-            to_seed(Event::Message(Arc::new(m)))
+        let time = |m: v1::ChatMessage| {
+            to_seed(Event::Message(Arc::new(m.into())))
                 .expect("a message")
                 .time
         };
