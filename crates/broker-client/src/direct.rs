@@ -255,22 +255,20 @@ impl Cursor {
         // calling the subject read, ask the leader whether anything follows.
         // (A read from a time that found nothing yet is left as it is: the
         // leader's get takes no time.)
-        if let (true, From::Sequence(from)) =
-            (self.exhausted && station.config().replicas > 1, self.next)
+        if self.exhausted
+            && station.config().replicas > 1
+            && let From::Sequence(from) = self.next
+            && let Some(mut next) = station.leader_next(&self.subject, from).await?
+            && self
+                .buffer
+                .back()
+                .is_none_or(|last| next.sequence > last.sequence)
         {
-            if let Some(mut next) = station.leader_next(&self.subject, from).await? {
-                if self
-                    .buffer
-                    .back()
-                    .is_none_or(|last| next.sequence > last.sequence)
-                {
-                    self.next = From::Sequence(next.sequence.saturating_add(1));
-                    next.pending = 1;
-                    self.pending_after = 1;
-                    self.exhausted = false;
-                    self.buffer.push_back(next);
-                }
-            }
+            self.next = From::Sequence(next.sequence.saturating_add(1));
+            next.pending = 1;
+            self.pending_after = 1;
+            self.exhausted = false;
+            self.buffer.push_back(next);
         }
         Ok(())
     }

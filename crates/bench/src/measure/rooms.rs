@@ -445,7 +445,7 @@ pub async fn rooms(report: &mut Report) -> anyhow::Result<()> {
         }
         let stats = report.figure(
             "rooms",
-            &format!("highest station rate one replica keeps up with, {label}"),
+            format!("highest station rate one replica keeps up with, {label}"),
             "msg/s",
             &ceilings,
         );
