@@ -160,9 +160,12 @@ pub fn init(config: &LogConfig, service: &str) -> anyhow::Result<Telemetry> {
             .with_filter(LevelFilter::INFO)
     });
     let dispatch = DispatchSlot::default();
+    // The slot only keeps the dispatch: filtered to nothing, so it does not
+    // make every callsite (hyper's and h2's trace-level ones included)
+    // interesting to the registry, which an unfiltered layer would.
     let registry = tracing_subscriber::registry()
         .with(otel)
-        .with(dispatch.clone());
+        .with(dispatch.clone().with_filter(LevelFilter::OFF));
     match config.format {
         LogFormat::Text => registry
             .with(
