@@ -65,7 +65,7 @@ pub async fn memory(report: &mut Report) -> anyhow::Result<()> {
         let all = Process::service(
             "all-messages-service",
             &nats.url(),
-            &[("FASTCHAT_SUBSCRIPTIONS__MAX_PER_CONNECTION", "1000".into())],
+            &[("FASTCHAT_SUBSCRIPTIONS__MAX_PER_CONNECTION", "2000".into())],
         )?;
         shared.push(idle_rss_shared(&all, SUBSCRIBERS, 10, idle).await?);
     }
