@@ -105,22 +105,7 @@ async fn idle_rss_shared(
     while let Some(stream) = tokio::time::timeout(LIMIT, opened.next()).await? {
         open.push(stream?);
     }
-    let deadline = Instant::now() + LIMIT;
-    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-    while server.metric("fastchat_subscriptions_active")? < (streams + 1) as f64 {
-        if Instant::now() > deadline {
-            bail!("subscriptions did not all open");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = server.rss_kib()?;
-    eprintln!("[memory] shared connections: RSS {before} KiB → {after} KiB");
-    #[expect(
-        clippy::cast_precision_loss,
-        reason = "counts and byte sizes far below 2^52 shown as floats"
-    )]
-    Ok(after.saturating_sub(before) as f64 / streams as f64)
+    rss_growth_per_stream(server, before, streams, true, "shared connections").await
 }
 
 /// RSS growth of `server` (KiB) per idle stream when `streams` clients each
@@ -152,6 +137,19 @@ async fn idle_rss_per_stream(
     while let Some(opened) = tokio::time::timeout(LIMIT, opened.next()).await? {
         clients.push(opened?);
     }
+    rss_growth_per_stream(server, before, streams, count_metric, "own connections").await
+}
+
+/// RSS growth of `server` (KiB) per stream since `before`, once `streams`
+/// (plus the first) are open: with `count_metric`, FastChat's own gauge
+/// confirms every subscription first.
+async fn rss_growth_per_stream(
+    server: &Process,
+    before: u64,
+    streams: usize,
+    count_metric: bool,
+    label: &str,
+) -> anyhow::Result<f64> {
     if count_metric {
         let deadline = Instant::now() + LIMIT;
         #[expect(
@@ -167,7 +165,7 @@ async fn idle_rss_per_stream(
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = server.rss_kib()?;
-    eprintln!("[memory] RSS {before} KiB → {after} KiB");
+    eprintln!("[memory] {label}: RSS {before} KiB → {after} KiB");
     #[expect(
         clippy::cast_precision_loss,
         reason = "counts and byte sizes far below 2^52 shown as floats"
