@@ -209,9 +209,11 @@ def run():
     if "NATS_SERVER_BIN" not in env and nats.is_file():
         env["NATS_SERVER_BIN"] = str(nats)  # what the Makefile exports
     # run.sh starts nothing when one of its ports is taken. 50051-50053 lie in Linux's
-    # ephemeral range, where other programs' connections may hold one for a moment: up to
-    # three attempts, for that reason only.
-    for attempt in range(1, 4):
+    # ephemeral range, where other programs' connections may hold one for a while (seen
+    # right after the test suite: over 6 s): up to ten attempts 5 s apart, for that
+    # reason only.
+    attempts = 10
+    for attempt in range(1, attempts + 1):
         run_log = tmp / f"run-{attempt}.log"
         run_sh = start(["bash", str(ROOT / "deploy" / "local" / "run.sh")], run_log, env=env, cwd=ROOT)
 
@@ -227,10 +229,10 @@ def run():
             wait_for("make run (run.sh) up and every service SERVING", running, 90)
             break
         except Failed as e:
-            if attempt == 3 or "these ports are taken" not in str(e):
+            if attempt == attempts or "these ports are taken" not in str(e):
                 raise
-            say(f"attempt {attempt}: {str(e).splitlines()[-1].strip()}; again in 3 s")
-            time.sleep(3)
+            say(f"attempt {attempt}: {str(e).splitlines()[-1].strip()}; again in 5 s")
+            time.sleep(5)
     say(f"run.sh (pid {run_sh.pid}) up after {time.monotonic() - t0:.1f} s")
 
     # 2. Prometheus with the committed scrape config, intervals 1 s.
