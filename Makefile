@@ -263,7 +263,7 @@ compose-up: deploy/compose/.env deploy/compose/secrets/jwt-hmac ## start NATS + 
 compose-down: deploy/compose/.env ## stop the compose deployment (keeps the NATS volume)
 	$(COMPOSE) down
 
-compose-test: $(NATS_STAMP) ## build the images and run the real compose file on a local Docker engine (started if needed), then check it
+compose-test: $(NATS_STAMP) ## build the images (IMAGE_PROFILE: dist, release or ci-image) and run the real compose file on a local Docker engine (started if needed), then check it
 	deploy/compose/test.sh
 
 clean-tools: ## remove the tools installed under target/tools (reinstalled when next needed)

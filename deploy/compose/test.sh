@@ -16,10 +16,12 @@
 # The project is taken down (down -v) however this script ends.
 #
 # Environment: IMAGE_NAMESPACE, IMAGE_TAG (the Makefile's), BASE_NAMESPACE (base-images.sh),
+# IMAGE_PROFILE (the Dockerfile's CARGO_PROFILE: dist by default; .ci/run sets ci-image),
 # COMPOSE_TEST_BUILD=0 skips `make docker` (checks the images there are), COMPOSE_TEST_KEEP=1 leaves target/compose-test/<project> (credentials) for a look.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 started=$SECONDS
+IMAGE_PROFILE="${IMAGE_PROFILE:-dist}"
 say() { echo "compose-test: $*"; }
 step() { say "$1 took $(( SECONDS - $2 )) s"; }
 
@@ -35,8 +37,10 @@ t=$SECONDS
 if [[ "${COMPOSE_TEST_BUILD:-1}" == 0 ]]; then
   say "COMPOSE_TEST_BUILD=0: using the images there are"
 else
+  say "make docker with the cargo profile $IMAGE_PROFILE"
   make --no-print-directory docker DOCKER_BUILD_ARGS="--build-arg RUST_IMAGE=$RUST_IMAGE \
-    --build-arg NODE_IMAGE=$NODE_IMAGE --build-arg RUNTIME_IMAGE=$RUNTIME_IMAGE" \
+    --build-arg NODE_IMAGE=$NODE_IMAGE --build-arg RUNTIME_IMAGE=$RUNTIME_IMAGE \
+    --build-arg CARGO_PROFILE=$IMAGE_PROFILE" \
     >target/docker/build.log 2>&1 || { tail -40 target/docker/build.log; say "make docker failed (target/docker/build.log)"; exit 1; }
   step "make docker (log: target/docker/build.log)" "$t"
 fi
