@@ -4,9 +4,11 @@
 //! most a few times the asked-for messages are read.
 
 use async_nats::jetstream::consumer::DeliverPolicy;
+use std::collections::VecDeque;
+
 use futures::StreamExt;
 
-use crate::{Error, Result, StartPosition, Station, Subjects};
+use crate::{Delivered, Error, Result, StartPosition, Station, Subjects};
 
 impl Station {
     /// Number of messages matching `filter` with sequence ≥ `from`.
@@ -59,13 +61,8 @@ impl Station {
     /// those with sequence < `before` (`None` = all), or `None` if fewer than
     /// `n` match (then "from the first" is the answer).
     ///
-    /// Exact while messages keep arriving: only messages below a fixed end
-    /// (`before`, or the newest stored when called) are counted, by reading
-    /// them. The broker's per-subject counts give the filter's density, from
-    /// which one window, read backwards from the end, usually holds the `n`;
-    /// each further window is read only if the ones after it held fewer.
-    /// Reads are batched direct gets (or consumers on older brokers), so the
-    /// cost is a few requests and at most a few times `n` matching messages.
+    /// Exact while messages keep arriving (see [`Station::last_messages`],
+    /// which reads the same way but keeps the messages).
     ///
     /// # Errors
     /// Transient errors when the broker is unreachable.
@@ -75,19 +72,65 @@ impl Station {
         n: u64,
         before: Option<u64>,
     ) -> Result<Option<u64>> {
-        let filter = filter.into();
+        let found = self
+            .newest(&filter.into(), n, before, true, |m| m.sequence)
+            .await?;
+        Ok(match found {
+            Some(sequences) if sequences.len() as u64 >= n => sequences.first().copied(),
+            _ => None,
+        })
+    }
+
+    /// The newest `n` messages matching `filter` among those with
+    /// sequence < `before` (`None` = all), oldest first: all of them if fewer
+    /// than `n` match.
+    ///
+    /// Exact while messages keep arriving: only messages below a fixed end
+    /// (`before`, or the newest stored when called) are read. The broker's
+    /// per-subject counts give the filter's density, from which one window,
+    /// read backwards from the end, usually holds the `n`; each further
+    /// window is read only if the ones after it held fewer. Reads are
+    /// batched direct gets (or consumers on older brokers), so the cost is a
+    /// few requests and at most a few times `n` matching messages, of which
+    /// `n` are kept.
+    ///
+    /// # Errors
+    /// Transient errors when the broker is unreachable.
+    pub async fn last_messages(
+        &self,
+        filter: impl Into<Subjects>,
+        n: u64,
+        before: Option<u64>,
+    ) -> Result<Vec<Delivered>> {
+        Ok(self
+            .newest(&filter.into(), n, before, false, |m| m)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// What [`Station::last_messages`] reads, each message mapped by `keep`;
+    /// `None` without reading when `none_if_fewer` and the station holds
+    /// fewer than `n` matching messages.
+    async fn newest<T>(
+        &self,
+        filter: &Subjects,
+        n: u64,
+        before: Option<u64>,
+        none_if_fewer: bool,
+        keep: impl Fn(Delivered) -> T,
+    ) -> Result<Option<Vec<T>>> {
         if n == 0 {
-            return Ok(None);
+            return Ok(Some(Vec::new()));
         }
         let state = self.state().await?;
         let end = before
             .unwrap_or(state.last_sequence + 1)
             .min(state.last_sequence + 1);
         if end <= state.first_sequence || state.messages == 0 {
-            return Ok(None);
+            return Ok(Some(Vec::new()));
         }
-        let total = self.count_all(&filter).await?;
-        if total < n {
+        let total = self.count_all(filter).await?;
+        if none_if_fewer && total < n {
             return Ok(None);
         }
         // Expected stream span holding n matches, with a margin.
@@ -99,33 +142,37 @@ impl Station {
         )]
         let mut window =
             ((n as f64) * (state.messages as f64) / (total.max(1) as f64) * 1.25) as u64 + 16;
-        // Matching sequences found so far in [high, end), newest last.
-        let mut found: Vec<u64> = Vec::new();
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        // The newest (at most n) matches found so far in [high, end), oldest first.
+        let mut found: VecDeque<T> = VecDeque::new();
         let mut high = end;
         loop {
             let low = high.saturating_sub(window).max(state.first_sequence);
-            let mut chunk = Vec::new();
-            let mut read = self.read(&filter, StartPosition::FromSequence(low)).await?;
+            // This window's matches, of which only the newest `room` can
+            // matter (found holds fewer than n, or we would have returned).
+            let room = n - found.len();
+            let mut chunk = VecDeque::with_capacity(room.min(1024));
+            let mut read = self
+                .read(filter.clone(), StartPosition::FromSequence(low))
+                .await?;
             while let Some(message) = read.next().await? {
                 if message.sequence >= high {
                     break;
                 }
-                chunk.push(message.sequence);
+                if chunk.len() == room {
+                    chunk.pop_front();
+                }
+                chunk.push_back(keep(message));
             }
             drop(read);
-            chunk.extend_from_slice(&found);
+            chunk.extend(found);
             found = chunk;
-            let have = found.len() as u64;
-            if have >= n {
-                let index = usize::try_from(have - n).unwrap_or(0);
-                return Ok(found.get(index).copied());
-            }
-            if low <= state.first_sequence {
-                return Ok(None);
+            if found.len() >= n || low <= state.first_sequence {
+                return Ok(Some(found.into()));
             }
             high = low;
             // Grow by what the shortfall suggests (at least double).
-            window = window.saturating_mul((n / have.max(1)).clamp(2, 16));
+            window = window.saturating_mul((n / found.len().max(1)).clamp(2, 16) as u64);
         }
     }
 }

@@ -423,6 +423,31 @@ async fn reads_and_counts_over_several_subjects_when(batch_reads: bool) {
         station.nth_last_sequence(&ab, 6, None).await.expect("nth"),
         None
     );
+    let last = |n, before| {
+        let (station, ab) = (&station, &ab);
+        async move {
+            station
+                .last_messages(ab, n, before)
+                .await
+                .expect("last messages")
+                .iter()
+                .map(|m| m.sequence)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(last(3, None).await, vec![4, 5, 7]);
+    assert_eq!(last(2, Some(5)).await, vec![2, 4]);
+    // Fewer than asked for: all of them.
+    assert_eq!(last(6, None).await, vec![1, 2, 4, 5, 7]);
+    assert_eq!(last(6, Some(3)).await, vec![1, 2]);
+    assert_eq!(last(0, None).await, Vec::<u64>::new());
+    // One subject, a window of a sparse one grows until it holds them.
+    let c = station
+        .last_messages("test.c", 2, None)
+        .await
+        .expect("last of c");
+    assert_eq!(c.iter().map(|m| m.sequence).collect::<Vec<_>>(), vec![3, 6]);
+    assert_eq!(c[1].payload.as_ref(), b"6");
 }
 
 #[tokio::test]
