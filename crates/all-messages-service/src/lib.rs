@@ -21,6 +21,7 @@ mod error;
 pub mod fuzzing;
 mod http;
 mod hub;
+mod newest;
 mod service;
 mod shares;
 mod subscription;

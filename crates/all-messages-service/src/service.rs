@@ -24,6 +24,7 @@ use crate::{
     config::{HistoryConfig, SubscriptionsConfig},
     error::{ApiError, Scarce},
     hub::{self, Hub},
+    newest::HistoryReads,
     shares::{self, PerIdentity, Shares},
     subscription::{self, Event, Queue, Rooms, Sink, Start, Subscription},
 };
@@ -40,6 +41,8 @@ pub struct Api {
     station: watch::Receiver<Option<Station>>,
     subscriptions: Arc<Shares>,
     history: Arc<Shares>,
+    /// Subscriptions' history reads, in `history`'s slots.
+    reads: Arc<HistoryReads>,
     limits: SubscriptionsConfig,
     history_limits: HistoryConfig,
     per_identity: Arc<PerIdentity>,
@@ -71,6 +74,12 @@ impl Api {
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
+        let history = Shares::new(shares::Limits {
+            total: history_limits.max_concurrent,
+            per_connection: history_limits.max_concurrent_per_connection,
+            per_address: history_limits.max_concurrent_per_address,
+        });
+        let reads = HistoryReads::new(Arc::clone(&history));
         Self {
             hub,
             station,
@@ -79,11 +88,8 @@ impl Api {
                 per_connection: limits.max_per_connection,
                 per_address: limits.max_per_address,
             }),
-            history: Shares::new(shares::Limits {
-                total: history_limits.max_concurrent,
-                per_connection: history_limits.max_concurrent_per_connection,
-                per_address: history_limits.max_concurrent_per_address,
-            }),
+            history,
+            reads,
             limits,
             history_limits,
             per_identity: Arc::new(PerIdentity::new(identity_limits.subscriptions_per_identity)),
@@ -161,7 +167,7 @@ impl Api {
             Arc::clone(&self.hub),
             self.gate.stream_deadline(&client.caller),
             station,
-            Arc::clone(&self.history),
+            Arc::clone(&self.reads),
             request,
             self.limits.heartbeat_interval,
             sink,

@@ -24,7 +24,7 @@ use tracing::Instrument as _;
 use crate::{
     error::ApiError,
     hub::{Hub, Joined, Shared},
-    shares::Shares,
+    newest::{HistoryReads, ReadError},
     trace::{self, Delivery},
 };
 
@@ -282,8 +282,9 @@ pub struct Subscription {
     /// When the stream must end because its token does.
     deadline: Option<SystemTime>,
     station: Station,
-    /// Slots for history reads: the first replay waits for one.
-    history: Arc<Shares>,
+    /// History reads: the first replay waits for a slot; `last = N` of
+    /// one filter shares its read with the filter's other joiners.
+    history: Arc<HistoryReads>,
     rooms: Rooms,
     /// The station subjects of `rooms`.
     filter: Subjects,
@@ -302,7 +303,7 @@ impl Subscription {
         hub: Arc<Hub>,
         deadline: Option<SystemTime>,
         station: Station,
-        history: Arc<Shares>,
+        history: Arc<HistoryReads>,
         request: Request,
         heartbeat: Duration,
         sink: Sink,
@@ -359,23 +360,35 @@ impl Subscription {
     // instead of 11 KiB per subscriber; make bench measures memory).
     async fn serve(&mut self, joined: Joined) -> Result<(), End> {
         if self.start != Start::New {
-            // A history read: wait for a slot (every subscriber gets its
+            // The newest n of one filter is read with the filter's other
+            // joiners, in a slot taken by whoever reads; any other history
+            // read waits for a slot of its own (every subscriber gets its
             // history, a burst of joiners just takes turns), but not past
             // shutdown or the client leaving.
-            let history = Arc::clone(&self.history);
-            let share = tokio::select! {
-                () = self.sink.cancel.cancelled() => return Err(End::Stopped),
-                () = self.sink.tx.closed() => return Err(End::Stopped),
-                share = history.take(None, None) => share,
+            let shared = self.shared_last();
+            let _share = match shared {
+                Some(_) => None,
+                None => {
+                    let history = Arc::clone(self.history.slots());
+                    let share = tokio::select! {
+                        () = self.sink.cancel.cancelled() => return Err(End::Stopped),
+                        () = self.sink.tx.closed() => return Err(End::Stopped),
+                        share = history.take(None, None) => share,
+                    };
+                    Some(share.map_err(|_| End::Stopped)?)
+                }
             };
-            let _share = share.map_err(|_| End::Stopped)?;
             // A broker at its consumer limit frees consumers within seconds:
             // wait and go on from the cursor rather than fail the subscriber.
             let mut backoff =
                 ExponentialBackoff::doubling(Duration::from_millis(100), Duration::from_secs(2))
                     .stream();
             loop {
-                match Box::pin(self.history(joined.after)).await {
+                let attempt = match shared {
+                    Some(n) => Box::pin(self.newest(n, joined.after)).await,
+                    None => Box::pin(self.history(joined.after)).await,
+                };
+                match attempt {
                     Err(End::Failed(ApiError::BrokerBusy(_))) => {
                         let delay = backoff.next_delay();
                         tokio::select! {
@@ -395,6 +408,43 @@ impl Subscription {
         };
         self.sink.send(caught_up).await?;
         self.live(joined).await
+    }
+
+    /// `Some(n)` for a `last = n` start of a single filter (one room, or
+    /// every room): the start joiners share reads for.
+    fn shared_last(&self) -> Option<u32> {
+        match (self.start, &self.rooms) {
+            (Start::Last(n), Rooms::Every) => Some(n),
+            (Start::Last(n), Rooms::Only(rooms)) if rooms.len() == 1 => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Sends the newest `n` messages up to `joined_at` (see
+    /// [`HistoryReads::newest`]), stopping early on shutdown or when the
+    /// client leaves.
+    async fn newest(&mut self, n: u32, joined_at: u64) -> Result<(), End> {
+        let read = self
+            .history
+            .newest(&self.station, &self.filter, n, joined_at);
+        let messages = tokio::select! {
+            () = self.sink.cancel.cancelled() => return Err(End::Stopped),
+            () = self.sink.tx.closed() => return Err(End::Stopped),
+            read = read => match read {
+                Ok(messages) => messages,
+                Err(ReadError::Broker(e)) => return Err(e.into()),
+                Err(ReadError::Stopped) => return Err(End::Stopped),
+            },
+        };
+        for message in messages {
+            if message.sequence <= self.sink.cursor {
+                continue;
+            }
+            // trace: a replay, linked to the send
+            let span = trace::deliver(&message, Delivery::History);
+            self.sink.message(message).instrument(span).await?;
+        }
+        Ok(())
     }
 
     /// The history up to `joined_at`, from the start position.
