@@ -16,7 +16,7 @@ use std::{
 
 use fastchat_e2e::*;
 use fastchat_test_support::{
-    attack::{HEALTH_CHECK, Provocation, call, connect, ends, reset_flood},
+    attack::{HEALTH_CHECK, Provocation, call, connect, continuation_flood, ends, reset_flood},
     h2raw::{self, Conn, Frame, ReadError, code, kind},
 };
 use tonic_health::ServingStatus;
@@ -520,44 +520,8 @@ async fn a_continuation_flood_is_cut_off() {
     let nats = NatsServer::start();
     let send = start_send(send_config(&nats.url())).await;
     let addr = send.addr;
-    let (sent, frames, closed) = blocking(move || {
-        let mut conn = connect(addr);
-        let block = h2raw::encode_headers(&h2raw::grpc_request_headers(
-            &addr.to_string(),
-            HEALTH_CHECK,
-        ));
-        let mut seen = Vec::new();
-        let mut sent = 0;
-        let mut open = conn.send(&Frame::headers(1, block, false, false)).is_ok();
-        let piece = h2raw::encode_headers(&[("x-flood", "a")]);
-        while open && sent < 10_000 {
-            let batch: Vec<Frame> = (0..100)
-                .map(|_| Frame::continuation(1, piece.clone(), false))
-                .collect();
-            open = conn.send_all(&batch).is_ok();
-            sent += 100;
-            match conn.read_available() {
-                Ok(frames) => seen.extend(frames),
-                Err(_) => open = false,
-            }
-            open &= !seen.iter().any(|f| f.kind == kind::GOAWAY);
-        }
-        let closed = match conn.wait_closed(Duration::from_secs(5)) {
-            Ok(frames) => {
-                seen.extend(frames);
-                true
-            }
-            Err((_, frames)) => {
-                seen.extend(frames);
-                false
-            }
-        };
-        (sent, seen, closed)
-    })
-    .await;
-    let refusal = frames
-        .iter()
-        .find(|f| f.kind == kind::GOAWAY || f.kind == kind::RST_STREAM);
+    let flood = blocking(move || continuation_flood(addr, 10_000)).await;
+    let (sent, refusal, closed, frames) = (flood.sent, &flood.refusal, flood.closed, &flood.frames);
     eprintln!("{sent} CONTINUATION frames written; {refusal:?}; closed: {closed}");
     assert!(refusal.is_some(), "no GOAWAY or RST_STREAM: {frames:?}");
     assert!(closed, "the connection is held: {frames:?}");

@@ -214,3 +214,68 @@ pub fn non_reading_streams(conn: &mut Conn, path: &str, requests: &[&[u8]]) -> s
     }
     conn.send_all(&frames)
 }
+
+/// How a CONTINUATION flood went.
+#[derive(Debug)]
+pub struct ContinuationFlood {
+    /// CONTINUATION frames written.
+    pub sent: usize,
+    /// The server's GOAWAY or RST_STREAM, if it sent one.
+    pub refusal: Option<Frame>,
+    /// Whether the server closed the connection (within 5 s of the end).
+    pub closed: bool,
+    /// Every frame the server sent.
+    pub frames: Vec<Frame>,
+}
+
+/// HEADERS for a health check without END_HEADERS, then up to `max` small
+/// CONTINUATION frames (100 at a time) that never end the header block,
+/// until the server answers GOAWAY or closes; then waits up to 5 s for the
+/// close.
+///
+/// # Panics
+/// If the connection cannot be made.
+#[must_use]
+pub fn continuation_flood(addr: SocketAddr, max: usize) -> ContinuationFlood {
+    let mut conn = connect(addr);
+    let block = h2raw::encode_headers(&h2raw::grpc_request_headers(
+        &addr.to_string(),
+        HEALTH_CHECK,
+    ));
+    let mut seen = Vec::new();
+    let mut sent = 0;
+    let mut open = conn.send(&Frame::headers(1, block, false, false)).is_ok();
+    let piece = h2raw::encode_headers(&[("x-flood", "a")]);
+    while open && sent < max {
+        let batch: Vec<Frame> = (0..100)
+            .map(|_| Frame::continuation(1, piece.clone(), false))
+            .collect();
+        open = conn.send_all(&batch).is_ok();
+        sent += 100;
+        match conn.read_available() {
+            Ok(frames) => seen.extend(frames),
+            Err(_) => open = false,
+        }
+        open &= !seen.iter().any(|f| f.kind == kind::GOAWAY);
+    }
+    let closed = match conn.wait_closed(Duration::from_secs(5)) {
+        Ok(frames) => {
+            seen.extend(frames);
+            true
+        }
+        Err((_, frames)) => {
+            seen.extend(frames);
+            false
+        }
+    };
+    let refusal = seen
+        .iter()
+        .find(|f| f.kind == kind::GOAWAY || f.kind == kind::RST_STREAM)
+        .cloned();
+    ContinuationFlood {
+        sent,
+        refusal,
+        closed,
+        frames: seen,
+    }
+}
