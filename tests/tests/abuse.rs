@@ -642,7 +642,18 @@ fn history_burst(all: SocketAddr, stop: &AtomicBool) -> String {
                     }
                 });
             }
-            while let Some(outcome) = calls.join_next().await {
+            // A round that takes longer is cut short (its calls dropped).
+            let cut_at = tokio::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                let outcome = match tokio::time::timeout_at(cut_at, calls.join_next()).await {
+                    Ok(Some(outcome)) => outcome,
+                    Ok(None) => break,
+                    Err(_) => {
+                        *outcomes.entry("cut short after 15 s".into()).or_default() += calls.len();
+                        calls.abort_all();
+                        break;
+                    }
+                };
                 let key = match outcome.expect("an attacker task") {
                     Ok(what) => what.to_owned(),
                     Err(status) => format!("{:?}", status.code()),

@@ -63,6 +63,9 @@ enum Answer {
 #[derive(Debug, Default)]
 struct SendLog {
     answers: Vec<(Instant, Answer)>,
+    /// The longest time from a message's first attempt to its
+    /// acknowledgement.
+    worst_stall: Duration,
     /// A message never acknowledged in time (the test fails).
     gave_up: Option<String>,
 }
@@ -120,6 +123,7 @@ async fn send_load(
             let acked = matches!(answer, Answer::Ack { .. });
             log.answers.push((Instant::now(), answer));
             if acked {
+                log.worst_stall = log.worst_stall.max(first_attempt.elapsed());
                 break;
             }
             if first_attempt.elapsed() > MESSAGE_WITHIN {
@@ -425,13 +429,16 @@ async fn a_full_store_under_load_is_refused_clearly_and_recovers_without_a_resta
     }
     violations.extend(delivery.gaps.iter().map(|g| format!("subscriber: {g}")));
 
+    let worst_stall = logs.iter().map(|l| l.worst_stall).max().unwrap_or_default();
     eprintln!(
         "full disk report: acknowledged {acknowledged} ({duplicates} answered as duplicates of \
          an earlier attempt), refused attempts (retried) by code {refused:?}; store full for \
-         {:?}; first acknowledgement per sender after space returned: worst {}; subscriber \
-         received {}, its stream ended {} time(s) {:?}; test took {:?}",
+         {:?}; first acknowledgement per sender after space returned: worst {}; worst send \
+         stall (first attempt to acknowledgement) {}; subscriber received {}, its stream ended \
+         {} time(s) {:?}; test took {:?}",
         returned_at - full_at,
         ms(recovery),
+        ms(worst_stall),
         delivery.messages.len(),
         delivery.ends.len(),
         delivery.ends.iter().take(3).collect::<Vec<_>>(),
