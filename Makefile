@@ -53,7 +53,7 @@ CREATED_CMD  := TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%
 # The web chat page: npm packages from web/package-lock.json into web/node_modules.
 WEB_STAMP := web/node_modules/.installed
 
-.PHONY: help setup run web test test-browser test-prometheus lint fmt bench chaos soak soak-ci fuzz fuzz-ci fuzz-seeds docker secrets compose-up compose-down compose-test k8s-validate deploy-check clean-tools
+.PHONY: help setup run web test test-browser test-prometheus lint fmt bench chaos abuse soak soak-ci fuzz fuzz-ci fuzz-seeds docker secrets compose-up compose-down compose-test k8s-validate deploy-check clean-tools
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -108,6 +108,13 @@ CHAOS_SECONDS ?= 600
 chaos: $(NATS_STAMP) ## the chaos test for CHAOS_SECONDS (600): broker nodes and services killed, paused, cut off under load; prints its report
 	$(CARGO) build --locked -p send-service -p all-messages-service --bins
 	CHAOS_SECONDS=$(CHAOS_SECONDS) $(CARGO) test --locked -p fastchat-e2e --test chaos -- --nocapture
+
+# The abuse test (tests/tests/abuse.rs) runs the audit's attacks for 36 s in all in
+# `make test` (6 s each); this runs them longer, ABUSE_SECONDS shared by the six.
+ABUSE_SECONDS ?= 600
+abuse: $(NATS_STAMP) ## the abuse test for ABUSE_SECONDS (600): the audit's attacks one after another beside a well-behaved client; prints its p50/p99 per attack
+	$(CARGO) build --locked -p send-service -p all-messages-service --bins
+	ABUSE_SECONDS=$(ABUSE_SECONDS) $(CARGO) test --locked -p fastchat-e2e --test abuse -- --nocapture
 
 # The soak (crates/soak): debug builds, the ones `make test` builds. The chart's text
 # is drawn with DejaVu Sans (Debian's fonts-dejavu-core, installed when missing).

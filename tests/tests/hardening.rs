@@ -249,34 +249,20 @@ fn send_config_with_max_bytes(url: &str) -> send_service::Config {
 }
 
 /// Opens a raw HTTP/2 connection that asks for one ListMessages page of
-/// `room` and never lets the answer through (initial window 0, no
-/// WINDOW_UPDATE): a client that does not read.
+/// `room` and never lets the answer through: a client that does not read.
 fn non_reading_list(addr: std::net::SocketAddr, room: &str) -> fastchat_test_support::h2raw::Conn {
-    use fastchat_test_support::h2raw::{self, Frame, setting};
     use prost::Message as _;
-    let mut conn = h2raw::Conn::connect(addr, Duration::from_secs(5)).expect("connect");
-    conn.send_preface().expect("preface");
-    conn.send(&Frame::settings(&[(setting::INITIAL_WINDOW_SIZE, 0)]))
-        .expect("settings");
-    let headers = h2raw::encode_headers(&h2raw::grpc_request_headers(
-        &addr.to_string(),
-        "/fastchat.v1.AllMessagesService/ListMessages",
-    ));
-    for frame in h2raw::header_frames(1, &headers, false, h2raw::DEFAULT_MAX_FRAME_SIZE) {
-        conn.send(&frame).expect("headers");
-    }
     let request = v1::ListMessagesRequest {
         room: room.into(),
         before_sequence: 0,
         limit: 1000,
     };
-    conn.send(&Frame::data(
-        1,
-        h2raw::grpc_message(&request.encode_to_vec()),
-        true,
-    ))
-    .expect("request");
-    conn
+    fastchat_test_support::attack::non_reading_call(
+        addr,
+        "/fastchat.v1.AllMessagesService/ListMessages",
+        &request.encode_to_vec(),
+    )
+    .expect("a non-reading ListMessages")
 }
 
 /// B5: pages are bounded in bytes (a stock grpcio client could not read a

@@ -10,18 +10,17 @@
 //! and run before those keys exist.
 
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use fastchat_e2e::*;
-use fastchat_test_support::h2raw::{
-    self, Conn, DEFAULT_MAX_FRAME_SIZE, Frame, GoAway, ReadError, code, kind,
+use fastchat_test_support::{
+    attack::{HEALTH_CHECK, Provocation, call, connect, continuation_flood, ends, reset_flood},
+    h2raw::{self, Conn, Frame, ReadError, code, kind},
 };
 use tonic_health::ServingStatus;
 
-const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 const REFLECTION: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
 
 /// The contract: locally caused stream resets a connection may cause
@@ -68,40 +67,6 @@ async fn assert_serving(name: &str, addr: SocketAddr) {
     assert_eq!(status, ServingStatus::Serving, "{name}");
 }
 
-/// A raw connection past the HTTP/2 handshake.
-fn connect(addr: SocketAddr) -> Conn {
-    let mut conn = Conn::connect(addr, Duration::from_secs(5)).expect("connect");
-    conn.handshake(Duration::from_secs(5))
-        .expect("HTTP/2 handshake");
-    conn
-}
-
-/// The HEADERS (and CONTINUATIONs, if needed) opening a gRPC call to
-/// `path` on `stream_id`, the request body still to come.
-fn call(conn: &Conn, stream_id: u32, path: &str, extra: &[(&str, &str)]) -> Vec<Frame> {
-    let mut headers = h2raw::grpc_request_headers(&conn.peer().to_string(), path);
-    headers.extend(
-        extra
-            .iter()
-            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned())),
-    );
-    h2raw::header_frames(
-        stream_id,
-        &h2raw::encode_headers(&headers),
-        false,
-        DEFAULT_MAX_FRAME_SIZE,
-    )
-}
-
-/// The server's last word on `stream_id`: a RST_STREAM, or HEADERS ending
-/// the stream (trailers, or a trailers-only response).
-fn ends(stream_id: u32) -> impl Fn(&Frame) -> bool {
-    move |f| {
-        f.stream_id == stream_id
-            && (f.rst_code().is_some() || (f.kind == kind::HEADERS && f.is_end_stream()))
-    }
-}
-
 /// The raw client itself, checked against the real server: a complete
 /// `Health/Check` written frame by frame is answered with response
 /// HEADERS, the `SERVING` message and trailers. (So the attack tests below
@@ -134,116 +99,6 @@ async fn the_raw_client_completes_a_health_check() {
         assert_eq!(stream[2].kind, kind::HEADERS, "{name}: {frames:?}");
         assert!(stream[2].is_end_stream(), "{name}: {frames:?}");
     }
-}
-
-/// How a stream is made to be reset by the server itself, after a valid
-/// request opened it (CVE-2025-8671, "MadeYouReset"). Both are stream errors
-/// that h2 0.4.20 counts toward `max_local_error_reset_streams`
-/// (`Actions::reset_on_recv_stream_err` in `proto/streams/streams.rs`).
-#[derive(Debug, Clone, Copy)]
-enum Provocation {
-    /// WINDOW_UPDATE 2^31 − 1 on the stream: its send window (65,535)
-    /// overflows; RST_STREAM(FLOW_CONTROL_ERROR). (An increment of 0 is no
-    /// use: h2 treats it as a connection error, see
-    /// [`a_zero_window_update_costs_the_client_its_connection`].)
-    WindowOverflow,
-    /// `content-length: 5`, then 6 bytes of DATA; RST_STREAM(PROTOCOL_ERROR).
-    ContentLengthOverrun,
-}
-
-impl Provocation {
-    fn frames(self, conn: &Conn, stream_id: u32) -> Vec<Frame> {
-        match self {
-            Self::WindowOverflow => {
-                let mut frames = call(conn, stream_id, HEALTH_CHECK, &[]);
-                frames.push(Frame::window_update(stream_id, 0x7fff_ffff));
-                frames
-            }
-            Self::ContentLengthOverrun => {
-                let mut frames = call(conn, stream_id, HEALTH_CHECK, &[("content-length", "5")]);
-                let mut body = h2raw::grpc_message(&[]);
-                body.push(0);
-                frames.push(Frame::data(stream_id, body, false));
-                frames
-            }
-        }
-    }
-}
-
-/// What one connection of provoked resets saw.
-#[derive(Debug, Default)]
-struct ResetFlood {
-    streams: usize,
-    /// RST_STREAMs by error code.
-    resets: BTreeMap<&'static str, usize>,
-    resets_before_goaway: usize,
-    goaway: Option<GoAway>,
-    closed: bool,
-    took: Duration,
-}
-
-impl ResetFlood {
-    fn resets(&self) -> usize {
-        self.resets.values().sum()
-    }
-
-    fn see(&mut self, frame: &Frame) {
-        if let Some(error) = frame.rst_code() {
-            *self.resets.entry(code::name(error)).or_default() += 1;
-            if self.goaway.is_none() {
-                self.resets_before_goaway += 1;
-            }
-        } else if self.goaway.is_none() {
-            self.goaway = frame.goaway();
-        }
-    }
-}
-
-/// Opens up to `streams` streams on one connection, each provoked into a
-/// server reset, 50 at a time in lockstep (the next 50 once this 50's
-/// resets are in, so little is in flight when the server gives up: a
-/// server closing with unread input resets the TCP connection, which could
-/// lose its GOAWAY); stops at a GOAWAY, a close, or 2 s of quiet.
-fn reset_flood(addr: SocketAddr, provocation: Provocation, streams: usize) -> ResetFlood {
-    let started = Instant::now();
-    let mut conn = connect(addr);
-    let mut flood = ResetFlood::default();
-    let mut next_id = 1;
-    'flood: while flood.streams < streams {
-        let mut frames = Vec::new();
-        for _ in 0..50.min(streams - flood.streams) {
-            frames.extend(provocation.frames(&conn, next_id));
-            next_id += 2;
-            flood.streams += 1;
-        }
-        // A failed write: the server closed; what it said is read below.
-        let written = conn.send_all(&frames).is_ok();
-        while flood.resets() < flood.streams || !written {
-            match conn.read_frame(Duration::from_secs(2)) {
-                Ok(frame) => flood.see(&frame),
-                Err(ReadError::Closed) => {
-                    flood.closed = true;
-                    break 'flood;
-                }
-                Err(ReadError::TimedOut) => break 'flood,
-                Err(e) => panic!("{provocation:?}: {e}"),
-            }
-            if flood.goaway.is_some() {
-                break 'flood;
-            }
-        }
-    }
-    if flood.goaway.is_some() && !flood.closed {
-        match conn.wait_closed(Duration::from_secs(5)) {
-            Ok(frames) => {
-                frames.iter().for_each(|f| flood.see(f));
-                flood.closed = true;
-            }
-            Err((_, frames)) => frames.iter().for_each(|f| flood.see(f)),
-        }
-    }
-    flood.took = started.elapsed();
-    flood
 }
 
 /// B3 (CVE-2025-8671): a client that makes the server reset its streams
@@ -665,44 +520,8 @@ async fn a_continuation_flood_is_cut_off() {
     let nats = NatsServer::start();
     let send = start_send(send_config(&nats.url())).await;
     let addr = send.addr;
-    let (sent, frames, closed) = blocking(move || {
-        let mut conn = connect(addr);
-        let block = h2raw::encode_headers(&h2raw::grpc_request_headers(
-            &addr.to_string(),
-            HEALTH_CHECK,
-        ));
-        let mut seen = Vec::new();
-        let mut sent = 0;
-        let mut open = conn.send(&Frame::headers(1, block, false, false)).is_ok();
-        let piece = h2raw::encode_headers(&[("x-flood", "a")]);
-        while open && sent < 10_000 {
-            let batch: Vec<Frame> = (0..100)
-                .map(|_| Frame::continuation(1, piece.clone(), false))
-                .collect();
-            open = conn.send_all(&batch).is_ok();
-            sent += 100;
-            match conn.read_available() {
-                Ok(frames) => seen.extend(frames),
-                Err(_) => open = false,
-            }
-            open &= !seen.iter().any(|f| f.kind == kind::GOAWAY);
-        }
-        let closed = match conn.wait_closed(Duration::from_secs(5)) {
-            Ok(frames) => {
-                seen.extend(frames);
-                true
-            }
-            Err((_, frames)) => {
-                seen.extend(frames);
-                false
-            }
-        };
-        (sent, seen, closed)
-    })
-    .await;
-    let refusal = frames
-        .iter()
-        .find(|f| f.kind == kind::GOAWAY || f.kind == kind::RST_STREAM);
+    let flood = blocking(move || continuation_flood(addr, 10_000)).await;
+    let (sent, refusal, closed, frames) = (flood.sent, &flood.refusal, flood.closed, &flood.frames);
     eprintln!("{sent} CONTINUATION frames written; {refusal:?}; closed: {closed}");
     assert!(refusal.is_some(), "no GOAWAY or RST_STREAM: {frames:?}");
     assert!(closed, "the connection is held: {frames:?}");

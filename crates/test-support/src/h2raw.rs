@@ -29,7 +29,7 @@
 use std::{
     fmt,
     io::{self, Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -599,7 +599,27 @@ impl Conn {
     /// # Errors
     /// If the connection cannot be made in time.
     pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Self> {
-        let tcp = TcpStream::connect_timeout(&addr, timeout)?;
+        Self::from_tcp(TcpStream::connect_timeout(&addr, timeout)?, addr)
+    }
+
+    /// Like [`Conn::connect`], from the local address `from` (any port):
+    /// on loopback, 127.0.0.2 and up are other clients to a server that
+    /// counts connections per client address.
+    ///
+    /// # Errors
+    /// If `from` cannot be bound or the connection cannot be made in time.
+    pub fn connect_from(from: IpAddr, addr: SocketAddr, timeout: Duration) -> io::Result<Self> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.bind(&SocketAddr::new(from, 0).into())?;
+        socket.connect_timeout(&addr.into(), timeout)?;
+        Self::from_tcp(socket.into(), addr)
+    }
+
+    fn from_tcp(tcp: TcpStream, addr: SocketAddr) -> io::Result<Self> {
         tcp.set_nodelay(true)?;
         tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
         Ok(Self {

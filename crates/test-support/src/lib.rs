@@ -27,14 +27,18 @@
 //! - `process`: [`ServiceProcess`], a service binary run as a process,
 //!   killed, stopped gracefully and restarted on the same ports;
 //! - [`h2raw`]: a blocking raw HTTP/2 client (std only, no other layer) that
-//!   writes any frame, malformed or abusive, and reads frames back.
+//!   writes any frame, malformed or abusive, and reads frames back;
+//! - [`attack`]: the audit's attacks written with it (provoked resets,
+//!   calls whose answers are never read), shared by the attack tests.
 //!
 //! Everything public is re-exported here and those modules are private,
-//! except [`h2raw`]: public as a namespace of its own (frame types, flags,
-//! error codes), used as `h2raw::Conn`, `h2raw::code::ENHANCE_YOUR_CALM`.
+//! except [`h2raw`] and [`attack`]: public as namespaces of their own (frame
+//! types, flags, error codes; attacks), used as `h2raw::Conn`,
+//! `h2raw::code::ENHANCE_YOUR_CALM`, `attack::reset_flood`.
 
 #![forbid(unsafe_code)]
 
+pub mod attack;
 mod cluster;
 pub mod h2raw;
 mod monitor;

@@ -147,6 +147,12 @@ impl ServiceProcess {
         self.metrics_port
     }
 
+    /// Its process id, while it runs (e.g. to read `/proc/<pid>/status`).
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// How many times it was started.
     #[must_use]
     pub fn starts(&self) -> u32 {
