@@ -158,6 +158,11 @@ async fn paced(
     let messages = usize::try_from(per_second * PACED_SECONDS)?;
     let want = messages * setup.per_room;
     let catchups = all.metric("fastchat_subscription_catchups_total")?;
+    eprintln!(
+        "[rooms] {} subscribers in {} rooms: {PACED_DELIVERIES_PER_S} deliveries/s for {PACED_SECONDS} s",
+        setup.subscribers(),
+        setup.rooms
+    );
     let cpu_before = all.cpu_seconds()?;
     let publish = async {
         let mut ticker = pacer(per_second);
