@@ -59,7 +59,7 @@ impl Station {
     /// Transient errors when the consumer cannot be created.
     pub async fn read(&self, filter: impl Into<Subjects>, start: StartPosition) -> Result<Read> {
         let filter = filter.into();
-        if let Some(read) = self.direct_read(&filter, start, direct::READ_BATCH).await? {
+        if let Some(read) = self.direct_read(&filter, start, direct::READ_BATCH, true).await? {
             return Ok(read);
         }
         let op = || format!("read `{filter}` from station `{}`", self.name());
@@ -104,7 +104,7 @@ impl Station {
         batch: usize,
     ) -> Result<Read> {
         let filter = filter.into();
-        if let Some(read) = self.direct_read(&filter, start, batch).await? {
+        if let Some(read) = self.direct_read(&filter, start, batch, false).await? {
             return Ok(read);
         }
         let scratch = self.scratch(&filter, start.deliver_policy()).await?;
@@ -125,12 +125,14 @@ impl Station {
 impl Station {
     /// A read by batched direct gets, or `None` if the broker has none. The
     /// first batch is asked for at once, so a read of a station that is gone
-    /// fails here, as a consumer's creation would.
+    /// fails here, as a consumer's creation would. With `ahead`, each
+    /// subject's next batch is asked for while the last one is being taken.
     async fn direct_read(
         &self,
         filter: &Subjects,
         start: StartPosition,
         batch: usize,
+        ahead: bool,
     ) -> Result<Option<Read>> {
         if !self.broker().batch_reads() {
             return Ok(None);
@@ -141,7 +143,7 @@ impl Station {
             StartPosition::Since(time) => direct::From::Time(time),
             StartPosition::New => return Ok(Some(Read::empty())),
         };
-        let mut direct = Direct::new(self.clone(), filter.iter(), from, batch);
+        let mut direct = Direct::new(self.clone(), filter.iter(), from, batch, ahead);
         if !direct.fill().await? {
             return Ok(Some(Read::empty()));
         }

@@ -46,13 +46,21 @@ pub async fn paced(
         let mut stream = subscribe_new(small_window_channel(all).await?, room).await?;
         slow_readers.spawn(async move {
             let mut last = 0;
-            for _ in 0..total {
+            let mut received = 0;
+            while received < total {
+                use v1::subscribe_response::Event;
                 let sequence = match stream.message().await? {
                     Some(v1::SubscribeResponse {
-                        event: Some(v1::subscribe_response::Event::Message(m)),
+                        event: Some(Event::Message(m)),
                     }) => m.sequence,
+                    // The switch to live (first, and after each catch-up) and
+                    // heartbeats: not messages.
+                    Some(v1::SubscribeResponse {
+                        event: Some(Event::CaughtUp(_) | Event::Heartbeat(_)),
+                    }) => continue,
                     other => bail!("slow reader: unexpected {other:?}"),
                 };
+                received += 1;
                 if sequence <= last {
                     bail!("slow reader: {sequence} after {last}");
                 }
