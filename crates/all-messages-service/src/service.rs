@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
-use broker_client::{OffsetDateTime, StartPosition, Station};
+use broker_client::{OffsetDateTime, Station};
 use fastchat_backoff::ExponentialBackoff;
 use fastchat_proto::{prost_types, seed, station, v1};
 use fastchat_runtime::held::Held;
@@ -449,8 +449,17 @@ async fn list(
     let first = station
         .nth_last_sequence(&filter, wanted as u64, before)
         .await?;
-    let start = first.map_or(StartPosition::All, StartPosition::FromSequence);
-    let mut read = station.read(&filter, start).await?;
+    // About `wanted` messages from `first` (or the first) up to `before`:
+    // the broker is asked for no more (a read of a sparse room from its
+    // first page position would otherwise scan far past the page).
+    let mut read = station
+        .read_window(
+            &filter,
+            first.unwrap_or(1),
+            before.unwrap_or(u64::MAX),
+            wanted,
+        )
+        .await?;
     // trace: the page's span, linked to its messages
     let page = crate::trace::page(room);
     // Read oldest first, but hold no more than the byte budget: the oldest

@@ -59,7 +59,10 @@ impl Station {
     /// Transient errors when the consumer cannot be created.
     pub async fn read(&self, filter: impl Into<Subjects>, start: StartPosition) -> Result<Read> {
         let filter = filter.into();
-        if let Some(read) = self.direct_read(&filter, start, direct::READ_BATCH, true).await? {
+        if let Some(read) = self
+            .direct_read(&filter, start, direct::READ_BATCH, true, None)
+            .await?
+        {
             return Ok(read);
         }
         let op = || format!("read `{filter}` from station `{}`", self.name());
@@ -104,7 +107,7 @@ impl Station {
         batch: usize,
     ) -> Result<Read> {
         let filter = filter.into();
-        if let Some(read) = self.direct_read(&filter, start, batch, false).await? {
+        if let Some(read) = self.direct_read(&filter, start, batch, false, None).await? {
             return Ok(read);
         }
         let scratch = self.scratch(&filter, start.deliver_policy()).await?;
@@ -123,16 +126,45 @@ impl Station {
 }
 
 impl Station {
+    /// The messages matching `filter` with sequences in `from..before`
+    /// (and possibly a few after: callers stop at `before`), about
+    /// `expected` of them: by batched direct gets of that size that make the
+    /// broker look no further than `before`, else as [`Station::read`].
+    ///
+    /// # Errors
+    /// Transient errors when the broker is unreachable.
+    pub async fn read_window(
+        &self,
+        filter: impl Into<Subjects>,
+        from: u64,
+        before: u64,
+        expected: usize,
+    ) -> Result<Read> {
+        let filter = filter.into();
+        let batch = expected.clamp(16, direct::READ_BATCH);
+        let start = StartPosition::FromSequence(from);
+        let up_to = Some(before.saturating_sub(1));
+        match self
+            .direct_read(&filter, start, batch, false, up_to)
+            .await?
+        {
+            Some(read) => Ok(read),
+            None => self.read(filter, start).await,
+        }
+    }
+
     /// A read by batched direct gets, or `None` if the broker has none. The
     /// first batch is asked for at once, so a read of a station that is gone
     /// fails here, as a consumer's creation would. With `ahead`, each
-    /// subject's next batch is asked for while the last one is being taken.
+    /// subject's next batch is asked for while the last one is being taken;
+    /// with `up_to`, the broker looks no further than that sequence.
     async fn direct_read(
         &self,
         filter: &Subjects,
         start: StartPosition,
         batch: usize,
         ahead: bool,
+        up_to: Option<u64>,
     ) -> Result<Option<Read>> {
         if !self.broker().batch_reads() {
             return Ok(None);
@@ -143,7 +175,7 @@ impl Station {
             StartPosition::Since(time) => direct::From::Time(time),
             StartPosition::New => return Ok(Some(Read::empty())),
         };
-        let mut direct = Direct::new(self.clone(), filter.iter(), from, batch, ahead);
+        let mut direct = Direct::new(self.clone(), filter.iter(), from, batch, ahead, up_to);
         if !direct.fill().await? {
             return Ok(Some(Read::empty()));
         }

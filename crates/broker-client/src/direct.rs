@@ -71,18 +71,22 @@ struct Request<'a> {
     batch: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    up_to_seq: Option<u64>,
 }
 
 impl Station {
     /// Up to `batch` messages matching `subject` (one filter, wildcards
-    /// allowed) from `from`, and at most about `max_bytes` of them (always at
-    /// least one), in one request on the connection reserved for reads.
+    /// allowed) from `from` and up to sequence `up_to` (if given), and at
+    /// most about `max_bytes` of them (always at least one), in one request
+    /// on the connection reserved for reads.
     pub(crate) async fn batch_get(
         &self,
         subject: &str,
         from: From,
         batch: usize,
         max_bytes: Option<usize>,
+        up_to: Option<u64>,
     ) -> Result<Batch> {
         let op = || format!("read `{subject}` from station `{}`", self.name());
         self.broker().ensure_connected(op())?;
@@ -102,6 +106,7 @@ impl Station {
             next_by_subj: subject,
             batch: batch.max(1),
             max_bytes,
+            up_to_seq: up_to,
         };
         let payload = serde_json::to_vec(&request)
             .map_err(|e| Error::broker(op(), ErrorKind::InvalidInput, e))?;
@@ -196,7 +201,7 @@ impl Station {
     /// single-message batch, whose pending count the broker computes.
     pub(crate) async fn batch_count_from(&self, subject: &str, from: u64) -> Result<u64> {
         let batch = self
-            .batch_get(subject, From::Sequence(from), 1, None)
+            .batch_get(subject, From::Sequence(from), 1, None, None)
             .await?;
         Ok(match batch.messages.first() {
             Some(first) => first.pending + 1,
@@ -232,6 +237,8 @@ struct Cursor {
     exhausted: bool,
     /// The next batch, asked for ahead of need.
     next_batch: Option<tokio::task::JoinHandle<Result<Batch>>>,
+    /// The read ends at this sequence.
+    up_to: Option<u64>,
 }
 
 impl Drop for Cursor {
@@ -261,7 +268,13 @@ impl Cursor {
             })??,
             None => {
                 station
-                    .batch_get(&self.subject, self.next, batch, Some(BATCH_BYTES))
+                    .batch_get(
+                        &self.subject,
+                        self.next,
+                        batch,
+                        Some(BATCH_BYTES),
+                        self.up_to,
+                    )
                     .await?
             }
         };
@@ -295,10 +308,11 @@ impl Cursor {
             self.buffer.push_back(next);
         }
         if ahead && !self.exhausted {
-            let (station, subject, from) = (station.clone(), self.subject.clone(), self.next);
+            let (station, subject, from, up_to) =
+                (station.clone(), self.subject.clone(), self.next, self.up_to);
             self.next_batch = Some(tokio::spawn(async move {
                 station
-                    .batch_get(&subject, from, batch, Some(BATCH_BYTES))
+                    .batch_get(&subject, from, batch, Some(BATCH_BYTES), up_to)
                     .await
             }));
         }
@@ -314,6 +328,7 @@ impl Direct {
         from: From,
         batch: usize,
         ahead: bool,
+        up_to: Option<u64>,
     ) -> Self {
         let cursors = subjects
             .into_iter()
@@ -324,6 +339,7 @@ impl Direct {
                 pending_after: 0,
                 exhausted: false,
                 next_batch: None,
+                up_to,
             })
             .collect();
         Self {

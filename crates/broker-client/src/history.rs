@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use futures::StreamExt;
 
-use crate::{Delivered, Error, Result, StartPosition, Station, Subjects};
+use crate::{Delivered, Error, Result, Station, Subjects};
 
 impl Station {
     /// Number of messages matching `filter` with sequence ≥ `from`.
@@ -152,9 +152,18 @@ impl Station {
             // matter (found holds fewer than n, or we would have returned).
             let room = n - found.len();
             let mut chunk = VecDeque::with_capacity(room.min(1024));
-            let mut read = self
-                .read(filter.clone(), StartPosition::FromSequence(low))
-                .await?;
+            // About this many matches are in the window (its share of the
+            // station's, with a margin).
+            #[expect(
+                clippy::cast_precision_loss,
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "an estimate: it only sizes the batches"
+            )]
+            let expected = ((high - low) as f64 * total as f64 / state.messages.max(1) as f64
+                * 1.25) as usize
+                + 16;
+            let mut read = self.read_window(filter, low, high, expected).await?;
             while let Some(message) = read.next().await? {
                 if message.sequence >= high {
                     break;
