@@ -437,7 +437,13 @@ def run():
         if missing:
             empty_ok.append(f"{title} ({', '.join(missing)})")
         elif not got:
-            raise Failed(f"dashboard panel {title!r}: no series for {expr} although its metrics are exported")
+            # A series first scraped a moment ago has no rate yet (rate needs two
+            # samples in the window): give it a few scrapes before calling it empty.
+            try:
+                wait_for(f"dashboard panel {title!r}", lambda expr=expr: prom.query(expr), 10)
+            except Failed:
+                raise Failed(f"dashboard panel {title!r}: no series for {expr} within 10 s "
+                             "although its metrics are exported") from None
 
     for expr, value in results.items():
         say(f"  {expr} = {value}")
