@@ -79,6 +79,7 @@ run: $(NATS_STAMP) web ## build (release) and run the whole system: nats-server 
 
 test: $(NATS_STAMP) ## install what the tests need, then run them all
 	deploy/local/ensure-package.sh promtool prometheus
+	deploy/local/reserve-ports.sh
 	$(CARGO) build --locked --workspace --bins
 	@if command -v cargo-nextest >/dev/null; then \
 		$(CARGO) nextest run --locked --workspace --no-fail-fast; \

@@ -210,8 +210,9 @@ def run():
         env["NATS_SERVER_BIN"] = str(nats)  # what the Makefile exports
     # run.sh starts nothing when one of its ports is taken. 50051-50053 lie in Linux's
     # ephemeral range, where other programs' connections may hold one for a while (seen
-    # right after the test suite: over 6 s): up to ten attempts 5 s apart, for that
-    # reason only.
+    # right after the test suite: over 45 s). `make test` reserves them first
+    # (deploy/local/reserve-ports.sh, as root); without that, up to ten attempts 5 s
+    # apart, for that reason only.
     attempts = 10
     for attempt in range(1, attempts + 1):
         run_log = tmp / f"run-{attempt}.log"
