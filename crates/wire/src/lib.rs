@@ -86,9 +86,17 @@ pub enum DecodeError {
     Payload(#[from] prost::DecodeError),
 }
 
+/// The seconds of a protobuf `Timestamp`'s range, 0001-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59Z: what RFC 3339 (and so the JSON mapping) can carry.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
 /// Decodes a message read from the station: the payload, with `sequence`
 /// set from the station and the room taken from the subject (the subject is
-/// what subscribers filter on, so it is the room that counts).
+/// what subscribers filter on, so it is the room that counts). A `sent_at`
+/// outside a protobuf `Timestamp`'s range (send-service never stores one,
+/// but anyone who may publish to the station could) is clamped into it, so
+/// that every API can carry the message (found by fuzzing: its JSON
+/// serialization failed).
 ///
 /// # Errors
 /// [`DecodeError`] for a message that is not a FastChat chat message.
@@ -100,6 +108,16 @@ pub fn decode(delivered: &Delivered) -> Result<v1::ChatMessage, DecodeError> {
     message.sequence = delivered.sequence;
     if message.room != room {
         message.room = room.to_owned();
+    }
+    if let Some(time) = &mut message.sent_at {
+        time.nanos = time.nanos.clamp(0, 999_999_999);
+        if time.seconds < *TIMESTAMP_SECONDS.start() {
+            time.seconds = *TIMESTAMP_SECONDS.start();
+            time.nanos = 0;
+        } else if time.seconds > *TIMESTAMP_SECONDS.end() {
+            time.seconds = *TIMESTAMP_SECONDS.end();
+            time.nanos = 999_999_999;
+        }
     }
     Ok(message)
 }
@@ -130,6 +148,33 @@ mod tests {
             sequence: 0,
             author_verified: true,
         }
+    }
+
+    /// Regression (fuzz target wire_decode): a stored `sent_at` beyond what
+    /// a `Timestamp` may hold made the message's JSON serialization panic.
+    #[test]
+    fn a_stored_time_out_of_range_is_clamped_into_it() {
+        let decode_with = |seconds, nanos| {
+            let mut m = message();
+            m.sent_at = Some(Timestamp { seconds, nanos });
+            let out = encode(&m, None);
+            decode(&stored(out, 7))
+                .expect("decodes")
+                .sent_at
+                .map(|t| (t.seconds, t.nanos))
+        };
+        assert_eq!(
+            decode_with(i64::MAX, 3),
+            Some((253_402_300_799, 999_999_999))
+        );
+        assert_eq!(decode_with(i64::MIN, 3), Some((-62_135_596_800, 0)));
+        assert_eq!(decode_with(1_700_000_000, -1), Some((1_700_000_000, 0)));
+        assert_eq!(
+            decode_with(1_700_000_000, 2_000_000_000),
+            Some((1_700_000_000, 999_999_999))
+        );
+        // In range: as stored.
+        assert_eq!(decode_with(1_700_000_000, 5), Some((1_700_000_000, 5)));
     }
 
     /// What the broker hands back for a published message.
