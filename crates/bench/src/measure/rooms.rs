@@ -105,6 +105,43 @@ async fn wait_metric(
     Ok(())
 }
 
+/// Waits for `want` deliveries (each within [`LIMIT`] of the last).
+async fn receive_all(
+    deliveries: &mut tokio::sync::mpsc::UnboundedReceiver<u64>,
+    want: usize,
+) -> anyhow::Result<()> {
+    let mut got = 0;
+    while got < want {
+        match tokio::time::timeout(LIMIT, deliveries.recv()).await {
+            Ok(Some(_)) => got += 1,
+            Ok(None) => bail!("subscribers ended after {got} of {want} deliveries"),
+            Err(_) => bail!("{got} of {want} deliveries within {LIMIT:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// Publishes `messages` spread evenly over `setup`'s rooms at `per_second`,
+/// and waits for their acknowledgements (1,024 in flight at most).
+async fn publish_paced(
+    js: &jetstream::Context,
+    setup: Setup,
+    per_second: u64,
+    messages: usize,
+) -> anyhow::Result<()> {
+    let mut ticker = pacer(per_second);
+    let mut acks = AckWindow::new(1024);
+    for i in 0..messages {
+        ticker.tick().await;
+        let room = setup.room(i);
+        let payload = Bytes::from(sample_message(&room, 0, "x".repeat(64)).encode_to_vec());
+        acks.push(js.publish(format!("chat.messages.{room}"), payload).await?)
+            .await?;
+    }
+    acks.drain().await?;
+    Ok(())
+}
+
 /// Publishes `messages` spread evenly over `setup`'s rooms as fast as
 /// JetStream takes them, and waits for every delivery. Returns the wall
 /// time from the first publish to the last delivery and the deliveries.
@@ -117,18 +154,7 @@ async fn burst(
     let want = messages * setup.per_room;
     let started = Instant::now();
     let publish = publish_raw(js, messages, |i| setup.room(i), || "x".repeat(64));
-    let mut got = 0;
-    let receive = async {
-        while got < want {
-            match tokio::time::timeout(LIMIT, deliveries.recv()).await {
-                Ok(Some(_)) => got += 1,
-                Ok(None) => bail!("subscribers ended after {got} of {want} deliveries"),
-                Err(_) => bail!("{got} of {want} deliveries within {LIMIT:?}"),
-            }
-        }
-        anyhow::Ok(())
-    };
-    let (published, received) = tokio::join!(publish, receive);
+    let (published, received) = tokio::join!(publish, receive_all(deliveries, want));
     published?;
     received?;
     let elapsed = started.elapsed();
@@ -164,30 +190,8 @@ async fn paced(
         setup.rooms
     );
     let cpu_before = all.cpu_seconds()?;
-    let publish = async {
-        let mut ticker = pacer(per_second);
-        let mut acks = AckWindow::new(1024);
-        for i in 0..messages {
-            ticker.tick().await;
-            let room = setup.room(i);
-            let payload = Bytes::from(sample_message(&room, 0, "x".repeat(64)).encode_to_vec());
-            acks.push(js.publish(format!("chat.messages.{room}"), payload).await?)
-                .await?;
-        }
-        acks.drain().await
-    };
-    let mut got = 0;
-    let receive = async {
-        while got < want {
-            match tokio::time::timeout(LIMIT, deliveries.recv()).await {
-                Ok(Some(_)) => got += 1,
-                Ok(None) => bail!("subscribers ended after {got} of {want} deliveries"),
-                Err(_) => bail!("{got} of {want} deliveries within {LIMIT:?}"),
-            }
-        }
-        anyhow::Ok(())
-    };
-    let (published, received) = tokio::join!(publish, receive);
+    let publish = publish_paced(js, setup, per_second, messages);
+    let (published, received) = tokio::join!(publish, receive_all(deliveries, want));
     published?;
     received?;
     let cpu = all.cpu_seconds()? - cpu_before;
@@ -228,17 +232,8 @@ async fn keeps_up(
 ) -> anyhow::Result<bool> {
     let total = usize::try_from(per_second * seconds)?;
     let catchups = all.metric("fastchat_subscription_catchups_total")?;
-    let mut ticker = pacer(per_second);
-    let mut acks = AckWindow::new(1024);
     let started = Instant::now();
-    for i in 0..total {
-        ticker.tick().await;
-        let room = setup.room(i);
-        let payload = Bytes::from(sample_message(&room, 0, "x".repeat(64)).encode_to_vec());
-        acks.push(js.publish(format!("chat.messages.{room}"), payload).await?)
-            .await?;
-    }
-    acks.drain().await?;
+    publish_paced(js, setup, per_second, total).await?;
     let publishing = started.elapsed();
     let last = js
         .get_stream("chat")
