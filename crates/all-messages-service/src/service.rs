@@ -40,8 +40,8 @@ pub struct Api {
     hub: Arc<Hub>,
     station: watch::Receiver<Option<Station>>,
     subscriptions: Arc<Shares>,
-    history: Arc<Shares>,
-    /// Subscriptions' history reads, in `history`'s slots.
+    /// History reads: their slots (pages and subscriptions take turns in
+    /// them) and the newest-message reads subscriptions share.
     reads: Arc<HistoryReads>,
     limits: SubscriptionsConfig,
     history_limits: HistoryConfig,
@@ -79,7 +79,7 @@ impl Api {
             per_connection: history_limits.max_concurrent_per_connection,
             per_address: history_limits.max_concurrent_per_address,
         });
-        let reads = HistoryReads::new(Arc::clone(&history));
+        let reads = HistoryReads::new(history);
         Self {
             hub,
             station,
@@ -88,7 +88,6 @@ impl Api {
                 per_connection: limits.max_per_connection,
                 per_address: limits.max_per_address,
             }),
-            history,
             reads,
             limits,
             history_limits,
@@ -360,7 +359,8 @@ impl v1::all_messages_service_server::AllMessagesService for Api {
         let station = self.station()?;
         let queue_timeout = self.history_limits.queue_timeout;
         let share = self
-            .history
+            .reads
+            .slots()
             .take(peer, Some(queue_timeout))
             .await
             .map_err(|refused| ApiError::OverCap {
