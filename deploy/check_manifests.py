@@ -1329,7 +1329,11 @@ def check_ingress_services(docs, config, deployments):
             "all-messages-service": [("FASTCHAT_GRPC__MAX_CONNECTIONS_PER_ADDRESS",
                                       "FASTCHAT_GRPC__MAX_CONNECTIONS"),
                                      ("FASTCHAT_SUBSCRIPTIONS__MAX_PER_ADDRESS",
-                                      "FASTCHAT_SUBSCRIPTIONS__MAX")]}
+                                      "FASTCHAT_SUBSCRIPTIONS__MAX"),
+                                     ("FASTCHAT_HISTORY__MAX_CONCURRENT_PER_ADDRESS",
+                                      "FASTCHAT_HISTORY__MAX_CONCURRENT")]}
+    # A per-process cap fastchat-config does not set is the service's default.
+    defaults = {"FASTCHAT_HISTORY__MAX_CONCURRENT": 16}
     for name, pairs in caps.items():
         dep = deployments.get(name)
         if dep is None:
@@ -1348,8 +1352,8 @@ def check_ingress_services(docs, config, deployments):
             value = (e or {}).get("value", config.get(per_address))
             if ref.get("key") == per_process:
                 continue
-            if value is None or not str(value).isdigit() or \
-                    int(value) < int(config.get(per_process, 0) or 0):
+            floor = config.get(per_process, defaults.get(per_process, 0))
+            if value is None or not str(value).isdigit() or int(value) < int(floor or 0):
                 problem(where, f"{per_address}: every browser comes from the ingress controller's "
                                f"addresses; raise it to {per_process} (components/ingress)")
 

@@ -370,6 +370,82 @@ async fn history_pages_are_bounded_in_bytes_and_unread_ones_hold_their_slot() {
     }
 }
 
+/// Subscription replays take turns in their client's shares of the history
+/// slots, like pages: subscriptions from one address that never read (each
+/// holds its slot while its replay cannot be sent) hold at most that
+/// address's share, and a client on another address gets its replay at
+/// once, not after `subscriptions.stall_timeout` (before, a replay took a
+/// slot whatever its client held: the chaos test's non-reading attack
+/// stalled well-behaved resumes by 8 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_that_never_read_hold_only_their_address_share_of_history() {
+    let nats = NatsServer::start();
+    let send = start_send(send_config(&nats.url())).await;
+    let mut config = all_config(&nats.url());
+    config.history.max_concurrent = 2;
+    config.history.max_concurrent_per_address = 1;
+    config.subscriptions.stall_timeout = Duration::from_secs(60);
+    let all = start_all(config).await;
+    let mut sender = v1_send(&send).await;
+    // 2.4 MB of history: more than a zero window and the server's buffers
+    // take, so a replay into a client that never reads cannot finish.
+    let text = "z".repeat(4096);
+    for i in 0..600 {
+        sender
+            .send_message(message("deep", &format!("author{i}"), &text))
+            .await
+            .expect("send");
+    }
+    let request = prost::Message::encode_to_vec(&subscribe("deep", None));
+    let addr = all.addr;
+    let held = tokio::task::spawn_blocking(move || {
+        let held: Vec<_> = (0..4)
+            .map(|_| {
+                fastchat_test_support::attack::non_reading_call(
+                    addr,
+                    "/fastchat.v1.AllMessagesService/Subscribe",
+                    &request,
+                )
+                .expect("a non-reading Subscribe")
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        held
+    })
+    .await
+    .expect("raw clients");
+
+    // From another address: the whole replay, then CaughtUp, promptly.
+    let channel = tonic::transport::Endpoint::from_shared(all.endpoint())
+        .expect("endpoint")
+        .local_address(Some([127, 0, 0, 2].into()))
+        .connect()
+        .await
+        .expect("connect from 127.0.0.2");
+    let mut client = v1::all_messages_service_client::AllMessagesServiceClient::new(channel);
+    let replay = async {
+        let mut stream = client
+            .subscribe(subscribe("deep", None))
+            .await
+            .expect("subscribe")
+            .into_inner();
+        let mut messages = 0;
+        loop {
+            match stream.message().await.expect("the stream").map(|r| r.event) {
+                Some(Some(v1::subscribe_response::Event::Message(_))) => messages += 1,
+                Some(Some(v1::subscribe_response::Event::CaughtUp(_))) => break messages,
+                Some(_) => {}
+                None => panic!("the stream ended after {messages} messages"),
+            }
+        }
+    };
+    let messages = tokio::time::timeout(Duration::from_secs(10), replay)
+        .await
+        .expect("the replay is not held up behind the other address's non-readers");
+    assert_eq!(messages, 600);
+    drop(held);
+}
+
 /// B8: a burst of 2,000 concurrent history reads from one client no longer
 /// fails everyone's (1,829 INTERNAL before, and other clients' reads failed
 /// meanwhile): the burst takes turns (what cannot be served within the

@@ -123,7 +123,10 @@ pub struct HistoryConfig {
     /// of these first, so a busy connection holds at most this many of the
     /// instance's.
     pub max_concurrent_per_connection: usize,
-    /// At once for one client address, likewise.
+    /// At once for one client address, likewise. Half the instance's by
+    /// default, so that one address (a client opening many connections)
+    /// cannot hold every slot; behind a proxy every client shares its
+    /// address, so a deployment behind one raises it to `max_concurrent`.
     pub max_concurrent_per_address: usize,
     /// A `ListMessages` waits at most this long for its turn, then gets
     /// RESOURCE_EXHAUSTED naming the cap it waited on (subscription replays
@@ -140,7 +143,7 @@ impl Default for HistoryConfig {
         Self {
             max_concurrent: 16,
             max_concurrent_per_connection: 4,
-            max_concurrent_per_address: 16,
+            max_concurrent_per_address: 8,
             queue_timeout: Duration::from_secs(10),
             max_page_bytes: 1024 * 1024,
         }

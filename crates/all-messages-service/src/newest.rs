@@ -18,6 +18,7 @@
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
@@ -101,13 +102,14 @@ impl HistoryReads {
     /// The newest `n` messages of `filter` with sequence ≤ `until`, oldest
     /// first (all of them if fewer), shared with the other joiners of the
     /// same filter (see the module docs). Waits for a history slot when it
-    /// reads.
+    /// reads, in the shares of `peer` (the joiner's connection, if known).
     pub async fn newest(
         &self,
         station: &Station,
         filter: &Subjects,
         n: u32,
         until: u64,
+        peer: Option<SocketAddr>,
     ) -> Result<Vec<Shared>, ReadError> {
         let entry = self.entry(filter, n, until);
         let shared = entry
@@ -115,7 +117,7 @@ impl HistoryReads {
             .get_or_try_init(|| async {
                 let _slot = self
                     .slots
-                    .take(None, None)
+                    .take(peer, None)
                     .await
                     .map_err(|_| ReadError::Stopped)?;
                 metrics::counter!("fastchat_history_newest_reads_total").increment(1);
@@ -141,7 +143,7 @@ impl HistoryReads {
             // joiner's position: its own (small) read.
             let _slot = self
                 .slots
-                .take(None, None)
+                .take(peer, None)
                 .await
                 .map_err(|_| ReadError::Stopped)?;
             let mut read = station
@@ -279,7 +281,7 @@ mod tests {
             let (reads, station, room) = (Arc::clone(&reads), station.clone(), room_a.clone());
             joiners.push(tokio::spawn(async move {
                 reads
-                    .newest(&station, &room, 100, 400)
+                    .newest(&station, &room, 100, 400, None)
                     .await
                     .map_err(|e| format!("{e:?}"))
             }));
@@ -297,7 +299,7 @@ mod tests {
         // same read while it is held, and reads only what came since.
         store(&station, 401, 410).await;
         let got = reads
-            .newest(&station, &room_a, 50, 410)
+            .newest(&station, &room_a, 50, 410, None)
             .await
             .expect("newest");
         assert_eq!(sequences(&got), newest_a(410, 50));
@@ -306,7 +308,7 @@ mod tests {
 
         // One asking for more than the shared read has: a read of its own.
         let got = reads
-            .newest(&station, &room_a, 150, 410)
+            .newest(&station, &room_a, 150, 410, None)
             .await
             .expect("newest");
         assert_eq!(sequences(&got), newest_a(410, 150));
@@ -316,7 +318,7 @@ mod tests {
         // for when fewer are stored.
         let every = Subjects::from("chat.messages.>");
         let got = reads
-            .newest(&station, &every, 1000, 405)
+            .newest(&station, &every, 1000, 405, None)
             .await
             .expect("newest");
         assert_eq!(sequences(&got), (1..=405).collect::<Vec<_>>());

@@ -336,6 +336,7 @@ impl v1::all_messages_service_server::AllMessagesService for Api {
         let request = subscription::Request {
             rooms: rooms_of(&r.room, &r.rooms)?,
             start: start_of(r.start)?,
+            peer: client.peer,
         };
         Ok(Response::new(self.open(request, client, to_v1).await?))
     }
@@ -515,6 +516,7 @@ impl seed::all_messages_service_server::AllMessagesService for Api {
         let request = subscription::Request {
             rooms: Rooms::Every,
             start: Start::All,
+            peer: client.peer,
         };
         Ok(Response::new(self.open(request, client, to_seed).await?))
     }

@@ -5,6 +5,7 @@
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -123,6 +124,11 @@ pub struct Request {
     pub rooms: Rooms,
     /// Start position (`Last` counts per room).
     pub start: Start,
+    /// The client's connection, if known: its history reads take turns in
+    /// the connection's and its address's shares of the history slots, so
+    /// one client's subscriptions (that may never read) cannot hold them
+    /// all.
+    pub peer: Option<SocketAddr>,
 }
 
 /// What flows from a subscription task to its gRPC stream. Kept small (a
@@ -289,6 +295,7 @@ pub struct Subscription {
     /// The station subjects of `rooms`.
     filter: Subjects,
     start: Start,
+    peer: Option<SocketAddr>,
     /// For `last` over several rooms: the first sequence to send of each
     /// room (their starts differ).
     room_starts: BTreeMap<String, u64>,
@@ -316,6 +323,7 @@ impl Subscription {
             filter: request.rooms.subjects(),
             rooms: request.rooms,
             start: request.start,
+            peer: request.peer,
             room_starts: BTreeMap::new(),
             heartbeat,
             sink,
@@ -363,8 +371,9 @@ impl Subscription {
             // The newest n of one filter is read with the filter's other
             // joiners, in a slot taken by whoever reads; any other history
             // read waits for a slot of its own (every subscriber gets its
-            // history, a burst of joiners just takes turns), but not past
-            // shutdown or the client leaving.
+            // history, a burst of joiners just takes turns, within its
+            // connection's and address's shares), but not past shutdown or
+            // the client leaving.
             let shared = self.shared_last();
             let _share = match shared {
                 Some(_) => None,
@@ -373,7 +382,7 @@ impl Subscription {
                     let share = tokio::select! {
                         () = self.sink.cancel.cancelled() => return Err(End::Stopped),
                         () = self.sink.tx.closed() => return Err(End::Stopped),
-                        share = history.take(None, None) => share,
+                        share = history.take(self.peer, None) => share,
                     };
                     Some(share.map_err(|_| End::Stopped)?)
                 }
@@ -426,7 +435,7 @@ impl Subscription {
     async fn newest(&mut self, n: u32, joined_at: u64) -> Result<(), End> {
         let read = self
             .history
-            .newest(&self.station, &self.filter, n, joined_at);
+            .newest(&self.station, &self.filter, n, joined_at, self.peer);
         let messages = tokio::select! {
             () = self.sink.cancel.cancelled() => return Err(End::Stopped),
             () = self.sink.tx.closed() => return Err(End::Stopped),
