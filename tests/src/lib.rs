@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attacks;
+
 use std::{net::SocketAddr, time::Duration};
 
 use fastchat_proto::{seed, v1};
@@ -326,4 +328,22 @@ pub fn sequences(events: &[v1::subscribe_response::Event]) -> Vec<u64> {
             _ => None,
         })
         .collect()
+}
+
+/// The `q`-quantile of `values` (nearest rank; zero if empty), sorting
+/// them.
+#[must_use]
+pub fn quantile(values: &mut [Duration], q: f64) -> Duration {
+    if values.is_empty() {
+        return Duration::ZERO;
+    }
+    values.sort_unstable();
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "a rank below the slice's length"
+    )]
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
 }

@@ -24,24 +24,21 @@
 //! runs it for 10 minutes.
 
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    thread,
     time::{Duration, Instant},
 };
 
-use fastchat_proto::v1;
-use fastchat_test_support::{
-    NatsOptions, NatsServer, ServiceProcess,
-    attack::{self, HEALTH_CHECK, Provocation},
-    h2raw::{self, Conn, Frame, ReadError, code, kind},
+use fastchat_e2e::{
+    attacks::{Attack, Targets},
+    quantile,
 };
-use prost::Message as _;
+use fastchat_proto::v1;
+use fastchat_test_support::{NatsOptions, NatsServer, ServiceProcess};
 use tokio::{task::block_in_place, time::MissedTickBehavior};
 use tonic::transport::Channel;
 use v1::{
@@ -55,9 +52,6 @@ const ROOM: &str = "steady";
 const RATE: u64 = 50;
 /// Its address; the attacker's is 127.0.0.1 (and 127.0.0.3 and up).
 const WELL_BEHAVED: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-const SUBSCRIBE: &str = "/fastchat.v1.AllMessagesService/Subscribe";
-const LIST_MESSAGES: &str = "/fastchat.v1.AllMessagesService/ListMessages";
 /// An attack phase's p99 may be this many times the baseline's ...
 const SLOWDOWN: u32 = 10;
 /// ... but never fails below this: on 2 loaded cores (debug builds, the
@@ -80,589 +74,6 @@ fn phase_length() -> Duration {
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(36);
     Duration::from_secs((seconds / Attack::ALL.len() as u64).max(5))
-}
-
-/// The attacks, in the order they run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Attack {
-    Resets,
-    HeaderFloods,
-    Slowloris,
-    IdleConnections,
-    NonReaders,
-    HistoryBurst,
-}
-
-impl Attack {
-    const ALL: [Self; 6] = [
-        Self::Resets,
-        Self::HeaderFloods,
-        Self::Slowloris,
-        Self::IdleConnections,
-        Self::NonReaders,
-        Self::HistoryBurst,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Resets => "stream resets",
-            Self::HeaderFloods => "header floods",
-            Self::Slowloris => "slowloris",
-            Self::IdleConnections => "idle connections",
-            Self::NonReaders => "non-reading clients",
-            Self::HistoryBurst => "history bursts",
-        }
-    }
-
-    fn what(self) -> &'static str {
-        match self {
-            Self::Resets => {
-                "both services: provoked resets (MadeYouReset, 2 kinds) on 2 connections at a \
-                 time; all-messages: rapid reset (Subscribe, then RST_STREAM) on another"
-            }
-            Self::HeaderFloods => {
-                "both services: CONTINUATION floods and 20 KiB / 80 KiB header lists, new \
-                 connections all the time"
-            }
-            Self::Slowloris => {
-                "both services: 60 connections each trickling the preface (a byte), a header \
-                 block (a CONTINUATION), a HEADERS frame (a byte), a request body (a byte) every \
-                 0.5 s"
-            }
-            Self::IdleConnections => {
-                "both services: 300 connections from each of 4 addresses, half silent, half \
-                 idle after the handshake, reopened when closed"
-            }
-            Self::NonReaders => {
-                "all-messages: 10 connections x 100 Subscribe (from the first message) and 2 x \
-                 8 ListMessages(limit 1000), initial window 0, never read (a connection every \
-                 100 ms)"
-            }
-            Self::HistoryBurst => {
-                "all-messages: rounds of 1,000 ListMessages(limit 100) and 500 \
-                 Subscribe(last = 10) at once over 20 connections"
-            }
-        }
-    }
-
-    /// Runs the attack until `stop`; returns what the attacker saw.
-    fn run(self, targets: Targets, stop: &AtomicBool) -> String {
-        match self {
-            Self::Resets => resets(targets, stop),
-            Self::HeaderFloods => header_floods(targets, stop),
-            Self::Slowloris => slowloris(targets, stop),
-            Self::IdleConnections => idle_connections(targets, stop),
-            Self::NonReaders => non_readers(targets.all, stop),
-            Self::HistoryBurst => history_burst(targets.all, stop),
-        }
-    }
-}
-
-/// Where the services listen.
-#[derive(Debug, Clone, Copy)]
-struct Targets {
-    send: SocketAddr,
-    all: SocketAddr,
-}
-
-impl Targets {
-    fn both(self) -> [SocketAddr; 2] {
-        [self.send, self.all]
-    }
-}
-
-/// Runs `work` once per address on threads of its own and joins them.
-fn on_each<T: Send>(
-    addrs: &[SocketAddr],
-    stop: &AtomicBool,
-    work: impl Fn(SocketAddr, &AtomicBool) -> T + Sync,
-) -> Vec<T> {
-    thread::scope(|scope| {
-        let runs: Vec<_> = addrs
-            .iter()
-            .map(|&addr| {
-                let work = &work;
-                scope.spawn(move || work(addr, stop))
-            })
-            .collect();
-        runs.into_iter()
-            .map(|run| run.join().expect("an attack thread panicked"))
-            .collect()
-    })
-}
-
-/// Provoked resets on both services (each connection until its GOAWAY),
-/// and a rapid-reset flood of Subscribe calls on all-messages-service.
-fn resets(targets: Targets, stop: &AtomicBool) -> String {
-    let provoke = |addr: SocketAddr, stop: &AtomicBool| {
-        let (mut connections, mut resets, mut goaways) = (0, 0, 0);
-        let mut provocation = Provocation::WindowOverflow;
-        while !stop.load(Ordering::Relaxed) {
-            let flood = attack::reset_flood(addr, provocation, 2_000);
-            connections += 1;
-            resets += flood.resets();
-            goaways += usize::from(
-                flood
-                    .goaway
-                    .is_some_and(|g| g.error_code == code::ENHANCE_YOUR_CALM),
-            );
-            provocation = match provocation {
-                Provocation::WindowOverflow => Provocation::ContentLengthOverrun,
-                Provocation::ContentLengthOverrun => Provocation::WindowOverflow,
-            };
-        }
-        (connections, resets, goaways)
-    };
-    let request = v1::SubscribeRequest {
-        room: ROOM.into(),
-        start: Some(Start::NewOnly(true)),
-        rooms: Vec::new(),
-    }
-    .encode_to_vec();
-    let rapid_reset = |addr: SocketAddr, stop: &AtomicBool| {
-        let (mut connections, mut streams, mut goaways) = (0, 0, 0);
-        while !stop.load(Ordering::Relaxed) {
-            let Ok(mut conn) = Conn::connect(addr, Duration::from_secs(5)) else {
-                continue;
-            };
-            if conn.handshake(Duration::from_secs(5)).is_err() {
-                continue;
-            }
-            connections += 1;
-            let mut id = 1;
-            'connection: while id < 20_000 && !stop.load(Ordering::Relaxed) {
-                let mut frames = Vec::new();
-                for _ in 0..50 {
-                    frames.extend(attack::call(&conn, id, SUBSCRIBE, &[]));
-                    frames.push(Frame::data(id, h2raw::grpc_message(&request), true));
-                    frames.push(Frame::rst_stream(id, code::CANCEL));
-                    id += 2;
-                    streams += 1;
-                }
-                if conn.send_all(&frames).is_err() {
-                    break;
-                }
-                match conn.read_available() {
-                    Ok(frames) => {
-                        if frames.iter().any(|f| f.kind == kind::GOAWAY) {
-                            goaways += 1;
-                            break 'connection;
-                        }
-                    }
-                    Err(_) => break 'connection,
-                }
-                thread::sleep(Duration::from_millis(5));
-            }
-        }
-        (connections, streams, goaways)
-    };
-    // Both at once: the provoked ones on a thread per service, the rapid
-    // one beside them.
-    let (provoked, rapid) = thread::scope(|scope| {
-        let rapid = scope.spawn(|| rapid_reset(targets.all, stop));
-        let provoked = on_each(&targets.both(), stop, provoke);
-        (
-            provoked,
-            rapid.join().expect("the rapid-reset thread panicked"),
-        )
-    });
-    let mut out = String::new();
-    for ((connections, resets, goaways), name) in provoked.iter().zip(["send", "all"]) {
-        let _ = write!(
-            out,
-            "{name}: {resets} provoked resets on {connections} connections, {goaways} \
-             GOAWAY(ENHANCE_YOUR_CALM); "
-        );
-    }
-    let (connections, streams, goaways) = rapid;
-    let _ = write!(
-        out,
-        "all: {streams} Subscribe opened and reset on {connections} connections, {goaways} \
-         GOAWAY"
-    );
-    out
-}
-
-/// CONTINUATION floods and oversized header lists, one connection after
-/// another.
-fn header_floods(targets: Targets, stop: &AtomicBool) -> String {
-    let floods = on_each(&targets.both(), stop, |addr, stop| {
-        let (mut floods, mut cut_off, mut lists, mut refused) = (0, 0, 0, 0);
-        while !stop.load(Ordering::Relaxed) {
-            let flood = attack::continuation_flood(addr, 10_000);
-            floods += 1;
-            cut_off += usize::from(flood.refusal.is_some() && flood.closed);
-            for size in [20 * 1024, 80 * 1024] {
-                let Ok(mut conn) = Conn::connect(addr, Duration::from_secs(5)) else {
-                    continue;
-                };
-                if conn.handshake(Duration::from_secs(5)).is_err() {
-                    continue;
-                }
-                let big = "b".repeat(size);
-                let frames = attack::call(&conn, 1, HEALTH_CHECK, &[("x-big", big.as_str())]);
-                // The server may close before it has read them all.
-                let _ = conn.send_all(&frames);
-                lists += 1;
-                let answer = conn.read_until(Duration::from_secs(5), |f| {
-                    attack::ends(1)(f) || f.kind == kind::GOAWAY
-                });
-                refused += usize::from(answer.is_ok());
-            }
-        }
-        (floods, cut_off, lists, refused)
-    });
-    floods
-        .iter()
-        .zip(["send", "all"])
-        .map(|((floods, cut_off, lists, refused), name)| {
-            format!(
-                "{name}: {cut_off} of {floods} CONTINUATION floods cut off, {refused} of {lists} \
-                 oversized header lists refused"
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// What a slow connection trickles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Trickle {
-    /// The connection preface, a byte at a time.
-    Preface,
-    /// A header block, a CONTINUATION frame at a time.
-    HeaderFrames,
-    /// One HEADERS frame, a byte at a time.
-    HeaderBytes,
-    /// A request body, a byte at a time (a DATA frame each).
-    Body,
-}
-
-/// One slow connection: what it trickles and how far it got.
-struct Slow {
-    trickle: Trickle,
-    conn: Conn,
-    step: usize,
-    opened: Instant,
-}
-
-impl Slow {
-    fn open(addr: SocketAddr, trickle: Trickle) -> Option<Self> {
-        let mut conn = Conn::connect(addr, Duration::from_secs(5)).ok()?;
-        match trickle {
-            Trickle::Preface => {}
-            Trickle::HeaderBytes => {
-                conn.handshake(Duration::from_secs(5)).ok()?;
-            }
-            Trickle::HeaderFrames => {
-                conn.handshake(Duration::from_secs(5)).ok()?;
-                let block = h2raw::encode_headers(&h2raw::grpc_request_headers(
-                    &addr.to_string(),
-                    HEALTH_CHECK,
-                ));
-                conn.send(&Frame::headers(1, block, false, false)).ok()?;
-            }
-            Trickle::Body => {
-                conn.handshake(Duration::from_secs(5)).ok()?;
-                let mut frames = attack::call(&conn, 1, HEALTH_CHECK, &[]);
-                frames.push(Frame::data(
-                    1,
-                    h2raw::grpc_message_header(1_000).to_vec(),
-                    false,
-                ));
-                conn.send_all(&frames).ok()?;
-            }
-        }
-        Some(Self {
-            trickle,
-            conn,
-            step: 0,
-            opened: Instant::now(),
-        })
-    }
-
-    /// Its next trickle; false once the server has closed it or ended the
-    /// stream.
-    fn step(&mut self) -> bool {
-        let written = match self.trickle {
-            Trickle::Preface => {
-                let byte = h2raw::PREFACE[self.step % h2raw::PREFACE.len()];
-                self.conn.write_raw(&[byte])
-            }
-            Trickle::HeaderBytes => {
-                // 4 KB of headers: over half an hour at this pace.
-                let pad = "p".repeat(4000);
-                let frames = attack::call(&self.conn, 1, HEALTH_CHECK, &[("x-pad", &pad)]);
-                let bytes = frames[0].encode();
-                self.conn.write_raw(&bytes[self.step % bytes.len()..][..1])
-            }
-            Trickle::HeaderFrames => {
-                let piece = h2raw::encode_headers(&[(format!("x-slow-{}", self.step), "a")]);
-                self.conn.send(&Frame::continuation(1, piece, false))
-            }
-            Trickle::Body => self.conn.send(&Frame::data(1, vec![0], false)),
-        };
-        self.step += 1;
-        let ended = match self.conn.read_available() {
-            Ok(frames) => frames
-                .iter()
-                .any(|f| f.kind == kind::GOAWAY || attack::ends(1)(f)),
-            Err(_) => true,
-        };
-        written.is_ok() && !ended
-    }
-}
-
-/// Slow connections of each kind, reopened when the server ends them;
-/// reports how many it ended and after how long (at the earliest).
-fn slowloris(targets: Targets, stop: &AtomicBool) -> String {
-    const PER_KIND: usize = 60;
-    let kinds = [
-        Trickle::Preface,
-        Trickle::HeaderFrames,
-        Trickle::HeaderBytes,
-        Trickle::Body,
-    ];
-    let runs = on_each(&targets.both(), stop, |addr, stop| {
-        let mut slow: Vec<Slow> = Vec::new();
-        let mut ended: BTreeMap<Trickle, (usize, Duration)> = BTreeMap::new();
-        while !stop.load(Ordering::Relaxed) {
-            for trickle in kinds {
-                let open = slow.iter().filter(|s| s.trickle == trickle).count();
-                slow.extend((open..PER_KIND).filter_map(|_| Slow::open(addr, trickle)));
-            }
-            slow.retain_mut(|s| {
-                let alive = s.step();
-                if !alive {
-                    let entry = ended.entry(s.trickle).or_insert((0, Duration::MAX));
-                    entry.0 += 1;
-                    entry.1 = entry.1.min(s.opened.elapsed());
-                }
-                alive
-            });
-            thread::sleep(Duration::from_millis(500));
-        }
-        let held = slow.len();
-        (ended, held)
-    });
-    runs.iter()
-        .zip(["send", "all"])
-        .map(|((ended, held), name)| {
-            let ended: Vec<String> = kinds
-                .iter()
-                .map(|k| match ended.get(k) {
-                    Some((n, after)) => format!("{k:?} {n} ended (first after {after:.1?})"),
-                    None => format!("{k:?} none ended"),
-                })
-                .collect();
-            format!("{name}: {}; {held} open at the end", ended.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// Connections that do nothing, from four attacker addresses; those the
-/// server closes are opened again.
-fn idle_connections(targets: Targets, stop: &AtomicBool) -> String {
-    const PER_ADDRESS: usize = 300;
-    let addresses = [
-        ATTACKER,
-        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)),
-        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4)),
-        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)),
-    ];
-    let runs = on_each(&targets.both(), stop, |addr, stop| {
-        let mut open: Vec<(usize, bool, Conn)> = Vec::new();
-        let (mut opened, mut refused, mut closed, mut most) = (0, 0, 0, 0);
-        while !stop.load(Ordering::Relaxed) {
-            for (a, &from) in addresses.iter().enumerate() {
-                for silent in [true, false] {
-                    let have = open
-                        .iter()
-                        .filter(|(i, s, _)| *i == a && *s == silent)
-                        .count();
-                    for _ in have..PER_ADDRESS / 2 {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let Ok(mut conn) = Conn::connect_from(from, addr, Duration::from_secs(2))
-                        else {
-                            refused += 1;
-                            continue;
-                        };
-                        if !silent && conn.handshake(Duration::from_secs(2)).is_err() {
-                            refused += 1;
-                            continue;
-                        }
-                        opened += 1;
-                        open.push((a, silent, conn));
-                    }
-                }
-            }
-            most = most.max(open.len());
-            thread::sleep(Duration::from_millis(500));
-            open.retain_mut(|(_, _, conn)| {
-                let alive = !matches!(
-                    conn.read_available(),
-                    Err(ReadError::Closed) | Err(ReadError::Io(_))
-                );
-                closed += usize::from(!alive);
-                alive
-            });
-        }
-        (opened, refused, closed, most, open.len())
-    });
-    runs.iter()
-        .zip(["send", "all"])
-        .map(|((opened, refused, closed, most, held), name)| {
-            format!(
-                "{name}: {opened} opened, {refused} refused at once, {closed} closed later, at \
-                 most {most} open ({held} at the end)"
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// Subscriptions and pages that never read (initial window 0), held until
-/// `stop`; reports how many the server ended meanwhile.
-fn non_readers(all: SocketAddr, stop: &AtomicBool) -> String {
-    let subscribe = v1::SubscribeRequest {
-        room: ROOM.into(),
-        start: None,
-        rooms: Vec::new(),
-    }
-    .encode_to_vec();
-    let list = v1::ListMessagesRequest {
-        room: ROOM.into(),
-        before_sequence: 0,
-        limit: 1000,
-    }
-    .encode_to_vec();
-    let mut conns = Vec::new();
-    let (mut calls, mut failed) = (0, 0);
-    // A connection (100 calls) every 100 ms: the attack is calls that are
-    // never read, not the burst of opening them (history bursts are next).
-    for (path, request, connections, streams) in [
-        (SUBSCRIBE, &subscribe, 10, 100),
-        (LIST_MESSAGES, &list, 2, 8),
-    ] {
-        for _ in 0..connections {
-            let requests: Vec<&[u8]> = vec![request.as_slice(); streams];
-            let opened = Conn::connect(all, Duration::from_secs(5)).and_then(|mut conn| {
-                attack::non_reading_streams(&mut conn, path, &requests).map(|()| conn)
-            });
-            match opened {
-                Ok(conn) => {
-                    calls += streams;
-                    conns.push(conn);
-                }
-                Err(_) => failed += 1,
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-    let (mut ended, mut closed) = (0, 0);
-    while !stop.load(Ordering::Relaxed) {
-        thread::sleep(Duration::from_millis(500));
-        conns.retain_mut(|conn| match conn.read_available() {
-            Ok(frames) => {
-                ended += frames
-                    .iter()
-                    .filter(|f| {
-                        f.rst_code().is_some() || (f.kind == kind::HEADERS && f.is_end_stream())
-                    })
-                    .count();
-                true
-            }
-            Err(_) => {
-                closed += 1;
-                false
-            }
-        });
-    }
-    format!(
-        "all: {calls} calls never read ({failed} connections failed); {ended} ended by the \
-         server, {closed} connections closed by it"
-    )
-}
-
-/// Rounds of concurrent history reads over 20 connections, on a runtime of
-/// the attacker's own (not the well-behaved client's).
-fn history_burst(all: SocketAddr, stop: &AtomicBool) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("the attacker's runtime");
-    runtime.block_on(async {
-        let mut clients = Vec::new();
-        for _ in 0..20 {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{all}"))
-                .expect("endpoint")
-                .connect()
-                .await
-                .expect("the attacker connects");
-            clients.push(AllMessagesServiceClient::new(channel));
-        }
-        let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-        let mut rounds = 0;
-        while !stop.load(Ordering::Relaxed) {
-            rounds += 1;
-            let mut calls = tokio::task::JoinSet::new();
-            for i in 0..1_500 {
-                let mut client = clients[i % clients.len()].clone();
-                calls.spawn(async move {
-                    if i % 3 == 2 {
-                        let request = v1::SubscribeRequest {
-                            room: ROOM.into(),
-                            start: Some(Start::Last(10)),
-                            rooms: Vec::new(),
-                        };
-                        let mut stream = client.subscribe(request).await?.into_inner();
-                        let mut got = 0;
-                        while got < 10 {
-                            match stream.message().await? {
-                                Some(v1::SubscribeResponse {
-                                    event: Some(Event::Message(_)),
-                                }) => got += 1,
-                                Some(_) => {}
-                                None => break,
-                            }
-                        }
-                        Ok::<_, tonic::Status>("Subscribe(last = 10) OK")
-                    } else {
-                        client
-                            .list_messages(v1::ListMessagesRequest {
-                                room: ROOM.into(),
-                                before_sequence: 0,
-                                limit: 100,
-                            })
-                            .await?;
-                        Ok("ListMessages OK")
-                    }
-                });
-            }
-            // A round that takes longer is cut short (its calls dropped).
-            let cut_at = tokio::time::Instant::now() + Duration::from_secs(15);
-            loop {
-                let outcome = match tokio::time::timeout_at(cut_at, calls.join_next()).await {
-                    Ok(Some(outcome)) => outcome,
-                    Ok(None) => break,
-                    Err(_) => {
-                        *outcomes.entry("cut short after 15 s".into()).or_default() += calls.len();
-                        calls.abort_all();
-                        break;
-                    }
-                };
-                let key = match outcome.expect("an attacker task") {
-                    Ok(what) => what.to_owned(),
-                    Err(status) => format!("{:?}", status.code()),
-                };
-                *outcomes.entry(key).or_default() += 1;
-            }
-        }
-        format!("all: {rounds} rounds: {outcomes:?}")
-    })
 }
 
 /// One message the well-behaved client sent.
@@ -840,22 +251,6 @@ async fn follow(
     }
 }
 
-/// The `q`-quantile of `values` (nearest rank).
-fn quantile(values: &mut [Duration], q: f64) -> Duration {
-    if values.is_empty() {
-        return Duration::ZERO;
-    }
-    values.sort_unstable();
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "a rank below the slice's length"
-    )]
-    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
-    values[rank - 1]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
@@ -946,17 +341,18 @@ async fn attacks_do_not_fail_or_stall_a_well_behaved_client() {
             .expect("a service address")
     };
     let targets = Targets {
-        send: addr(&send),
-        all: addr(&all),
+        send: vec![addr(&send)],
+        all: vec![addr(&all)],
+        room: ROOM.into(),
     };
 
     let phase = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (target_tx, target_rx) = tokio::sync::watch::channel(None);
-    let subscriber = tokio::spawn(follow(targets.all, Arc::clone(&phase), target_rx));
+    let subscriber = tokio::spawn(follow(targets.all[0], Arc::clone(&phase), target_rx));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sender = tokio::spawn(send_steadily(
-        targets.send,
+        targets.send[0],
         Arc::clone(&phase),
         Arc::clone(&stop),
     ));
@@ -985,8 +381,8 @@ async fn attacks_do_not_fail_or_stall_a_well_behaved_client() {
         let attack_stop = Arc::new(AtomicBool::new(false));
         let cpu_before = (cpu(&send), cpu(&all));
         let running = {
-            let attack_stop = Arc::clone(&attack_stop);
-            tokio::task::spawn_blocking(move || attack.run(targets, &attack_stop))
+            let (attack_stop, targets) = (Arc::clone(&attack_stop), targets.clone());
+            tokio::task::spawn_blocking(move || attack.run(&targets, &attack_stop))
         };
         phase_started.push(tokio::time::Instant::now());
         phase.store(i + 1, Ordering::Relaxed);

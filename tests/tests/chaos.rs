@@ -10,10 +10,17 @@
 //! service and its node black-holed, slowed or reset. Then, for every
 //! acknowledged message: stored exactly once, delivered to every subscriber
 //! exactly once and in order. `make chaos` runs it for 10 minutes.
+//!
+//! Meanwhile the audit's attacks ([`fastchat_e2e::attacks`]) run against
+//! all four services one after another, from 127.0.0.1 (and .3 to .5), after
+//! a first phase without: the well-behaved clients (the senders and
+//! subscribers, from 127.0.0.2) get their send and delivery latency
+//! reported per phase, faults included.
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -21,6 +28,10 @@ use std::{
     time::Duration,
 };
 
+use fastchat_e2e::{
+    attacks::{Attack, Targets},
+    quantile,
+};
 use fastchat_proto::v1;
 use fastchat_test_support::{Fault, FaultProxy, NatsCluster, ServiceProcess};
 use rand::{RngExt as _, SeedableRng as _, rngs::StdRng};
@@ -49,6 +60,9 @@ const MESSAGE_WITHIN: Duration = Duration::from_secs(90);
 const DELIVERY_WITHIN: Duration = Duration::from_secs(60);
 /// A cluster node restarted must be healthy again within this.
 const NODE_HEALTHY_WITHIN: Duration = Duration::from_secs(60);
+/// The well-behaved clients' address; the attacker's is 127.0.0.1 (and .3
+/// to .5), so the per-address caps it runs into are its own.
+const WELL_BEHAVED: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 /// Settings from the environment: the run's length and seed.
 fn settings() -> (Duration, u64) {
@@ -172,11 +186,13 @@ async fn start_instance(name: &'static str, cluster: &NatsCluster, index: usize)
     Instance { process, proxies }
 }
 
-/// A lazily connecting channel (a dead instance does not block its creation;
-/// calls on it fail fast and it reconnects by itself).
+/// A lazily connecting channel from the well-behaved clients' address (a
+/// dead instance does not block its creation; calls on it fail fast and it
+/// reconnects by itself).
 fn lazy_channel(endpoint: String) -> Channel {
     tonic::transport::Endpoint::from_shared(endpoint)
         .expect("valid endpoint")
+        .local_address(Some(WELL_BEHAVED))
         .connect_timeout(Duration::from_secs(1))
         .connect_lazy()
 }
@@ -187,6 +203,9 @@ struct Ack {
     sequence: u64,
     text: String,
     duplicate: bool,
+    /// The first attempt, and the acknowledgement.
+    started: Instant,
+    acked: Instant,
 }
 
 /// What one sender saw.
@@ -244,6 +263,8 @@ async fn send_load(
                         sequence: stored.sequence,
                         text: stored.text,
                         duplicate: response.duplicate,
+                        started: first_attempt,
+                        acked: Instant::now(),
                     });
                     break;
                 }
@@ -278,6 +299,8 @@ async fn send_load(
 struct Delivery {
     /// (sequence, text) of every message, in arrival order.
     messages: Vec<(u64, String)>,
+    /// When each sequence first arrived.
+    arrived: BTreeMap<u64, Instant>,
     /// Events that must not happen here (Gap: nothing expires).
     violations: Vec<String>,
     resubscribes: usize,
@@ -347,7 +370,13 @@ async fn receive(
                         delivery.worst_recovery = delivery.worst_recovery.max(at.elapsed());
                     }
                     match response.event {
-                        Some(Event::Message(m)) => delivery.messages.push((m.sequence, m.text)),
+                        Some(Event::Message(m)) => {
+                            delivery
+                                .arrived
+                                .entry(m.sequence)
+                                .or_insert_with(Instant::now);
+                            delivery.messages.push((m.sequence, m.text));
+                        }
                         Some(Event::Gap(gap)) => delivery.violations.push(format!(
                             "gap {}..={} after sequence {last}",
                             gap.from_sequence, gap.to_sequence
@@ -513,6 +542,104 @@ async fn inject(
     Ok(())
 }
 
+/// One phase of the attacks: which (`None`: the one without), when, and
+/// what the attacker saw.
+struct Phase {
+    attack: Option<Attack>,
+    from: Instant,
+    to: Instant,
+    saw: String,
+}
+
+impl Phase {
+    fn label(&self) -> &'static str {
+        self.attack.map_or("none", Attack::label)
+    }
+}
+
+/// A phase without attack, then each attack in turn against `targets`,
+/// `length` each with half a second between them (sends started then count
+/// for no phase).
+async fn attack_phases(targets: Targets, length: Duration) -> Vec<Phase> {
+    let from = Instant::now();
+    tokio::time::sleep(length).await;
+    let mut phases = vec![Phase {
+        attack: None,
+        from,
+        to: Instant::now(),
+        saw: String::new(),
+    }];
+    for attack in Attack::ALL {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        eprintln!("chaos: attack: {}", attack.label());
+        let stop = Arc::new(AtomicBool::new(false));
+        let running = {
+            let (stop, targets) = (Arc::clone(&stop), targets.clone());
+            tokio::task::spawn_blocking(move || attack.run(&targets, &stop))
+        };
+        let from = Instant::now();
+        tokio::time::sleep(length).await;
+        let to = Instant::now();
+        stop.store(true, Ordering::Relaxed);
+        let saw = tokio::time::timeout(Duration::from_secs(60), running)
+            .await
+            .unwrap_or_else(|_| panic!("the {} attack did not stop within 60 s", attack.label()))
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        eprintln!("chaos: attack {} saw: {saw}", attack.label());
+        phases.push(Phase {
+            attack: Some(attack),
+            from,
+            to,
+            saw,
+        });
+    }
+    phases
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The well-behaved clients' figures per attack phase, as a table: sends
+/// started in the phase, their latency to acknowledgement and to each
+/// subscriber's receipt (retries and resumes included).
+fn phase_table(phases: &[Phase], acks: &[&Ack], deliveries: &[Delivery]) -> String {
+    let mut table = String::from(
+        "| attack (under the faults) | sends | send p50 | send p99 | delivery p50 | delivery p99 \
+         |\n|---|---|---|---|---|---|\n",
+    );
+    for phase in phases {
+        let within: Vec<&&Ack> = acks
+            .iter()
+            .filter(|a| a.started >= phase.from && a.started < phase.to)
+            .collect();
+        let mut send: Vec<Duration> = within.iter().map(|a| a.acked - a.started).collect();
+        let mut delivery: Vec<Duration> = within
+            .iter()
+            .flat_map(|a| {
+                deliveries
+                    .iter()
+                    .filter_map(|d| d.arrived.get(&a.sequence))
+                    .map(|at| at.saturating_duration_since(a.started))
+            })
+            .collect();
+        let _ = writeln!(
+            table,
+            "| {} | {} | {} | {} | {} | {} |",
+            phase.label(),
+            within.len(),
+            ms(quantile(&mut send, 0.50)),
+            ms(quantile(&mut send, 0.99)),
+            ms(quantile(&mut delivery, 0.50)),
+            ms(quantile(&mut delivery, 0.99)),
+        );
+    }
+    for phase in phases.iter().filter(|p| p.attack.is_some()) {
+        let _ = writeln!(table, "  {}: {}", phase.label(), phase.saw);
+    }
+    table
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn chaos_under_load_loses_and_duplicates_no_acknowledged_message() {
@@ -581,11 +708,28 @@ async fn chaos_under_load_loses_and_duplicates_no_acknowledged_message() {
         })
         .collect();
 
-    // Faults, one after another, each followed by a short calm.
+    // Faults, one after another, each followed by a short calm; the attacks
+    // beside them.
     let mut rng = StdRng::seed_from_u64(seed);
     let mut log = FaultLog::default();
     let chaos_started = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let targets = {
+        let addr = |i: &Instance| -> SocketAddr {
+            i.process
+                .endpoint()
+                .trim_start_matches("http://")
+                .parse()
+                .expect("a service address")
+        };
+        Targets {
+            send: services[..2].iter().map(addr).collect(),
+            all: services[2..].iter().map(addr).collect(),
+            room: ROOM.into(),
+        }
+    };
+    let phase_length = (length / (Attack::ALL.len() as u32 + 1)).max(Duration::from_secs(5));
+    let attacks = tokio::spawn(attack_phases(targets, phase_length));
     let mut infrastructure_error = None;
     while chaos_started.elapsed() < length {
         let kind = Kind::ALL[rng.random_range(0..Kind::ALL.len())];
@@ -606,10 +750,14 @@ async fn chaos_under_load_loses_and_duplicates_no_acknowledged_message() {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_000))).await;
     }
     let chaos_took = chaos_started.elapsed();
+    let phases = tokio::time::timeout(length + Duration::from_secs(120), attacks)
+        .await
+        .expect("the attacks end")
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     log.record(
         chaos_started,
         None,
-        "faults over; load continues 2 s".into(),
+        "faults and attacks over; load continues 2 s".into(),
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
@@ -821,6 +969,11 @@ async fn chaos_under_load_loses_and_duplicates_no_acknowledged_message() {
     for line in errors.iter().take(5) {
         let _ = writeln!(report, "    {}", line.chars().take(400).collect::<String>());
     }
+    let _ = writeln!(
+        report,
+        "  the well-behaved clients per attack phase ({phase_length:.1?} each):\n{}",
+        phase_table(&phases, &acks, &deliveries)
+    );
     let _ = writeln!(report, "  test took {:.1?}", test_started.elapsed());
     eprint!("{report}");
 

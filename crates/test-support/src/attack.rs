@@ -23,10 +23,17 @@ pub const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 /// If the connection or the handshake fails within 5 s each.
 #[must_use]
 pub fn connect(addr: SocketAddr) -> Conn {
-    let mut conn = Conn::connect(addr, Duration::from_secs(5)).expect("connect");
-    conn.handshake(Duration::from_secs(5))
-        .expect("HTTP/2 handshake");
-    conn
+    try_connect(addr).unwrap_or_else(|e| panic!("connect and HTTP/2 handshake: {e}"))
+}
+
+/// [`connect`], for a service that may be down.
+///
+/// # Errors
+/// If the connection or the handshake fails within 5 s each.
+pub fn try_connect(addr: SocketAddr) -> Result<Conn, ReadError> {
+    let mut conn = Conn::connect(addr, Duration::from_secs(5)).map_err(ReadError::Io)?;
+    conn.handshake(Duration::from_secs(5))?;
+    Ok(conn)
 }
 
 /// The HEADERS (and CONTINUATIONs, if needed) opening a gRPC call to
@@ -139,8 +146,21 @@ impl ResetFlood {
 /// If the connection cannot be made, or a socket error other than a close.
 #[must_use]
 pub fn reset_flood(addr: SocketAddr, provocation: Provocation, streams: usize) -> ResetFlood {
+    try_reset_flood(addr, provocation, streams).unwrap_or_else(|e| panic!("{provocation:?}: {e}"))
+}
+
+/// [`reset_flood`] against a service that may be down or restarting.
+///
+/// # Errors
+/// If the connection or its handshake fails, or a socket error other than
+/// a close.
+pub fn try_reset_flood(
+    addr: SocketAddr,
+    provocation: Provocation,
+    streams: usize,
+) -> Result<ResetFlood, ReadError> {
     let started = Instant::now();
-    let mut conn = connect(addr);
+    let mut conn = try_connect(addr)?;
     let mut flood = ResetFlood::default();
     let mut next_id = 1;
     'flood: while flood.streams < streams {
@@ -160,7 +180,7 @@ pub fn reset_flood(addr: SocketAddr, provocation: Provocation, streams: usize) -
                     break 'flood;
                 }
                 Err(ReadError::TimedOut) => break 'flood,
-                Err(e) => panic!("{provocation:?}: {e}"),
+                Err(e) => return Err(e),
             }
             if flood.goaway.is_some() {
                 break 'flood;
@@ -177,7 +197,7 @@ pub fn reset_flood(addr: SocketAddr, provocation: Provocation, streams: usize) -
         }
     }
     flood.took = started.elapsed();
-    flood
+    Ok(flood)
 }
 
 /// Opens a raw HTTP/2 connection that calls `path` with the gRPC message
@@ -237,7 +257,19 @@ pub struct ContinuationFlood {
 /// If the connection cannot be made.
 #[must_use]
 pub fn continuation_flood(addr: SocketAddr, max: usize) -> ContinuationFlood {
-    let mut conn = connect(addr);
+    try_continuation_flood(addr, max).unwrap_or_else(|e| panic!("CONTINUATION flood: {e}"))
+}
+
+/// [`continuation_flood`] against a service that may be down or
+/// restarting.
+///
+/// # Errors
+/// If the connection or its handshake fails.
+pub fn try_continuation_flood(
+    addr: SocketAddr,
+    max: usize,
+) -> Result<ContinuationFlood, ReadError> {
+    let mut conn = try_connect(addr)?;
     let block = h2raw::encode_headers(&h2raw::grpc_request_headers(
         &addr.to_string(),
         HEALTH_CHECK,
@@ -272,10 +304,10 @@ pub fn continuation_flood(addr: SocketAddr, max: usize) -> ContinuationFlood {
         .iter()
         .find(|f| f.kind == kind::GOAWAY || f.kind == kind::RST_STREAM)
         .cloned();
-    ContinuationFlood {
+    Ok(ContinuationFlood {
         sent,
         refusal,
         closed,
         frames: seen,
-    }
+    })
 }
