@@ -447,36 +447,22 @@ async fn list(
 ) -> Result<v1::ListMessagesResponse, ApiError> {
     let filter = station::subject(room);
     let wanted = limit as usize + 1;
-    let first = station
-        .nth_last_sequence(&filter, wanted as u64, before)
-        .await?;
-    // About `wanted` messages from `first` (or the first) up to `before`:
-    // the broker is asked for no more (a read of a sparse room from its
-    // first page position would otherwise scan far past the page).
-    let mut read = station
-        .read_window(
-            &filter,
-            first.unwrap_or(1),
-            before.unwrap_or(u64::MAX),
-            wanted,
-        )
+    // The newest `wanted` below `before`, in one read of about that many
+    // (the broker's per-subject count sizes the window it reads).
+    let newest = station
+        .last_messages(&filter, wanted as u64, before)
         .await?;
     // trace: the page's span, linked to its messages
     let page = crate::trace::page(room);
-    // Read oldest first, but hold no more than the byte budget: the oldest
-    // are let go as newer ones come (an encoded page also carries a few
-    // bytes of framing per message).
+    // Oldest first, but hold no more than the byte budget: the oldest are
+    // let go as newer ones come (an encoded page also carries a few bytes of
+    // framing per message).
     let mut messages = std::collections::VecDeque::with_capacity(wanted);
     let mut bytes = 0;
     let mut older = false;
-    let mut taken = 0;
-    while let Some(delivered) = read.next().await? {
-        if before.is_some_and(|b| delivered.sequence >= b) || taken >= wanted {
-            break;
-        }
-        taken += 1;
-        crate::trace::page_message(&page, &delivered); // trace:
-        let Some(message) = hub::decode(&delivered) else {
+    for delivered in &newest {
+        crate::trace::page_message(&page, delivered); // trace:
+        let Some(message) = hub::decode(delivered) else {
             continue;
         };
         bytes += message.encoded_len() + 8;

@@ -3,12 +3,37 @@
 //! count, or a scratch consumer's on brokers without batched gets) and at
 //! most a few times the asked-for messages are read.
 
-use async_nats::jetstream::consumer::DeliverPolicy;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
-use futures::StreamExt;
+use async_nats::jetstream::{consumer::DeliverPolicy, response::Response};
+use serde::{Deserialize, Serialize};
 
-use crate::{Delivered, Error, Result, Station, Subjects};
+use crate::{Delivered, Error, Result, Station, StationState, Subjects};
+
+/// A `STREAM.INFO` request for one page of per-subject counts.
+#[derive(Serialize)]
+struct InfoRequest<'a> {
+    offset: usize,
+    subjects_filter: &'a str,
+}
+
+/// What [`Station::state_and_count`] reads of a `STREAM.INFO` answer.
+#[derive(Deserialize)]
+struct InfoPage {
+    state: InfoState,
+    /// Subjects matching the filter in all (the answer is paged).
+    #[serde(default)]
+    total: usize,
+}
+
+#[derive(Deserialize)]
+struct InfoState {
+    messages: u64,
+    first_seq: u64,
+    last_seq: u64,
+    #[serde(default)]
+    subjects: Option<HashMap<String, u64>>,
+}
 
 impl Station {
     /// Number of messages matching `filter` with sequence ≥ `from`.
@@ -37,24 +62,60 @@ impl Station {
         Ok(scratch.pending())
     }
 
-    /// Number of messages matching `filter` in the whole station, from the
-    /// broker's per-subject counts (no scan).
-    async fn count_all(&self, filter: &Subjects) -> Result<u64> {
+    /// The station's state and the number of its messages matching
+    /// `filter`, from the broker's per-subject counts (no scan): one
+    /// `STREAM.INFO` request per filter (more only for a wildcard matching
+    /// more subjects than a page holds), the first of which also gives the
+    /// state.
+    ///
+    /// Asked directly rather than with async-nats's `info_with_subjects`,
+    /// which asks once more for a second page after any non-empty first one
+    /// (it ignores the first page's total), and after a separate request for
+    /// the state: four requests where one does, on every history page.
+    async fn state_and_count(&self, filter: &Subjects) -> Result<(StationState, u64)> {
         let op = || format!("count messages of `{filter}` in station `{}`", self.name());
-        let stream = self.stream_handle().await?;
+        self.broker().ensure_connected(op())?;
+        let subject = format!("STREAM.INFO.{}", self.name());
+        let mut state = None;
         let mut total = 0u64;
         // The filters do not overlap (see `Subjects`): their counts add up.
-        for subject in filter.iter() {
-            let mut subjects = stream
-                .info_with_subjects(subject)
-                .await
-                .map_err(|e| Error::nats(op(), e))?;
-            while let Some(entry) = subjects.next().await {
-                let (_, count) = entry.map_err(|e| Error::nats(op(), e))?;
-                total += u64::try_from(count).unwrap_or(0);
+        for subjects_filter in filter.iter() {
+            let mut offset = 0;
+            loop {
+                let response: Response<InfoPage> = self
+                    .broker()
+                    .js()
+                    .request(
+                        subject.clone(),
+                        &InfoRequest {
+                            offset,
+                            subjects_filter,
+                        },
+                    )
+                    .await
+                    .map_err(|e| Error::nats(op(), e))?;
+                let page = match response {
+                    Response::Ok(page) => page,
+                    Response::Err { error } => return Err(Error::nats(op(), error)),
+                };
+                state.get_or_insert(StationState {
+                    first_sequence: page.state.first_seq,
+                    last_sequence: page.state.last_seq,
+                    messages: page.state.messages,
+                });
+                let subjects = page.state.subjects.unwrap_or_default();
+                offset += subjects.len();
+                total += subjects.values().sum::<u64>();
+                if subjects.is_empty() || offset >= page.total {
+                    break;
+                }
             }
         }
-        Ok(total)
+        match state {
+            Some(state) => Ok((state, total)),
+            // A filter has at least one subject (see `Subjects::any`).
+            None => Ok((self.state().await?, 0)),
+        }
     }
 
     /// The sequence of the `n`-th newest message matching `filter` among
@@ -122,14 +183,13 @@ impl Station {
         if n == 0 {
             return Ok(Some(Vec::new()));
         }
-        let state = self.state().await?;
+        let (state, total) = self.state_and_count(filter).await?;
         let end = before
             .unwrap_or(state.last_sequence + 1)
             .min(state.last_sequence + 1);
         if end <= state.first_sequence || state.messages == 0 {
             return Ok(Some(Vec::new()));
         }
-        let total = self.count_all(filter).await?;
         if none_if_fewer && total < n {
             return Ok(None);
         }
