@@ -1,10 +1,14 @@
 //! History: ListMessages p50 for the newest page and a page deep in a
-//! station of 1,000,000 messages across 1,000 rooms; there is no baseline
-//! (the raw servers serve no history).
+//! station of 1,000,000 messages across 1,000 rooms. The raw servers serve
+//! no history; the baselines are the broker's side of the same deep page,
+//! in this process: broker-client's page read (what ListMessages asks the
+//! broker), and one batched direct get of the page's 51 messages with
+//! their first sequence already known (the least a page can cost).
 
 use std::time::Instant;
 
 use anyhow::bail;
+use broker_client::{Broker, BrokerConfig, StationConfig};
 use fastchat_proto::v1::{self, all_messages_service_client::AllMessagesServiceClient};
 
 use super::common::{Latencies, channel, jetstream, publish_raw};
@@ -75,5 +79,59 @@ pub async fn history(report: &mut Report) -> anyhow::Result<()> {
     );
     report.summary("list_newest_page_ms", newest.median);
     report.summary("list_deep_page_ms", deep.median);
+
+    // The broker's side of the deep page, without the service.
+    let broker = Broker::connect(&BrokerConfig {
+        url: system.nats.url(),
+        ..BrokerConfig::default()
+    })
+    .await?;
+    let station = broker
+        .ensure_station_retrying(&StationConfig::default())
+        .await?;
+    let before = (MESSAGES / 2) as u64;
+    let (mut library, mut floor) = (vec![], vec![]);
+    for run in 1..=report.runs {
+        let (mut library_calls, mut floor_calls) = (Latencies::default(), Latencies::default());
+        for call in 0..CALLS {
+            let subject = format!("chat.messages.room{}", (call * 37 + run * 101) % ROOMS);
+            let started = Instant::now();
+            let page = station
+                .last_messages(subject.as_str(), 51, Some(before))
+                .await?;
+            library_calls.record(started.elapsed());
+            let Some(first) = page.first().map(|m| m.sequence) else {
+                bail!("no page below {before} in {subject}");
+            };
+            let started = Instant::now();
+            let mut read = station
+                .read_window(subject.as_str(), first, before, 51)
+                .await?;
+            let mut got = 0;
+            while got < 51 && read.next().await?.is_some_and(|m| m.sequence < before) {
+                got += 1;
+            }
+            floor_calls.record(started.elapsed());
+            if got != 51 {
+                bail!("the page's window read gave {got} messages, not 51");
+            }
+        }
+        library.push(library_calls.ms(50.0));
+        floor.push(floor_calls.ms(50.0));
+    }
+    let library = report.figure(
+        "history",
+        "broker-client page read (last_messages, in-process) at sequence 500,000, p50",
+        "ms",
+        &library,
+    );
+    let floor = report.figure(
+        "history",
+        "one batched direct get of that page, its start known, p50",
+        "ms",
+        &floor,
+    );
+    report.summary("list_deep_page_broker_ms", library.median);
+    report.summary("list_page_direct_get_ms", floor.median);
     Ok(())
 }
