@@ -157,6 +157,9 @@ pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     let raw = Raw::default();
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // As FastChat's in the bench (system.rs): the shared-connection
+        // memory figure opens 1,000 streams per connection.
+        .max_concurrent_streams(2048)
         .add_service(SendMessageServiceServer::new(raw.clone()))
         .add_service(AllMessagesServiceServer::new(raw))
         .serve(addr)

@@ -1,6 +1,6 @@
 //! Memory: all-messages-service's RSS growth per idle subscriber, 10,000
-//! subscribers each on its own connection (against the raw tonic server's
-//! per idle stream, own connection) and 10,000 over 10 connections.
+//! subscribers each on its own connection and 10,000 over 10 connections,
+//! each against the raw tonic server's per idle stream the same way.
 
 use std::time::{Duration, Instant};
 
@@ -67,8 +67,23 @@ pub async fn memory(report: &mut Report) -> anyhow::Result<()> {
             &nats.url(),
             &[("FASTCHAT_SUBSCRIPTIONS__MAX_PER_CONNECTION", "2000".into())],
         )?;
-        shared.push(idle_rss_shared(&all, SUBSCRIBERS, 10, idle).await?);
+        shared.push(idle_rss_shared(&all, SUBSCRIBERS, 10, idle, true).await?);
     }
+    // The transport's own floor there: the raw tonic server's idle streams,
+    // 10,000 over 10 connections.
+    let mut raw_shared = Vec::new();
+    for run in 1..=report.runs {
+        eprintln!("[memory] raw shared-connection run {run}/{}", report.runs);
+        let raw = Process::raw_server()?;
+        raw_shared.push(idle_rss_shared(&raw, SUBSCRIBERS, 10, never, false).await?);
+    }
+    let raw_shared = report.figure(
+        "memory",
+        "raw tonic server RSS per idle stream (10,000 over 10 connections)",
+        "KiB",
+        &raw_shared,
+    );
+    report.summary("raw_mem_per_shared_conn_stream_kib", raw_shared.median);
     let stats = report.figure(
         "memory",
         "all-messages-service RSS per idle subscriber (10,000 over 10 connections)",
@@ -86,6 +101,7 @@ async fn idle_rss_shared(
     streams: usize,
     connections: usize,
     request: impl Fn() -> v1::SubscribeRequest + Copy,
+    count_metric: bool,
 ) -> anyhow::Result<f64> {
     let mut channels = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -105,7 +121,7 @@ async fn idle_rss_shared(
     while let Some(stream) = tokio::time::timeout(LIMIT, opened.next()).await? {
         open.push(stream?);
     }
-    rss_growth_per_stream(server, before, streams, true, "shared connections").await
+    rss_growth_per_stream(server, before, streams, count_metric, "shared connections").await
 }
 
 /// RSS growth of `server` (KiB) per idle stream when `streams` clients each
