@@ -13,7 +13,10 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -115,6 +118,51 @@ impl Attack {
             Self::NonReaders => non_readers(targets, stop),
             Self::HistoryBurst => history_burst(targets, stop),
         }
+    }
+}
+
+/// An attack running on a blocking thread of its own (see [`Attack::start`]).
+#[derive(Debug)]
+pub struct Running {
+    attack: Attack,
+    stop: Arc<AtomicBool>,
+    thread: tokio::task::JoinHandle<String>,
+}
+
+impl Attack {
+    /// Starts the attack against `targets` on a blocking thread (it never
+    /// runs on the runtime's workers); [`Running::stop`] ends it.
+    #[must_use]
+    pub fn start(self, targets: &Targets) -> Running {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, targets) = (Arc::clone(&stop), targets.clone());
+            tokio::task::spawn_blocking(move || self.run(&targets, &stop))
+        };
+        Running {
+            attack: self,
+            stop,
+            thread,
+        }
+    }
+}
+
+impl Running {
+    /// Tells the attack to stop and returns what the attacker saw.
+    ///
+    /// # Panics
+    /// If it does not stop `within`, or with the attack's own panic.
+    pub async fn stop(self, within: Duration) -> String {
+        self.stop.store(true, Ordering::Relaxed);
+        tokio::time::timeout(within, self.thread)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the {} attack did not stop within {within:?}",
+                    self.attack.label()
+                )
+            })
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 }
 

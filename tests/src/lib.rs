@@ -347,3 +347,9 @@ pub fn quantile(values: &mut [Duration], q: f64) -> Duration {
     let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
     values[rank - 1]
 }
+
+/// `d` in milliseconds with one decimal, for reports.
+#[must_use]
+pub fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}

@@ -35,7 +35,7 @@ use std::{
 
 use fastchat_e2e::{
     attacks::{Attack, Targets},
-    quantile,
+    ms, quantile,
 };
 use fastchat_proto::v1;
 use fastchat_test_support::{NatsOptions, NatsServer, ServiceProcess};
@@ -251,10 +251,6 @@ async fn follow(
     }
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
 /// A service's resident memory and open file descriptors, from `/proc`.
 fn footprint(process: &ServiceProcess) -> String {
     let Some(pid) = process.pid() else {
@@ -378,23 +374,15 @@ async fn attacks_do_not_fail_or_stall_a_well_behaved_client() {
             i + 1,
             attack.label()
         );
-        let attack_stop = Arc::new(AtomicBool::new(false));
         let cpu_before = (cpu(&send), cpu(&all));
-        let running = {
-            let (attack_stop, targets) = (Arc::clone(&attack_stop), targets.clone());
-            tokio::task::spawn_blocking(move || attack.run(&targets, &attack_stop))
-        };
+        let running = attack.start(&targets);
         phase_started.push(tokio::time::Instant::now());
         phase.store(i + 1, Ordering::Relaxed);
         tokio::time::sleep(length).await;
         footprints.push(format!("{}; {}", footprint(&send), footprint(&all)));
         cpu_used.push((cpu(&send) - cpu_before.0, cpu(&all) - cpu_before.1));
         phase.store(BETWEEN, Ordering::Relaxed);
-        attack_stop.store(true, Ordering::Relaxed);
-        let saw = tokio::time::timeout(Duration::from_secs(30), running)
-            .await
-            .expect("the attack stops within 30 s")
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let saw = running.stop(Duration::from_secs(30)).await;
         eprintln!("abuse: {}: {saw}", attack.label());
         attacker_saw.push(saw);
     }

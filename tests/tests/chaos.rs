@@ -30,7 +30,7 @@ use std::{
 
 use fastchat_e2e::{
     attacks::{Attack, Targets},
-    quantile,
+    ms, quantile,
 };
 use fastchat_proto::v1;
 use fastchat_test_support::{Fault, FaultProxy, NatsCluster, ServiceProcess};
@@ -572,19 +572,11 @@ async fn attack_phases(targets: Targets, length: Duration) -> Vec<Phase> {
     for attack in Attack::ALL {
         tokio::time::sleep(Duration::from_millis(500)).await;
         eprintln!("chaos: attack: {}", attack.label());
-        let stop = Arc::new(AtomicBool::new(false));
-        let running = {
-            let (stop, targets) = (Arc::clone(&stop), targets.clone());
-            tokio::task::spawn_blocking(move || attack.run(&targets, &stop))
-        };
+        let running = attack.start(&targets);
         let from = Instant::now();
         tokio::time::sleep(length).await;
         let to = Instant::now();
-        stop.store(true, Ordering::Relaxed);
-        let saw = tokio::time::timeout(Duration::from_secs(60), running)
-            .await
-            .unwrap_or_else(|_| panic!("the {} attack did not stop within 60 s", attack.label()))
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let saw = running.stop(Duration::from_secs(60)).await;
         eprintln!("chaos: attack {} saw: {saw}", attack.label());
         phases.push(Phase {
             attack: Some(attack),
@@ -594,10 +586,6 @@ async fn attack_phases(targets: Targets, length: Duration) -> Vec<Phase> {
         });
     }
     phases
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 /// The well-behaved clients' figures per attack phase, as a table: sends
