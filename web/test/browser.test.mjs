@@ -14,7 +14,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { copyFile, mkdir, mkdtemp, open, rm, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, open, readFile, rm, writeFile } from "node:fs/promises";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
@@ -254,6 +254,18 @@ async function openPage(sub, grants, viewport = { width: 1000, height: 640 }, { 
   const context = await browser.newContext({ viewport });
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${sub} page error]`, e.message));
+  page.on("crash", () => console.error(`[${sub} page crashed]`));
+  // The page's own console and its failed requests, kept for a failure's report.
+  page.journal = [];
+  const note = (line) => {
+    page.journal.push(`${new Date().toISOString()} ${line}`);
+    if (page.journal.length > 200) page.journal.shift();
+  };
+  page.on("console", (m) => note(`console.${m.type()}: ${m.text()}`));
+  page.on("requestfailed", (r) => note(`request failed: ${r.method()} ${r.url()}: ${r.failure()?.errorText}`));
+  page.on("response", (r) => {
+    if (r.status() >= 400 || r.url().includes("/fastchat.v1.")) note(`response ${r.status()} ${r.request().method()} ${r.url()}`);
+  });
   page.subscribes = [];
   page.on("request", (req) => {
     if (req.url().endsWith("/fastchat.v1.AllMessagesService/Subscribe")) {
@@ -267,7 +279,35 @@ async function openPage(sub, grants, viewport = { width: 1000, height: 640 }, { 
 }
 
 async function waitLive(page, timeout = 20000) {
-  await page.waitForSelector('#status[data-state="live"]', { timeout });
+  try {
+    await page.waitForSelector('#status[data-state="live"]', { timeout });
+  } catch (e) {
+    throw new Error(`${e.message}\n${await report(page)}`);
+  }
+}
+
+/** What a failed wait saw: the page's status and error, its journal, the services' newest log lines. */
+async function report(page) {
+  const lines = [];
+  try {
+    const seen = await page.evaluate(() => ({
+      url: location.href.replace(/#.*/, "#…"),
+      status: `${document.getElementById("status")?.dataset.state}: ${document.getElementById("status")?.textContent}`,
+      error: document.getElementById("error")?.hidden ? "" : document.getElementById("error-text")?.textContent,
+      messages: document.querySelectorAll("#message-list li[data-sequence]").length,
+    }));
+    lines.push(`page ${seen.url}: status ${seen.status}; error banner: ${seen.error || "(none)"}; ${seen.messages} messages shown`);
+  } catch (e) {
+    lines.push(`page not readable: ${e.message}`);
+  }
+  lines.push(`subscribes sent: ${JSON.stringify(page.subscribes ?? [])}`);
+  lines.push("page journal:", ...(page.journal ?? []).slice(-40).map((l) => `  ${l}`));
+  await shot(page, `failed-${Date.now()}`).catch(() => {});
+  for (const name of ["all-messages-service", "send-service"]) {
+    const text = await readFile(path.join(artifacts, "logs", `${name}.log`), "utf8").catch(() => "");
+    lines.push(`${name}.log, last lines:`, ...text.trimEnd().split("\n").slice(-25).map((l) => `  ${l}`));
+  }
+  return lines.join("\n");
 }
 
 /** The data-sequence values shown, as numbers, in page order. */
@@ -321,6 +361,8 @@ before(async () => {
       "--headless",
       "--no-sandbox",
       "--disable-gpu",
+      // Containers often give /dev/shm 64 MB, too little for Chromium's renderers.
+      "--disable-dev-shm-usage",
       "--disable-quic",
       "--no-first-run",
       "--disable-background-networking",
@@ -328,6 +370,7 @@ before(async () => {
       "--disable-sync",
     ],
   });
+  console.log(`chromium ${browser.version()} (${bins.chromium})`);
 });
 
 after(async () => {
