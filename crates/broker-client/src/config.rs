@@ -46,6 +46,14 @@ pub struct BrokerConfig {
     /// the broker has them (nats-server ≥ 2.11): no consumer per read.
     /// `false`: an ephemeral consumer per read, as on older brokers.
     pub batch_reads: bool,
+    /// A history read by batched direct gets with more than 4,096 messages
+    /// still to go (a long replay) moves to an ordered push consumer, about
+    /// twice as fast (its messages carry no per-message headers to parse),
+    /// while this process holds fewer than this many such consumers; the
+    /// rest go on with direct gets. Bounded so that a burst of long replays
+    /// (a restart's resuming clients) cannot reach the broker's consumer
+    /// limit. 0: direct gets only.
+    pub replay_consumers: usize,
 }
 
 impl Default for BrokerConfig {
@@ -63,6 +71,7 @@ impl Default for BrokerConfig {
             request_timeout: Duration::from_secs(5),
             max_reconnect_delay: Duration::from_secs(5),
             batch_reads: true,
+            replay_consumers: 16,
         }
     }
 }
@@ -84,6 +93,7 @@ impl fmt::Debug for BrokerConfig {
             .field("request_timeout", &self.request_timeout)
             .field("max_reconnect_delay", &self.max_reconnect_delay)
             .field("batch_reads", &self.batch_reads)
+            .field("replay_consumers", &self.replay_consumers)
             .finish()
     }
 }

@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use async_nats::{ConnectOptions, Event, jetstream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use fastchat_backoff::ExponentialBackoff;
 
@@ -37,6 +37,8 @@ struct Inner {
     state: watch::Receiver<ConnectionState>,
     request_timeout: Duration,
     batch_reads: bool,
+    /// Places for long history reads' push consumers (`replay_consumers`).
+    replay_consumers: Arc<Semaphore>,
 }
 
 impl Broker {
@@ -93,6 +95,9 @@ impl Broker {
                 state: state_rx,
                 request_timeout: config.request_timeout,
                 batch_reads: config.batch_reads,
+                replay_consumers: Arc::new(Semaphore::new(
+                    config.replay_consumers.min(Semaphore::MAX_PERMITS),
+                )),
             }),
         })
     }
@@ -134,6 +139,14 @@ impl Broker {
     pub fn batch_reads(&self) -> bool {
         self.inner.batch_reads
             && crate::direct::version_at_least(&self.inner.client.server_info().version, 2, 11)
+    }
+
+    /// A place for a long history read's push consumer, if one is free now
+    /// (at most `replay_consumers` at once); held as long as the consumer.
+    pub(crate) fn replay_consumer(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.inner.replay_consumers)
+            .try_acquire_owned()
+            .ok()
     }
 
     /// Flushes what the client buffered and closes the connection.

@@ -3,9 +3,13 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::push};
+use async_nats::jetstream::{
+    self,
+    consumer::{DeliverPolicy, push},
+};
 use fastchat_backoff::{Backoff, ExponentialBackoff};
 use futures::StreamExt;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::{
     Delivered, Error, ErrorKind, Result, StartPosition, Station, Subjects,
@@ -65,6 +69,18 @@ impl Station {
         {
             return Ok(read);
         }
+        Ok(match self.pushed(&filter, start.deliver_policy()).await? {
+            Some(pushed) => Read {
+                source: Source::Push(Box::new(pushed)),
+            },
+            None => Read::empty(),
+        })
+    }
+
+    /// An ordered push consumer over `filter` from `policy` on the reader
+    /// connection, deleted when dropped; `None` if nothing matches from
+    /// there.
+    async fn pushed(&self, filter: &Subjects, policy: DeliverPolicy) -> Result<Option<Pushed>> {
         let op = || format!("read `{filter}` from station `{}`", self.name());
         let (filter_subject, filter_subjects) = filter.consumer_filters();
         self.broker().ensure_connected(op())?;
@@ -75,22 +91,24 @@ impl Station {
                 deliver_subject: self.broker().reader().0.new_inbox(),
                 filter_subject,
                 filter_subjects,
-                deliver_policy: start.deliver_policy(),
+                deliver_policy: policy,
                 ..Default::default()
             })
             .await
             .map_err(|e| Error::nats(op(), e))?;
         let delete = DeleteOnDrop::new(consumer.cached_info(), self.broker().reader().1.clone());
         if consumer.cached_info().num_pending == 0 {
-            return Ok(Read::empty());
+            return Ok(None);
         }
         let messages = consumer
             .messages()
             .await
             .map_err(|e| Error::nats(op(), e))?;
-        Ok(Read {
-            source: Source::Push(Box::new((messages, delete))),
-        })
+        Ok(Some(Pushed {
+            messages,
+            _delete: delete,
+            _place: None,
+        }))
     }
 
     /// Like [`Station::read`], but fetched `batch` messages at a time, the
@@ -361,11 +379,25 @@ enum Source {
     Direct(Box<Direct>),
     /// Pushed by the broker as fast as flow control allows; the consumer is
     /// deleted when the read ends.
-    Push(Box<(push::Ordered, DeleteOnDrop)>),
+    Push(Box<Pushed>),
     /// Fetched `size` messages at a time, the next batch only once the
     /// reader has taken the last one.
     Paced(Box<Paced>),
 }
+
+/// An ordered push consumer's messages; the consumer is deleted, and the
+/// replay-consumer place it may hold freed, when this is dropped.
+struct Pushed {
+    messages: push::Ordered,
+    _delete: DeleteOnDrop,
+    _place: Option<OwnedSemaphorePermit>,
+}
+
+/// Messages still to go past which a direct-get read moves to a push
+/// consumer, where a place is free (`nats.replay_consumers`): a replay
+/// this long is worth a consumer's creation and deletion, and the short
+/// ones a join storm is made of never take one.
+const LONG_READ: u64 = 4096;
 
 struct Paced {
     scratch: Scratch,
@@ -397,12 +429,43 @@ impl Read {
             Ok(Some(delivered)) => {
                 if delivered.pending == 0 {
                     self.finish();
+                } else if delivered.pending > LONG_READ {
+                    self.move_to_consumer().await;
                 }
                 Ok(Some(delivered))
             }
             other => {
                 self.finish();
                 other
+            }
+        }
+    }
+
+    /// A long direct-get read, between two batches, goes on from a push
+    /// consumer where the process has a replay-consumer place free; else,
+    /// or if the consumer cannot be made, with direct gets.
+    async fn move_to_consumer(&mut self) {
+        let Source::Direct(direct) = &mut self.source else {
+            return;
+        };
+        let Some((station, subject, from)) = direct.between_batches() else {
+            return;
+        };
+        let Some(place) = station.broker().replay_consumer() else {
+            return;
+        };
+        let policy = DeliverPolicy::ByStartSequence {
+            start_sequence: from,
+        };
+        match station.pushed(&Subjects::from(subject), policy).await {
+            Ok(Some(mut pushed)) => {
+                pushed._place = Some(place);
+                self.source = Source::Push(Box::new(pushed));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "a long read stays on direct gets");
+                direct.stay_direct();
             }
         }
     }
@@ -420,7 +483,7 @@ impl Source {
             Self::Empty => Ok(None),
             Self::Direct(direct) => direct.next().await,
             Self::Push(push) => push
-                .0
+                .messages
                 .next()
                 .await
                 .transpose()

@@ -225,6 +225,9 @@ pub(crate) struct Direct {
     cursors: Vec<Cursor>,
     batch: usize,
     ahead: bool,
+    /// Whether a push consumer may take over (see [`Direct::between_batches`]):
+    /// for a read that asks ahead, a fast one.
+    movable: bool,
 }
 
 struct Cursor {
@@ -347,7 +350,30 @@ impl Direct {
             cursors,
             batch: batch.max(1),
             ahead,
+            movable: ahead,
         }
+    }
+
+    /// Where a push consumer could take this read over: a fast read of one
+    /// subject, to its end, whose last batch was just taken and which has
+    /// more to come. The station, the subject and the next sequence.
+    pub(crate) fn between_batches(&self) -> Option<(Station, String, u64)> {
+        let [cursor] = self.cursors.as_slice() else {
+            return None;
+        };
+        if !self.movable || !cursor.buffer.is_empty() || cursor.exhausted || cursor.up_to.is_some()
+        {
+            return None;
+        }
+        let From::Sequence(next) = cursor.next else {
+            return None;
+        };
+        Some((self.station.clone(), cursor.subject.clone(), next))
+    }
+
+    /// Keeps this read on direct gets (a consumer for it could not be made).
+    pub(crate) fn stay_direct(&mut self) {
+        self.movable = false;
     }
 
     /// Asks for the next batch of every subject whose last one was taken;

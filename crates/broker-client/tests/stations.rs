@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use broker_client::{
-    Broker, BrokerConfig, ErrorKind, HeaderMap, StartPosition, Station, StationConfig, Subjects,
+    Broker, BrokerConfig, ErrorKind, HeaderMap, Read, StartPosition, Station, StationConfig,
+    Subjects,
 };
 use bytes::Bytes;
 use fastchat_test_support::NatsServer;
@@ -28,7 +29,7 @@ async fn connect(server: &NatsServer) -> Broker {
 /// A broker connection reading history with batched direct gets
 /// (`batch_reads`) or with a consumer per read.
 async fn connect_reading(server: &NatsServer, batch_reads: bool) -> Broker {
-    let broker = Broker::connect(&BrokerConfig {
+    connect_with(BrokerConfig {
         url: server.url(),
         batch_reads,
         request_timeout: Duration::from_secs(2),
@@ -36,11 +37,39 @@ async fn connect_reading(server: &NatsServer, batch_reads: bool) -> Broker {
         ..BrokerConfig::default()
     })
     .await
-    .expect("connect");
+}
+
+async fn connect_with(config: BrokerConfig) -> Broker {
+    let broker = Broker::connect(&config).await.expect("connect");
     timeout(Duration::from_secs(10), broker.wait_connected())
         .await
         .expect("connected within 10 s");
     broker
+}
+
+/// The test station seen from a connection of its own.
+struct Observer(async_nats::jetstream::Context);
+
+impl Observer {
+    async fn new(server: &NatsServer) -> Self {
+        let client = async_nats::connect(server.url())
+            .await
+            .expect("connect an observer");
+        Self(async_nats::jetstream::new(client))
+    }
+
+    /// The consumers the broker holds for the test station.
+    async fn consumers(&self) -> usize {
+        self.0
+            .get_stream("test")
+            .await
+            .expect("stream")
+            .info()
+            .await
+            .expect("info")
+            .state
+            .consumer_count
+    }
 }
 
 async fn publish(station: &Station, subject: &str, body: &str, id: &str) -> u64 {
@@ -134,8 +163,6 @@ async fn publish_returns_sequence_and_detects_duplicates() {
     assert_ne!(err.kind(), ErrorKind::Conflict);
 }
 
-/// A paced read deletes its consumer when it ends and when it is dropped
-/// half-way: a slow subscriber's catch-ups leave nothing on the broker.
 /// Batched direct gets: reads, counts and "n-th last" create no consumer
 /// on the broker at all, however many run at once.
 #[tokio::test]
@@ -153,11 +180,7 @@ async fn batch_reads_create_no_consumer() {
     for i in 1..=20 {
         publish(&station, "test.a", &i.to_string(), &format!("m{i}")).await;
     }
-    let js = async_nats::jetstream::new(
-        async_nats::connect(server.url())
-            .await
-            .expect("connect an observer"),
-    );
+    let observer = Observer::new(&server).await;
     let mut reads = Vec::new();
     for _ in 0..50 {
         reads.push(
@@ -181,16 +204,9 @@ async fn batch_reads_create_no_consumer() {
         seqs.push(first.sequence);
     }
     // Fifty reads under way (a consumer each, on the other path).
-    let info = js
-        .get_stream("test")
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("info")
-        .clone();
     assert_eq!(
-        info.state.consumer_count, 0,
+        observer.consumers().await,
+        0,
         "reads under way hold no consumer"
     );
     for (read, seqs) in reads.iter_mut().zip(&mut seqs) {
@@ -201,6 +217,91 @@ async fn batch_reads_create_no_consumer() {
     }
 }
 
+/// A long read (more than 4,096 messages still to go after its first
+/// batch) moves to a push consumer while the process has a place for one
+/// (`replay_consumers`); the others stay on direct gets. Either way every
+/// message comes once, in order, and the consumer goes when the read does.
+#[tokio::test]
+async fn long_reads_move_to_a_bounded_number_of_consumers() {
+    const STORED: u64 = 6000;
+    let server = NatsServer::start();
+    let broker = connect_with(BrokerConfig {
+        url: server.url(),
+        replay_consumers: 1,
+        ..BrokerConfig::default()
+    })
+    .await;
+    let station = broker
+        .ensure_station(&station_config())
+        .await
+        .expect("station");
+    for i in 1..=STORED {
+        publish(&station, "test.a", "x", &format!("m{i}")).await;
+    }
+    let observer = Observer::new(&server).await;
+    let consumers = || observer.consumers();
+    let mut read1 = station
+        .read("test.a", StartPosition::All)
+        .await
+        .expect("read");
+    let mut first = sequences(&mut read1, 600).await;
+    assert_eq!(
+        consumers().await,
+        1,
+        "the first long read moved to a consumer"
+    );
+    let mut read2 = station
+        .read("test.>", StartPosition::All)
+        .await
+        .expect("read");
+    let mut second = sequences(&mut read2, 600).await;
+    assert_eq!(
+        consumers().await,
+        1,
+        "no place left: the second stays on direct gets"
+    );
+    first.extend(sequences(&mut read1, usize::MAX).await);
+    second.extend(sequences(&mut read2, usize::MAX).await);
+    let all: Vec<u64> = (1..=STORED).collect();
+    assert_eq!(first, all, "the moved read: every message once, in order");
+    assert_eq!(second, all, "the direct read: every message once, in order");
+    drop((read1, read2));
+    timeout(Duration::from_secs(5), async {
+        while consumers().await != 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the moved read's consumer deleted with it");
+    // A short read never takes a place; a long one takes the freed place.
+    let mut short = station
+        .read("test.a", StartPosition::FromSequence(STORED - 1000))
+        .await
+        .expect("read");
+    assert_eq!(sequences(&mut short, 600).await.len(), 600);
+    assert_eq!(consumers().await, 0, "1,001 messages: no consumer");
+    let mut long = station
+        .read("test.a", StartPosition::All)
+        .await
+        .expect("read");
+    assert_eq!(sequences(&mut long, 600).await.len(), 600);
+    assert_eq!(consumers().await, 1, "the place is free again");
+}
+
+/// The sequences of up to `n` more messages of `read`.
+async fn sequences(read: &mut Read, n: usize) -> Vec<u64> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match read.next().await.expect("next") {
+            Some(message) => got.push(message.sequence),
+            None => break,
+        }
+    }
+    got
+}
+
+/// A paced read deletes its consumer when it ends and when it is dropped
+/// half-way: a slow subscriber's catch-ups leave nothing on the broker.
 #[tokio::test]
 async fn consumer_reads_leave_no_consumer_behind() {
     let server = NatsServer::start();
@@ -212,21 +313,8 @@ async fn consumer_reads_leave_no_consumer_behind() {
     for i in 1..=5 {
         publish(&station, "test.a", &i.to_string(), &format!("m{i}")).await;
     }
-    let js = async_nats::jetstream::new(
-        async_nats::connect(server.url())
-            .await
-            .expect("connect an observer"),
-    );
-    let consumers = || async {
-        js.get_stream("test")
-            .await
-            .expect("stream")
-            .info()
-            .await
-            .expect("info")
-            .state
-            .consumer_count
-    };
+    let observer = Observer::new(&server).await;
+    let consumers = || observer.consumers();
     let mut finished = station
         .read_paced("test.>", StartPosition::All, 2)
         .await
