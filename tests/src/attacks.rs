@@ -119,17 +119,7 @@ impl Attack {
             Self::HistoryBurst => history_burst(targets, stop),
         }
     }
-}
 
-/// An attack running on a blocking thread of its own (see [`Attack::start`]).
-#[derive(Debug)]
-pub struct Running {
-    attack: Attack,
-    stop: Arc<AtomicBool>,
-    thread: tokio::task::JoinHandle<String>,
-}
-
-impl Attack {
     /// Starts the attack against `targets` on a blocking thread (it never
     /// runs on the runtime's workers); [`Running::stop`] ends it.
     #[must_use]
@@ -145,6 +135,14 @@ impl Attack {
             thread,
         }
     }
+}
+
+/// An attack running on a blocking thread of its own (see [`Attack::start`]).
+#[derive(Debug)]
+pub struct Running {
+    attack: Attack,
+    stop: Arc<AtomicBool>,
+    thread: tokio::task::JoinHandle<String>,
 }
 
 impl Running {

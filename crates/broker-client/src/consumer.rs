@@ -69,18 +69,25 @@ impl Station {
         {
             return Ok(read);
         }
-        Ok(match self.pushed(&filter, start.deliver_policy()).await? {
-            Some(pushed) => Read {
-                source: Source::Push(Box::new(pushed)),
+        Ok(
+            match self.pushed(&filter, start.deliver_policy(), None).await? {
+                Some(pushed) => Read {
+                    source: Source::Push(Box::new(pushed)),
+                },
+                None => Read::empty(),
             },
-            None => Read::empty(),
-        })
+        )
     }
 
     /// An ordered push consumer over `filter` from `policy` on the reader
-    /// connection, deleted when dropped; `None` if nothing matches from
-    /// there.
-    async fn pushed(&self, filter: &Subjects, policy: DeliverPolicy) -> Result<Option<Pushed>> {
+    /// connection, deleted (and its replay-consumer `place`, if any, freed)
+    /// when dropped; `None` if nothing matches from there.
+    async fn pushed(
+        &self,
+        filter: &Subjects,
+        policy: DeliverPolicy,
+        place: Option<OwnedSemaphorePermit>,
+    ) -> Result<Option<Pushed>> {
         let op = || format!("read `{filter}` from station `{}`", self.name());
         let (filter_subject, filter_subjects) = filter.consumer_filters();
         self.broker().ensure_connected(op())?;
@@ -107,7 +114,7 @@ impl Station {
         Ok(Some(Pushed {
             messages,
             _delete: delete,
-            _place: None,
+            _place: place,
         }))
     }
 
@@ -457,11 +464,11 @@ impl Read {
         let policy = DeliverPolicy::ByStartSequence {
             start_sequence: from,
         };
-        match station.pushed(&Subjects::from(subject), policy).await {
-            Ok(Some(mut pushed)) => {
-                pushed._place = Some(place);
-                self.source = Source::Push(Box::new(pushed));
-            }
+        match station
+            .pushed(&Subjects::from(subject), policy, Some(place))
+            .await
+        {
+            Ok(Some(pushed)) => self.source = Source::Push(Box::new(pushed)),
             Ok(None) => {}
             Err(e) => {
                 tracing::debug!(error = %e, "a long read stays on direct gets");
